@@ -1,0 +1,96 @@
+r"""The surrogate loss: value equals the cost, gradient equals the score-function estimator.
+
+Built with the magic box of DiCE (Foerster et al., 2018),
+:math:`\boxdot(\ell) = \exp(\ell - \bot(\ell))` with :math:`\bot` the stop-gradient, whose value is
+1 and whose derivative is :math:`\boxdot(\ell)\nabla\ell`:
+
+.. math::  L = c\,\boxdot(\log p) + (1 - \boxdot(\log p))\, b,
+           \qquad L = c,\qquad
+           \nabla_\theta L = (c - b)\,\nabla_\theta \log p + \nabla_\theta c .
+
+Because the magic box differentiates to itself, repeated differentiation also gives unbiased
+estimates of higher derivatives of :math:`\mathbb{E}[c]` (for the ``b = 0`` part).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from logtrick.baselines import Learned, OptimalScale, resolve_baseline
+
+__all__ = ["check_finite", "magic_box", "surrogate"]
+
+
+def magic_box(log_prob: Tensor) -> Tensor:
+    r""":math:`\exp(\ell - \bot(\ell))`: value exactly 1, gradient :math:`\nabla \ell`."""
+    return (log_prob - log_prob.detach()).exp()
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or inf."""
+    bad = ~x.detach().isfinite()
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}: {int(bad.sum())} of {x.numel()} entries are NaN or inf "
+            f"(first at index {idx}, shape {tuple(x.shape)}); costs and rewards must be finite"
+        )
+
+
+def surrogate(
+    cost: Tensor,
+    log_prob: Tensor,
+    baseline: object = None,
+    sample_dim: int = 0,
+    context: Tensor | None = None,
+) -> Tensor:
+    r"""Per-sample surrogate whose value is ``cost`` and whose gradient is the estimator.
+
+    .. math::  \nabla_\theta L_k = (c_k - b_k)\, \nabla_\theta \log p(x_k;\theta)
+               + \nabla_\theta c_k
+
+    Requires: ``log_prob`` differentiable in the parameters; the samples themselves are not
+    differentiated (draw them with ``sample()``). ``cost`` may carry its own gradient (a network
+    that scores the sample gets its ordinary gradient). Unbiased for any baseline independent of
+    the sample it multiplies.
+
+    Args:
+        cost: ``(..., K, ...)`` cost of each sample, e.g. ``(K, B)``.
+        log_prob: log-probability of each sample, the same shape as ``cost``.
+        baseline: ``None``, a number, a tensor, a short name (``"moving_average"``,
+            ``"leave_one_out"``) or a baseline object (``lt.MovingAverage()``,
+            ``lt.Learned(net)``, ``lt.OptimalScale(params)``).
+        sample_dim: the dimension that indexes the samples (used by leave-one-out and moving
+            averages).
+        context: input of a ``Learned`` baseline.
+
+    Returns:
+        A tensor shaped like ``cost``; reduce it (``.mean()``) and call ``backward()``.
+
+    References:
+        Williams (1992), REINFORCE. Foerster et al. (2018), DiCE: The Infinitely Differentiable
+        Monte Carlo Estimator.
+    """
+    if not isinstance(cost, Tensor) or not isinstance(log_prob, Tensor):
+        raise TypeError(
+            f"cost, log_prob: expected tensors, got {type(cost).__name__}, "
+            f"{type(log_prob).__name__}"
+        )
+    if cost.shape != log_prob.shape:
+        raise ValueError(
+            f"cost and log_prob: expected the same shape (one log-probability per cost), got "
+            f"cost {tuple(cost.shape)} and log_prob {tuple(log_prob.shape)}"
+        )
+    if cost.dim() and not -cost.dim() <= sample_dim < cost.dim():
+        raise ValueError(f"sample_dim: {sample_dim} is out of range for cost of shape {cost.shape}")
+    check_finite("cost", cost)
+    baseline = resolve_baseline(baseline)
+    if isinstance(baseline, OptimalScale):
+        return cost + baseline.terms(cost, log_prob)
+    b = baseline(cost, sample_dim, context)
+    box = magic_box(log_prob)
+    out = cost * box + (1.0 - box) * b.detach()
+    if isinstance(baseline, Learned) and baseline.fold_loss:
+        sq = 0.5 * (b - cost.detach()).pow(2)
+        out = out + (sq - sq.detach())
+    return out
