@@ -16,7 +16,9 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
+from torch.distributions.transforms import Transform
 
+from logtrick.baselines import LeaveOneOut, resolve_baseline
 from logtrick.surrogate import check_finite, surrogate
 
 __all__ = [
@@ -167,7 +169,9 @@ class Auto:
         cost = evaluate_cost(f, x, dist, samples)
         if _depends_on(cost, x):
             return cost
-        return ScoreFunction().terms_at(f, dist, x.detach(), baseline, context)
+        # f(x) does not reach x: reuse it (f is called once) with the score-function terms
+        log_prob = joint_log_prob(dist, x.detach(), cost)
+        return surrogate(cost, log_prob, baseline, sample_dim=0, context=context)
 
 
 ESTIMATORS: dict[str, type] = {"score_function": ScoreFunction, "pathwise": Pathwise, "auto": Auto}
@@ -188,11 +192,15 @@ def resolve_estimator(spec: object) -> Estimator:
     return spec  # type: ignore[return-value]
 
 
-def _has_grad_params(dist: Distribution, depth: int = 0) -> bool:
-    for value in vars(dist).values():
+def _has_grad_params(obj: object, depth: int = 0) -> bool:
+    """Whether a tensor that requires grad is among the attributes of ``obj``, searching nested
+    distributions (``Independent.base_dist``) and transforms (``AffineTransform.loc``)."""
+    values = obj if isinstance(obj, (list, tuple)) else vars(obj).values()
+    for value in values:
         if isinstance(value, Tensor) and value.requires_grad:
             return True
-        if isinstance(value, Distribution) and depth < 4 and _has_grad_params(value, depth + 1):
+        nested = isinstance(value, (Distribution, Transform, list, tuple))
+        if nested and depth < 4 and _has_grad_params(value, depth + 1):
             return True
     return False
 
@@ -254,4 +262,10 @@ def expectation(
             stacklevel=2,
         )
     est = resolve_estimator(estimator)
+    baseline = resolve_baseline(baseline)  # bad names fail here, even where b goes unused
+    if isinstance(baseline, LeaveOneOut) and samples < 2:
+        raise ValueError(
+            f"LeaveOneOut: needs at least 2 samples, got samples={samples}; use samples >= 2 "
+            f"or another baseline"
+        )
     return est.terms(f, dist, samples, baseline, context).mean(0)

@@ -126,7 +126,7 @@ def fisher(
     Returns:
         ``(P, P)`` with ``P = sum(p.numel() for p in params)``.
     """
-    if not isinstance(samples, int) or samples <= 0:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
         raise ValueError(f"samples: expected a positive int, got {samples!r}")
     params = _check_params(params)
     with torch.no_grad():

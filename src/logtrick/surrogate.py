@@ -83,6 +83,8 @@ def surrogate(
         )
     if cost.dim() and not -cost.dim() <= sample_dim < cost.dim():
         raise ValueError(f"sample_dim: {sample_dim} is out of range for cost of shape {cost.shape}")
+    if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
+        cost = cost.to(log_prob.dtype)
     check_finite("cost", cost)
     baseline = resolve_baseline(baseline)
     if isinstance(baseline, OptimalScale):

@@ -1,0 +1,363 @@
+r"""Grouped advantages for ``k`` samples per context (prompt, input, start state).
+
+Draw ``k`` samples :math:`y_{c,1..k} \sim \pi(\cdot \mid x_c)` for each context :math:`c` and
+score them, ``rewards[c, i]``. The score-function gradient of the expected reward is estimated by
+
+.. math::  \hat g = \frac{1}{C} \sum_c \frac{1}{k} \sum_i A_{c,i}\,
+           \nabla_\theta \log \pi(y_{c,i} \mid x_c),
+
+and the functions here compute the advantages :math:`A_{c,i}` from the rewards of the group.
+:math:`\hat g` is unbiased whenever :math:`A_{c,i} = r_{c,i} - b_{c,i}` with :math:`b_{c,i}`
+independent of :math:`y_{c,i}` (leave-one-out, a given baseline, a moving average of earlier
+calls). The group mean includes :math:`r_{c,i}` itself, so it scales the expected gradient by
+:math:`(k-1)/k` (direction unbiased); dividing by a standard deviation or using ranks changes the
+objective being optimised (a per-group rescaling / a rank transform of the reward).
+
+Every function returns a :class:`GroupedAdvantages`: the ``(contexts, k)`` advantages, detached,
+in the rewards' floating dtype (``float32`` for integer or bool rewards), and the number of
+*degenerate* groups, whose advantages are all zero because their rewards carry no signal (all
+``k`` rewards equal for the group-relative methods; all equal to the baseline for a baseline).
+Statistics are accumulated in ``float64`` (``float32`` on MPS) after shifting each group by its
+first reward, so large offsets with a small spread neither lose the spread nor produce a negative
+variance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from logtrick.surrogate import check_finite
+
+__all__ = [
+    "GroupedAdvantages",
+    "MovingAverageState",
+    "baseline_advantages",
+    "group_mean_advantages",
+    "group_normalized_advantages",
+    "grouped_advantages",
+    "moving_average_advantages",
+    "rank_advantages",
+    "rloo_advantages",
+]
+
+METHODS = ("rloo", "mean", "mean_std", "rank", "baseline")
+STDS = ("group", "batch", "none")
+
+
+@dataclass(frozen=True)
+class GroupedAdvantages:
+    """Advantages of ``k`` samples per context and how many groups give no learning signal."""
+
+    advantages: Tensor
+    """``(contexts, k)`` advantages, detached, in the rewards' floating dtype."""
+    degenerate_groups: int
+    """Number of contexts whose advantages are all zero (no signal: e.g. all rewards equal)."""
+
+
+@dataclass(frozen=True)
+class MovingAverageState:
+    """State of :func:`moving_average_advantages`: pass it in, get the next one back."""
+
+    average: Tensor
+    """0-d ``float64`` exponential moving average of past mean rewards (not bias-corrected)."""
+    steps: int = 0
+    """Number of calls folded into ``average``."""
+
+
+def _accumulator(rewards: Tensor) -> torch.dtype:
+    return torch.float32 if rewards.device.type == "mps" else torch.float64
+
+
+def _out_dtype(rewards: Tensor) -> torch.dtype:
+    return rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
+
+
+def _check_rewards(rewards: object, min_k: int, what: str) -> Tensor:
+    """Validate ``rewards`` (2-D, ``k >= min_k``, real, finite) and return it in float64."""
+    if not isinstance(rewards, Tensor):
+        raise TypeError(f"rewards: expected a tensor of shape (contexts, k), got {type(rewards)}")
+    if rewards.is_complex():
+        raise TypeError(f"rewards: expected real values, got dtype {rewards.dtype}")
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"rewards: expected shape (contexts, k) with k samples per context, got shape "
+            f"{tuple(rewards.shape)}; reshape flat rewards with rewards.view(contexts, k)"
+        )
+    if rewards.shape[1] < min_k:
+        raise ValueError(
+            f"rewards: {what} needs k >= {min_k} samples per context, got shape "
+            f"{tuple(rewards.shape)}"
+        )
+    check_finite("rewards", rewards)
+    return rewards.detach().to(_accumulator(rewards))
+
+
+def _deviations(x: Tensor) -> Tensor:
+    r"""Two-pass :math:`r_{c,i} - \bar r_c`, each group first shifted by its first reward."""
+    shifted = x - x[:, :1]
+    return shifted - shifted.mean(1, keepdim=True)
+
+
+def _n_equal(x: Tensor, to: Tensor | None = None) -> int:
+    """Number of rows whose entries are all equal (and equal to ``to`` when given)."""
+    same = x.amax(1) == x.amin(1)
+    if to is not None:
+        same = same & (x[:, 0] == to)
+    return int(same.sum())
+
+
+def rloo_advantages(rewards: Tensor) -> GroupedAdvantages:
+    r"""Leave-one-out advantages (RLOO): each reward minus the mean of the other ``k - 1``.
+
+    .. math::  A_{c,i} = r_{c,i} - \frac{1}{k-1} \sum_{j \neq i} r_{c,j}
+               = \frac{k}{k-1}\,(r_{c,i} - \bar r_c)
+
+    Unbiased: the baseline of sample ``i`` does not depend on sample ``i``. Requires ``k >= 2``.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Kool, van Hoof & Welling (2019), Buy 4 REINFORCE Samples, Get a Baseline for Free!
+        Ahmadian et al. (2024), Back to Basics: Revisiting REINFORCE Style Optimization for
+        Learning from Human Feedback in LLMs.
+    """
+    x = _check_rewards(rewards, 2, "rloo")
+    k = x.shape[1]
+    adv = _deviations(x) * (k / (k - 1))
+    return GroupedAdvantages(adv.to(_out_dtype(rewards)), _n_equal(x))
+
+
+def group_mean_advantages(rewards: Tensor) -> GroupedAdvantages:
+    r"""Each reward minus its group's mean, :math:`A_{c,i} = r_{c,i} - \bar r_c`.
+
+    The mean includes :math:`r_{c,i}`, so :math:`\mathbb{E}[\hat g] = \frac{k-1}{k} \nabla J`:
+    the direction is unbiased, and ``advantages * k / (k - 1)`` is exactly
+    :func:`rloo_advantages`. Equal to ``group_normalized_advantages(rewards, std="none")``.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite, ``k >= 1``.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Liu et al. (2025), Understanding R1-Zero-Like Training: A Critical Perspective (Dr. GRPO).
+    """
+    x = _check_rewards(rewards, 1, "mean")
+    return GroupedAdvantages(_deviations(x).to(_out_dtype(rewards)), _n_equal(x))
+
+
+def group_normalized_advantages(
+    rewards: Tensor, std: str = "group", eps: float = 1e-6, unbiased: bool = True
+) -> GroupedAdvantages:
+    r"""Group-mean advantages divided by a standard deviation (GRPO).
+
+    .. math::  A_{c,i} = \frac{r_{c,i} - \bar r_c}{\sigma + \epsilon},\qquad
+               \sigma^2 = \frac{1}{n - u} \sum (r - \mu)^2
+
+    with :math:`u = 1` for the sample (``unbiased=True``, as ``torch.std`` in common GRPO code)
+    and :math:`u = 0` for the population standard deviation. ``std="group"``: over the ``k``
+    rewards of each context (:math:`\mu = \bar r_c`, :math:`n = k`; GRPO); ``"batch"``: over all
+    rewards (:math:`\mu` the overall mean, :math:`n = C k`), which does not up-weight groups with
+    a small spread; ``"none"``: no division (Dr. GRPO). Dividing by a per-group :math:`\sigma`
+    rescales each context's gradient, so it optimises a different objective. The variance is
+    computed in two passes (mean, then mean squared deviation), in float64.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite; ``k >= 2`` unless ``std="none"``.
+        std: ``"group"``, ``"batch"`` or ``"none"``.
+        eps: added to :math:`\sigma`; must be ``>= 0``.
+        unbiased: sample (``True``) or population (``False``) standard deviation.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Shao et al. (2024), DeepSeekMath (GRPO). Liu et al. (2025), Understanding R1-Zero-Like
+        Training (Dr. GRPO). Liu et al. (2025), Tricks or Traps? A Deep Dive into RL for LLM
+        Reasoning (group mean with batch standard deviation).
+    """
+    if std not in STDS:
+        raise ValueError(f"std: unknown choice {std!r}; expected one of {STDS}")
+    if not eps >= 0.0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    x = _check_rewards(rewards, 1 if std == "none" else 2, f"std={std!r}")
+    dev = _deviations(x)
+    if std == "group":
+        sigma = (dev.pow(2).sum(1, keepdim=True) / (x.shape[1] - int(unbiased))).sqrt()
+        dev = dev / (sigma + eps)
+    elif std == "batch":
+        shifted = x - x[:1, :1]
+        batch_dev = shifted - shifted.mean()
+        sigma = (batch_dev.pow(2).sum() / (x.numel() - int(unbiased))).sqrt()
+        dev = dev / (sigma + eps)
+    return GroupedAdvantages(dev.to(_out_dtype(rewards)), _n_equal(x))
+
+
+def rank_advantages(rewards: Tensor) -> GroupedAdvantages:
+    r"""Centred ranks within each group, in :math:`[-\tfrac12, \tfrac12]`, ties averaged.
+
+    .. math::  A_{c,i} = \frac{\operatorname{rank}_c(r_{c,i})}{k - 1} - \frac12,\qquad
+               \operatorname{rank}_c(r) = \#\{j : r_{c,j} < r\}
+               + \tfrac12 (\#\{j : r_{c,j} = r\} - 1)
+
+    Invariant to any increasing transform of the reward and robust to outliers; it optimises
+    the expected rank rather than the expected reward. ``O(k log k)`` per group; ``k >= 2``.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Salimans et al. (2017), Evolution Strategies as a Scalable Alternative to Reinforcement
+        Learning (centred rank transformation). Wierstra et al. (2014), Natural Evolution
+        Strategies (fitness shaping).
+    """
+    x = _check_rewards(rewards, 2, "rank")
+    srt = x.sort(1).values.contiguous()
+    below = torch.searchsorted(srt, x.contiguous(), side="left")
+    at_most = torch.searchsorted(srt, x.contiguous(), side="right")
+    rank = (below + at_most - 1).to(x.dtype) / 2
+    adv = rank / (x.shape[1] - 1) - 0.5
+    return GroupedAdvantages(adv.to(_out_dtype(rewards)), _n_equal(x))
+
+
+def _check_baseline(baseline: object, contexts: int) -> Tensor:
+    if not isinstance(baseline, Tensor):
+        raise TypeError(
+            f"baseline: expected a tensor of shape ({contexts},) or ({contexts}, 1), "
+            f"got {type(baseline).__name__}"
+        )
+    if tuple(baseline.shape) not in ((contexts,), (contexts, 1)):
+        raise ValueError(
+            f"baseline: expected shape ({contexts},) or ({contexts}, 1), one value per context "
+            f"of rewards, got shape {tuple(baseline.shape)}"
+        )
+    check_finite("baseline", baseline)
+    return baseline.detach().reshape(contexts)
+
+
+def baseline_advantages(rewards: Tensor, baseline: Tensor) -> GroupedAdvantages:
+    r"""Rewards minus a given per-context baseline, e.g. the greedy decode's reward.
+
+    .. math::  A_{c,i} = r_{c,i} - b_c
+
+    Unbiased when :math:`b_c` does not depend on the samples :math:`y_{c,\cdot}` (self-critical
+    training: :math:`b_c` is the reward of the greedy output for context :math:`c`).
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite, ``k >= 1``.
+        baseline: ``(contexts,)`` or ``(contexts, 1)`` baseline, finite.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages; a group is degenerate when
+        all of its rewards equal its baseline.
+
+    References:
+        Rennie et al. (2017), Self-critical Sequence Training for Image Captioning.
+    """
+    x = _check_rewards(rewards, 1, "baseline")
+    b = _check_baseline(baseline, x.shape[0]).to(x.dtype)
+    adv = x - b[:, None]
+    return GroupedAdvantages(adv.to(_out_dtype(rewards)), _n_equal(x, b))
+
+
+def moving_average_advantages(
+    rewards: Tensor, state: MovingAverageState | None = None, decay: float = 0.9
+) -> tuple[GroupedAdvantages, MovingAverageState]:
+    r"""Rewards minus a bias-corrected moving average of earlier calls' mean rewards.
+
+    .. math::  b_t = \frac{m_{t-1}}{1 - \beta^{t-1}},\qquad
+               m_t = \beta\, m_{t-1} + (1 - \beta)\, \bar r_t,\qquad A = r - b_t
+
+    The baseline of call :math:`t` uses calls :math:`1..t-1` only (unbiased); on the first call
+    (``state=None`` or ``steps == 0``) it is 0. One scalar average over all contexts, because
+    contexts usually change from call to call.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite, ``k >= 1``.
+        state: the state returned by the previous call, or ``None`` to start.
+        decay: :math:`\beta \in [0, 1)`.
+
+    Returns:
+        ``(GroupedAdvantages, new_state)``; pass ``new_state`` to the next call.
+
+    References:
+        Williams (1992), Simple Statistical Gradient-Following Algorithms for Connectionist
+        Reinforcement Learning (reinforcement baseline). Kingma & Ba (2015), Adam (bias
+        correction).
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay: expected a float in [0, 1), got {decay!r}")
+    if state is not None and not isinstance(state, MovingAverageState):
+        raise TypeError(f"state: expected a MovingAverageState or None, got {type(state)}")
+    x = _check_rewards(rewards, 1, "moving_average")
+    if state is None or state.steps == 0:
+        avg, steps = torch.zeros((), dtype=x.dtype, device=x.device), 0
+        b = avg
+    else:
+        avg, steps = state.average.to(device=x.device, dtype=x.dtype), state.steps
+        b = avg / (1.0 - decay**steps)
+    new = MovingAverageState(decay * avg + (1.0 - decay) * x.mean(), steps + 1)
+    adv = GroupedAdvantages((x - b).to(_out_dtype(rewards)), _n_equal(x, b.expand(x.shape[0])))
+    return adv, new
+
+
+def grouped_advantages(
+    rewards: Tensor,
+    method: str = "rloo",
+    std: str | None = None,
+    baseline: Tensor | None = None,
+    eps: float = 1e-6,
+    unbiased: bool = True,
+) -> GroupedAdvantages:
+    r"""Advantages of ``k`` samples per context by ``method``; one entry point for the above.
+
+    .. math::  \text{rloo: } r_i - \tfrac{1}{k-1}\textstyle\sum_{j\ne i} r_j \quad
+               \text{mean: } r_i - \bar r \quad
+               \text{mean\_std: } (r_i - \bar r)/(\sigma + \epsilon) \quad
+               \text{baseline: } r_i - b
+
+    and ``rank``: centred ranks in :math:`[-\tfrac12, \tfrac12]`. See :func:`rloo_advantages`,
+    :func:`group_mean_advantages`, :func:`group_normalized_advantages`,
+    :func:`rank_advantages` and :func:`baseline_advantages` for the details and references.
+    The stateful moving average is :func:`moving_average_advantages`.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite.
+        method: ``"rloo"``, ``"mean"``, ``"mean_std"``, ``"rank"`` or ``"baseline"``.
+        std: for ``"mean_std"`` only: ``"group"`` (default), ``"batch"`` or ``"none"``.
+        baseline: for ``"baseline"`` only (required): ``(contexts,)`` or ``(contexts, 1)``.
+        eps: for ``"mean_std"``: added to the standard deviation.
+        unbiased: for ``"mean_std"``: sample (``True``) or population standard deviation.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; expected one of {METHODS}")
+    if std is not None and method != "mean_std":
+        raise ValueError(f"std: only used by method='mean_std', got std={std!r} with {method=}")
+    if (baseline is None) == (method == "baseline"):
+        raise ValueError(
+            f"baseline: method='baseline' needs a baseline tensor and other methods take none; "
+            f"got {method=} and baseline {'None' if baseline is None else 'given'}"
+        )
+    if method == "rloo":
+        return rloo_advantages(rewards)
+    if method == "mean":
+        return group_mean_advantages(rewards)
+    if method == "mean_std":
+        return group_normalized_advantages(rewards, std or "group", eps, unbiased)
+    if method == "rank":
+        return rank_advantages(rewards)
+    return baseline_advantages(rewards, baseline)  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""Bad input fails at the boundary with a ValueError/TypeError that names the argument."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.distributions import (
+    AffineTransform,
+    Bernoulli,
+    Categorical,
+    Normal,
+    TransformedDistribution,
+)
+
+import logtrick as lt
+
+
+def _normal(n: int = 3) -> Normal:
+    return Normal(torch.zeros(n, requires_grad=True), 1.0)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [lambda x: x.sum(), lambda x: x[0], lambda x: x.unsqueeze(-1), lambda x: x.T],
+    ids=["scalar", "no_sample_dim", "extra_dim", "transposed"],
+)
+@pytest.mark.parametrize("estimator", ["score_function", "pathwise", "auto"])
+def test_f_of_wrong_shape(f: object, estimator: str) -> None:
+    with pytest.raises(ValueError, match=r"f: expected f\(x\) of shape \(samples,\)"):
+        lt.expectation(f, _normal(), samples=4, estimator=estimator)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("estimator", ["score_function", "pathwise", "auto"])
+def test_f_not_finite(bad: float, estimator: str) -> None:
+    def f(x: Tensor) -> Tensor:
+        return torch.where(x == x[0, 0], torch.full_like(x, bad), x)
+
+    with pytest.raises(ValueError, match=r"f\(x\): 1 of 12 entries are NaN or inf"):
+        lt.expectation(f, _normal(), samples=4, estimator=estimator)
+
+
+def test_leave_one_out_needs_two_samples() -> None:
+    with pytest.raises(ValueError, match="LeaveOneOut: needs at least 2 samples"):
+        lt.expectation(lambda x: x, _normal(), samples=1, baseline="leave_one_out")
+    with pytest.raises(ValueError, match="LeaveOneOut: needs at least 2 samples"):
+        lt.surrogate(torch.ones(1, 3), torch.zeros(1, 3), lt.LeaveOneOut())
+
+
+def test_pathwise_without_rsample_suggests_score_function() -> None:
+    dist = Bernoulli(logits=torch.zeros(3, requires_grad=True))
+    with pytest.raises(ValueError, match=r"Bernoulli has no rsample.*estimator='score_function'"):
+        lt.expectation(lambda x: x, dist, samples=4, estimator="pathwise")
+    with pytest.raises(ValueError, match="has no rsample"):
+        lt.expectation(lambda x: x, dist, samples=4, estimator=lt.Pathwise())
+
+
+@pytest.mark.parametrize("samples", [0, -3, 2.5, 4.0, True, "4", None])
+def test_samples_must_be_a_positive_int(samples: object) -> None:
+    with pytest.raises(ValueError, match="samples: expected a positive int"):
+        lt.expectation(lambda x: x, _normal(), samples=samples)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="samples: expected a positive int"):
+        lt.fisher(lambda p: Normal(p[0], 1.0), [torch.zeros(2)], samples=samples)  # type: ignore[arg-type]
+
+
+def test_learned_baseline_of_wrong_shape() -> None:
+    learned = lt.Learned(nn.Linear(2, 5))  # 5 outputs per context, costs (4, 3)
+    with pytest.raises(
+        ValueError, match=r"Learned baseline: the module's output has shape \(3, 5\)"
+    ):
+        lt.expectation(lambda x: x, _normal(), 4, "score_function", learned, torch.randn(3, 2))
+    with pytest.raises(ValueError, match="context: a Learned baseline needs the context"):
+        lt.expectation(lambda x: x, _normal(), 4, "score_function", learned)
+
+
+def test_distribution_without_gradient_warns_unless_no_grad() -> None:
+    dist = Normal(torch.zeros(3), 1.0)
+    with pytest.warns(UserWarning, match="dist: no parameter of this Normal requires grad"):
+        lt.expectation(lambda x: x, dist, samples=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            lt.expectation(lambda x: x, dist, samples=2)
+        lt.expectation(lambda x: x, _normal(), samples=2)  # parameters with grad: no warning
+        loc = torch.zeros(3, requires_grad=True)  # a parameter inside a transform counts too
+        shifted = TransformedDistribution(Normal(torch.zeros(3), 1.0), [AffineTransform(loc, 2.0)])
+        lt.expectation(lambda x: x, shifted, samples=2)
+    fixed = TransformedDistribution(Normal(torch.zeros(3), 1.0), [AffineTransform(1.0, 2.0)])
+    with pytest.warns(UserWarning, match="no parameter of this TransformedDistribution"):
+        lt.expectation(lambda x: x, fixed, samples=2)
+
+
+def test_unknown_names() -> None:
+    with pytest.raises(ValueError, match="estimator: unknown name 'reinforce'"):
+        lt.expectation(lambda x: x, _normal(), 2, estimator="reinforce")
+    for estimator in ("score_function", "pathwise", "auto"):  # even where b would be unused
+        with pytest.raises(ValueError, match="baseline: unknown name 'average'"):
+            lt.expectation(lambda x: x, _normal(), 2, estimator, baseline="average")
+    with pytest.raises(ValueError, match="baseline: unknown name"):
+        lt.surrogate(torch.ones(2), torch.zeros(2), "loo")
+
+
+def test_wrong_types() -> None:
+    with pytest.raises(TypeError, match="estimator: pass an instance"):
+        lt.expectation(lambda x: x, _normal(), 2, estimator=lt.ScoreFunction)
+    with pytest.raises(TypeError, match="estimator: expected a name or an object"):
+        lt.expectation(lambda x: x, _normal(), 2, estimator=3)
+    with pytest.raises(TypeError, match="baseline: expected None, a number"):
+        lt.expectation(lambda x: x, _normal(), 2, "score_function", baseline=True)
+    with pytest.raises(TypeError, match=r"dist: expected a torch\.distributions\.Distribution"):
+        lt.expectation(lambda x: x, torch.zeros(3), 2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cost, log_prob: expected tensors"):
+        lt.surrogate([1.0], torch.zeros(1))  # type: ignore[arg-type]
+
+
+def test_surrogate_shapes_and_finiteness() -> None:
+    with pytest.raises(ValueError, match=r"cost and log_prob: expected the same shape.*\(4, 3\)"):
+        lt.surrogate(torch.ones(4, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="sample_dim: 2 is out of range"):
+        lt.surrogate(torch.ones(4, 3), torch.zeros(4, 3), sample_dim=2)
+    cost = torch.ones(4, 3)
+    cost[2, 1] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"cost: 1 of 12 entries are NaN or inf \(first at index \(2, 1\)"
+    ):
+        lt.surrogate(cost, torch.zeros(4, 3))
+
+
+def test_baseline_constructors() -> None:
+    with pytest.raises(ValueError, match="decay: expected a float in"):
+        lt.MovingAverage(decay=1.0)
+    with pytest.raises(ValueError, match="params: OptimalScale needs at least one tensor"):
+        lt.OptimalScale([torch.zeros(2)])
+    with pytest.raises(TypeError, match="OptimalScale is per-parameter"):
+        lt.OptimalScale([torch.zeros(2, requires_grad=True)])(torch.ones(2))
+
+
+def test_score_arguments() -> None:
+    theta = torch.zeros(3)
+    with pytest.raises(TypeError, match="params: expected a list of tensors, got a single Tensor"):
+        lt.score(lambda p: Categorical(logits=p[0]), theta, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"params\[0\]: expected a floating-point tensor"):
+        lt.score(lambda p: Categorical(logits=p[0]), [torch.zeros(3, dtype=torch.long)], theta)
+    with pytest.raises(ValueError, match=r"x: expected shape sample_shape \+ \(3,\)"):
+        lt.score(lambda p: Normal(p[0], 1.0), [theta], torch.zeros(5, 2))
+    with pytest.raises(TypeError, match="dist_fn: expected it to return a Distribution"):
+        lt.score(lambda p: p[0], [theta], torch.zeros(5, 3))
