@@ -15,6 +15,7 @@ from logtrick.advantages import (
     rank_advantages,
     rloo_advantages,
 )
+from logtrick.arm import ARM, DisARM
 from logtrick.baselines import (
     Constant,
     Learned,
@@ -23,27 +24,51 @@ from logtrick.baselines import (
     NoBaseline,
     OptimalScale,
 )
-from logtrick.estimators import Auto, Pathwise, ScoreFunction, expectation
+from logtrick.enumeration import enumerate_expectation
+from logtrick.estimators import ESTIMATORS, Auto, Pathwise, ScoreFunction, expectation
+from logtrick.measure_valued import DeltaMethod, MeasureValued
+from logtrick.relax import Rebar, Relax, variance_backward
+from logtrick.relaxations import GumbelSoftmax, StraightThrough
 from logtrick.score import fisher, score
 from logtrick.sequence import sequence_surrogate
 from logtrick.surrogate import magic_box, surrogate
+from logtrick.vimco import vimco_signals, vimco_surrogate
+
+# The estimators of other modules, by short name (they import estimators.py, so they register
+# here rather than there).
+ESTIMATORS.update(
+    {
+        cls.name: cls
+        for cls in (GumbelSoftmax, StraightThrough, Rebar, Relax, ARM, DisARM, MeasureValued,
+                    DeltaMethod)
+    }
+)  # fmt: skip
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARM",
     "Auto",
     "Constant",
+    "DeltaMethod",
+    "DisARM",
     "GroupedAdvantages",
+    "GumbelSoftmax",
     "Learned",
     "LeaveOneOut",
+    "MeasureValued",
     "MovingAverage",
     "MovingAverageState",
     "NoBaseline",
     "OptimalScale",
     "Pathwise",
+    "Rebar",
+    "Relax",
     "ScoreFunction",
+    "StraightThrough",
     "__version__",
     "baseline_advantages",
+    "enumerate_expectation",
     "expectation",
     "fisher",
     "group_mean_advantages",
@@ -56,4 +81,7 @@ __all__ = [
     "score",
     "sequence_surrogate",
     "surrogate",
+    "variance_backward",
+    "vimco_signals",
+    "vimco_surrogate",
 ]

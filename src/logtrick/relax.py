@@ -1,0 +1,301 @@
+r"""REBAR and RELAX: unbiased estimators for discrete distributions with a relaxation-based
+control variate.
+
+With :math:`z \sim p(z;\theta)` the perturbed logits, :math:`b = H(z)` the discrete sample and
+:math:`\tilde z \sim p(z \mid b)` a second draw of the logits *given* b (see
+:mod:`logtrick.relaxations`), any differentiable :math:`c(z)` gives the unbiased estimator
+
+.. math::  \hat g = \big[f(b) - c(\tilde z)\big]\nabla_\theta \log p(b)
+           + \nabla_\theta c(z) - \nabla_\theta c(\tilde z),
+
+because :math:`\mathbb{E}[c(\tilde z)\nabla\log p(b)] + \mathbb{E}[\nabla c(\tilde z)]
+= \nabla\mathbb{E}[c(z)]`. REBAR takes :math:`c = \eta f(\sigma_\lambda(z))`, RELAX a learned
+network; both tune :math:`c` to minimise the variance (:func:`variance_backward`).
+
+Conventions as in :mod:`logtrick.relaxations`: ``Bernoulli`` f takes 0/1 tensors, categorical f
+takes one-hot vectors ``(K,) + batch_shape + (n,)``, also for ``Categorical``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution
+
+from logtrick.baselines import Learned, OptimalScale, resolve_baseline
+from logtrick.estimators import evaluate_cost, joint_log_prob
+from logtrick.relaxations import (
+    check_temperature,
+    hard_sample,
+    open_uniform,
+    perturbed_logits,
+    relax_sample,
+    relaxation_kind,
+)
+from logtrick.surrogate import check_finite, magic_box
+
+__all__ = ["Rebar", "Relax", "conditional_logits", "variance_backward"]
+
+CostFn = Callable[[Tensor], Tensor]
+
+
+def conditional_logits(dist: Distribution, hard: Tensor) -> Tensor:
+    r"""Reparameterised :math:`\tilde z \sim p(z \mid b)`: the perturbed logits given the sample.
+
+    Bernoulli (u restricted to the interval that yields b, :math:`p = \sigma(\theta)`):
+
+    .. math::  \tilde z = \theta + \log\tilde u - \log(1-\tilde u),\quad
+               \tilde u = \begin{cases} 1 - p\,(1 - v) & b = 1 \\ v\,(1-p) & b = 0\end{cases}
+
+    Categorical (normalised log-probabilities :math:`\theta`, b the chosen index):
+
+    .. math::  \tilde z_b = -\log(-\log v_b),\qquad
+               \tilde z_i = -\log\big(-\tfrac{\log v_i}{e^{\theta_i}} - \log v_b\big),\ i\neq b
+
+    Args:
+        dist: the Bernoulli or categorical distribution.
+        hard: ``(K,) + batch_shape`` 0/1 values, or one-hot ``(K,) + batch_shape + (n,)``.
+
+    Returns:
+        :math:`\tilde z`, shaped like :func:`perturbed_logits`, differentiable in the logits.
+
+    References:
+        Tucker et al. (2017), REBAR, section 3 and appendix C.
+    """
+    theta = dist.logits
+    v = open_uniform(tuple(hard.shape), theta)
+    if relaxation_kind(dist, "conditional_logits") == "bernoulli":
+        p = torch.sigmoid(theta)
+        z1 = theta + (-p * (1 - v)).log1p() - F.logsigmoid(theta) - (-v).log1p()
+        z0 = theta + v.log() + F.logsigmoid(-theta) - (-v * (1 - p)).log1p()
+        return torch.where(hard > 0, z1, z0)
+    log_v = v.log()
+    log_vb = (log_v * hard).sum(-1, keepdim=True)
+    others = -(-log_v * (-theta).exp() - log_vb).log()
+    return torch.where(hard > 0, -(-log_v).log(), others)
+
+
+def _as_value(dist: Distribution, hard: Tensor) -> Tensor:
+    """What ``dist.log_prob`` takes: the index for ``Categorical``, the sample otherwise."""
+    return hard.argmax(-1) if isinstance(dist, Categorical) else hard
+
+
+def _score_part(
+    resid: Tensor, log_prob: Tensor, baseline: object, context: Tensor | None
+) -> Tensor:
+    r"""Value 0, gradient :math:`(r - b)\nabla\log p`; keeps r's dependence on the control
+    variate's parameters for :func:`variance_backward` (no detach of r)."""
+    bl = resolve_baseline(baseline)
+    if isinstance(bl, OptimalScale):
+        raise TypeError("baseline: OptimalScale is not supported by Rebar/Relax; use a scalar one")
+    b = bl(resid.detach(), 0, context)
+    box = magic_box(log_prob)
+    out = (resid - b.detach()) * (box - 1.0)
+    if isinstance(bl, Learned) and bl.fold_loss:
+        sq = 0.5 * (b - resid.detach()).pow(2)
+        out = out + (sq - sq.detach())
+    return out
+
+
+def _squeeze_like(c: Tensor, cost: Tensor) -> Tensor:
+    """Drop a trailing dimension of size 1 that ``cost`` lacks (a network's ``(K, 1)`` output)."""
+    return c.squeeze(-1) if c.shape == (*cost.shape, 1) else c
+
+
+def _control_variate_terms(
+    f: CostFn,
+    dist: Distribution,
+    samples: int,
+    baseline: object,
+    context: Tensor | None,
+    control: Callable[[Tensor], Tensor],
+    who: str,
+) -> Tensor:
+    r"""Terms of value f(b) and gradient :math:`(f(b) - c(\tilde z))\nabla\log p(b) + \nabla c(z)
+    - \nabla c(\tilde z)` (the REBAR/RELAX estimator), with ``control`` = c."""
+    kind = relaxation_kind(dist, who)
+    z = perturbed_logits(dist, samples)
+    hard = hard_sample(z.detach(), kind)
+    z_tilde = conditional_logits(dist, hard)
+    x = _as_value(dist, hard)
+    cost = evaluate_cost(f, hard, dist, samples)
+    log_prob = joint_log_prob(dist, x, cost)
+    c_z, c_tilde = (_squeeze_like(control(v), cost) for v in (z, z_tilde))
+    for label, c in (("c(z)", c_z), ("c(z_tilde)", c_tilde)):
+        if c.shape != cost.shape:
+            raise ValueError(
+                f"control_variate: {who}'s {label} has shape {tuple(c.shape)}, expected the "
+                f"cost's shape {tuple(cost.shape)} for z of shape {tuple(z.shape)}"
+            )
+        check_finite(f"control_variate {label}", c)
+    resid = cost.detach() - c_tilde
+    diff = c_z - c_tilde
+    return cost + _score_part(resid, log_prob, baseline, context) + (diff - diff.detach())
+
+
+def variance_backward(loss: Tensor, params: Sequence[Tensor], control: Iterable[Tensor]) -> Tensor:
+    r"""Accumulate the estimate into ``params``' ``.grad`` and :math:`\nabla_\phi \sum \hat g^2`
+    into the control variate's ``.grad``.
+
+    .. math::  \nabla_\phi \operatorname{Var}[\hat g] = \nabla_\phi \mathbb{E}[\hat g^2]
+               = \mathbb{E}[2\, \hat g\, \nabla_\phi \hat g]
+
+    because :math:`\mathbb{E}[\hat g]` does not depend on :math:`\phi` (the estimator is
+    unbiased for every :math:`\phi`). :math:`\hat g = \nabla_\theta` ``loss`` is taken with
+    ``create_graph=True``, so f must be twice differentiable where the control variate uses it.
+
+    Args:
+        loss: a scalar built from the estimator's terms (e.g. ``expectation(...).sum()``).
+        params: the tensors :math:`\theta` whose gradient is estimated (e.g. logits, an
+            encoder's parameters).
+        control: the control variate's parameters :math:`\phi` (``estimator.parameters()``).
+
+    Returns:
+        The detached :math:`\sum \hat g^2` (a single-sample variance proxy, for logging).
+
+    References:
+        Grathwohl et al. (2018), Backpropagation through the Void, section 3.3.
+    """
+    params = [p for p in params if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    sq = sum(g.pow(2).sum() for _, g in pairs)
+    phi = [q for q in control if q.requires_grad]
+    if phi and isinstance(sq, Tensor) and sq.requires_grad:
+        sq.backward(inputs=phi)
+    for p, g in pairs:
+        p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+    return torch.as_tensor(sq).detach()
+
+
+class Rebar(nn.Module):
+    r"""REBAR: the score function with the Concrete relaxation of f as an unbiased control variate.
+
+    .. math::  \hat g = \big[f(b) - \eta f(\sigma_\lambda(\tilde z))\big]\nabla_\theta\log p(b)
+               + \eta \nabla_\theta f(\sigma_\lambda(z)) - \eta\nabla_\theta f(\sigma_\lambda(
+               \tilde z)),\quad z \sim p(z;\theta),\ b = H(z),\ \tilde z \sim p(z\mid b)
+
+    Unbiased for every :math:`\eta, \lambda`. Both are learnable (``nn.Parameter``: the scale
+    ``eta`` and ``log_temperature``); train them to minimise the estimator's variance with
+    :meth:`backward` (see :func:`variance_backward`). Costs one evaluation of f at b and two at
+    relaxed samples per draw.
+
+    Requires: ``Bernoulli``, ``Categorical`` or ``OneHotCategorical``; f differentiable on
+    relaxed inputs (and twice differentiable for learning :math:`\eta, \lambda`). Categorical f
+    takes one-hot vectors. A baseline, if given, is subtracted from the residual
+    :math:`f(b) - c(\tilde z)`. Value: exactly the mean of f at the discrete samples.
+
+    Args:
+        temperature: initial :math:`\lambda > 0`.
+        scale: initial :math:`\eta`.
+
+    Example (train θ and the control variate together; see :class:`Relax`):
+        >>> import logtrick as lt
+        >>> from torch.distributions import Bernoulli
+        >>> theta = torch.zeros(3, requires_grad=True)
+        >>> est = Rebar(temperature=0.5)
+        >>> loss = lt.expectation(lambda b: ((b - 0.45) ** 2).sum(-1), Bernoulli(logits=theta),
+        ...                       samples=8, estimator=est)
+        >>> _ = est.backward(loss, [theta])   # theta.grad and est.eta.grad are now set
+
+    References:
+        Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein (2017), REBAR: Low-variance, unbiased
+        gradient estimates for discrete latent variable models.
+    """
+
+    name: ClassVar[str] = "rebar"
+    unbiased: ClassVar[bool] = True
+
+    def __init__(self, temperature: float = 0.5, scale: float = 1.0) -> None:
+        super().__init__()
+        check_temperature(temperature)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.eta = nn.Parameter(torch.tensor(float(scale)))
+
+    def terms(
+        self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
+    ) -> Tensor:
+        kind = relaxation_kind(dist, "Rebar")
+        lam = self.log_temperature.exp()
+
+        def control(z: Tensor) -> Tensor:
+            return self.eta * evaluate_cost(f, relax_sample(z, kind, lam), dist, samples)
+
+        return _control_variate_terms(f, dist, samples, baseline, context, control, "Rebar")
+
+    def backward(self, loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+        """Gradient into ``params`` and variance gradient into η, λ (:func:`variance_backward`)."""
+        return variance_backward(loss, params, self.parameters())
+
+
+class Relax(nn.Module):
+    r"""RELAX: the score function with a learned, reparameterised control variate :math:`c_\phi`.
+
+    .. math::  \hat g = \big[f(b) - c_\phi(\tilde z)\big]\nabla_\theta\log p(b)
+               + \nabla_\theta c_\phi(z) - \nabla_\theta c_\phi(\tilde z),\quad
+               z \sim p(z;\theta),\ b = H(z),\ \tilde z \sim p(z\mid b)
+
+    Unbiased for every :math:`\phi`, and f may be a black box (only :math:`c_\phi` is
+    differentiated). Train :math:`\phi` to minimise the variance with :meth:`backward`, which
+    puts the estimate into the parameters' ``.grad`` and
+    :math:`\nabla_\phi \mathbb{E}[\hat g^2]` into ``control_variate``'s. Costs one evaluation of
+    f and two of :math:`c_\phi` per draw.
+
+    Requires: ``Bernoulli``, ``Categorical`` or ``OneHotCategorical``. A baseline, if given, is
+    subtracted from the residual :math:`f(b) - c_\phi(\tilde z)`. Value: exactly the mean of f at
+    the discrete samples.
+
+    Args:
+        control_variate: maps logits z of shape ``(K,) + batch_shape`` (categorical:
+            ``+ (n,)``) to the cost's shape ``(K,) + batch_shape[:j]`` (a trailing dimension of
+            size 1 is squeezed). To include REBAR's term, let it call f on
+            ``torch.sigmoid(z / temperature)``.
+
+    Example (one optimiser for θ, one for φ; ``backward`` feeds both):
+        >>> import logtrick as lt
+        >>> from torch.distributions import Bernoulli
+        >>> theta = torch.zeros(3, requires_grad=True)
+        >>> f = lambda b: ((b - 0.45) ** 2).sum(-1)      # a black box
+        >>> est = Relax(nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1)))
+        >>> opt = torch.optim.Adam([theta], lr=0.05)
+        >>> cv_opt = torch.optim.Adam(est.parameters(), lr=0.01)
+        >>> for _ in range(3):
+        ...     opt.zero_grad(); cv_opt.zero_grad()
+        ...     loss = lt.expectation(f, Bernoulli(logits=theta), samples=8, estimator=est)
+        ...     variance_proxy = est.backward(loss, [theta])
+        ...     opt.step(); cv_opt.step()
+
+    References:
+        Grathwohl, Choi, Wu, Roeder & Duvenaud (2018), Backpropagation through the Void:
+        Optimizing Control Variates for Black-Box Gradient Estimation.
+    """
+
+    name: ClassVar[str] = "relax"
+    unbiased: ClassVar[bool] = True
+
+    def __init__(self, control_variate: nn.Module | None = None) -> None:
+        super().__init__()
+        if control_variate is None:
+            raise TypeError(
+                "control_variate: Relax needs the network c_phi(z) it learns, e.g. "
+                "lt.Relax(nn.Sequential(nn.Linear(n, 16), nn.Tanh(), nn.Linear(16, 1))); the "
+                "short name 'relax' cannot build one (use 'rebar' for a ready-made control variate)"
+            )
+        if not callable(control_variate):
+            raise TypeError(f"control_variate: expected a module, got {type(control_variate)}")
+        self.control_variate = control_variate
+
+    def terms(
+        self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
+    ) -> Tensor:
+        cv = self.control_variate
+        return _control_variate_terms(f, dist, samples, baseline, context, cv, "Relax")
+
+    def backward(self, loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+        """Gradient into ``params`` and variance gradient into φ (:func:`variance_backward`)."""
+        return variance_backward(loss, params, self.parameters())

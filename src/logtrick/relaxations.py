@@ -1,0 +1,191 @@
+r"""Continuous relaxations of Bernoulli and categorical samples, and the two biased estimators
+that differentiate through them: ``GumbelSoftmax`` and ``StraightThrough``.
+
+A Bernoulli or categorical sample is a hard threshold / argmax of perturbed logits,
+
+.. math::  b = H(z),\quad z = \theta + \log u - \log(1 - u)\ \text{(Bernoulli)},\qquad
+           b = \operatorname{onehot}\big(\arg\max_i (\theta_i + g_i)\big),\ g_i \sim
+           \text{Gumbel}\ \text{(categorical)},
+
+and replacing the hard threshold by a tempered sigmoid / softmax :math:`\sigma_\lambda(z)` gives
+a *relaxed* sample that is differentiable in :math:`\theta`. The estimators here differentiate
+through a relaxation and are **biased**; :mod:`logtrick.relax` (REBAR, RELAX) uses the same
+relaxation only as a control variate and is unbiased.
+
+Conventions: for ``Bernoulli`` f receives ``(K,) + batch_shape`` tensors of 0/1 (or relaxed values
+in (0, 1)); for ``Categorical`` and ``OneHotCategorical`` f receives **one-hot vectors**
+``(K,) + batch_shape + (n,)`` (relaxed: points of the simplex), also for ``Categorical``, since an
+index cannot be relaxed. Both estimators need f differentiable in its input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+
+from logtrick.estimators import evaluate_cost
+
+__all__ = [
+    "GumbelSoftmax",
+    "StraightThrough",
+    "hard_sample",
+    "perturbed_logits",
+    "relax_sample",
+]
+
+CostFn = Callable[[Tensor], Tensor]
+
+
+def relaxation_kind(dist: Distribution, who: str) -> str:
+    """``"bernoulli"`` or ``"categorical"`` (one-hot inputs to f), else a ``TypeError``."""
+    if isinstance(dist, Bernoulli):
+        return "bernoulli"
+    if isinstance(dist, (Categorical, OneHotCategorical)):
+        return "categorical"
+    raise TypeError(
+        f"dist: {who} needs a Bernoulli, Categorical or OneHotCategorical, got "
+        f"{type(dist).__name__}; use estimator='score_function' for other distributions"
+    )
+
+
+def open_uniform(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Uniform noise in the open interval (eps, 1 - eps), so that logarithms stay finite."""
+    eps = torch.finfo(like.dtype).eps
+    return torch.rand(shape, dtype=like.dtype, device=like.device).clamp(eps, 1.0 - eps)
+
+
+def perturbed_logits(dist: Distribution, samples: int) -> Tensor:
+    r"""Reparameterised logits :math:`z` whose hard threshold / argmax is a sample of ``dist``.
+
+    .. math::  z = \theta + \log u - \log(1-u)\ \text{(Bernoulli)},\qquad
+               z_i = \theta_i - \log(-\log u_i)\ \text{(categorical)},\qquad u \sim U(0, 1)
+
+    Returns:
+        ``(K,) + batch_shape`` (Bernoulli) or ``(K,) + batch_shape + (n,)`` (categorical),
+        differentiable in the distribution's logits.
+    """
+    theta = dist.logits
+    u = open_uniform((samples, *theta.shape), theta)
+    if relaxation_kind(dist, "perturbed_logits") == "bernoulli":
+        return theta + u.log() - (-u).log1p()
+    return theta - (-u.log()).log()
+
+
+def relax_sample(z: Tensor, kind: str, temperature: Tensor | float) -> Tensor:
+    r"""The relaxed sample :math:`\sigma_\lambda(z)`: ``sigmoid(z / λ)`` or ``softmax(z / λ)``."""
+    if kind == "bernoulli":
+        return torch.sigmoid(z / temperature)
+    return torch.softmax(z / temperature, dim=-1)
+
+
+def hard_sample(z: Tensor, kind: str) -> Tensor:
+    """The discrete sample :math:`H(z)`: ``z > 0`` (0/1) or the one-hot argmax, as floats."""
+    if kind == "bernoulli":
+        return (z > 0).to(z.dtype)
+    return F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise ``ValueError`` unless ``temperature`` is a positive finite number."""
+    ok = isinstance(temperature, (int, float)) and math.isfinite(temperature)
+    if not (ok and temperature > 0):
+        raise ValueError(f"temperature: expected a positive finite float, got {temperature!r}")
+
+
+@dataclass(frozen=True)
+class GumbelSoftmax:
+    r"""Gumbel-softmax / Concrete relaxation: the pathwise gradient of a relaxed objective.
+
+    .. math::  \nabla_\theta \mathbb{E}_p[f(b)] \approx \frac1K \sum_k
+               \nabla_\theta f\big(\sigma_\tau(z_k(\theta))\big),\qquad
+               \sigma_\tau(z) = \operatorname{sigmoid}(z/\tau)\ \text{or}\
+               \operatorname{softmax}(z/\tau)
+
+    It is the unbiased gradient of :math:`\mathbb{E}_z[f(\sigma_\tau(z))]`, **not** of
+    :math:`\mathbb{E}[f(b)]`: biased, with the bias vanishing as :math:`\tau \to 0` while the
+    variance grows like :math:`1/\tau`. With ``hard=True`` (straight-through Gumbel-softmax) f is
+    evaluated at the discrete sample :math:`H(z)` and differentiated as if at
+    :math:`\sigma_\tau(z)`.
+
+    Requires: ``Bernoulli`` (binary Concrete), ``Categorical`` or ``OneHotCategorical``; f
+    differentiable in its input and defined on relaxed values (see the module docstring for
+    shapes: categorical f always takes one-hot vectors). The baseline is ignored.
+
+    Value: the mean of f at the relaxed samples (``hard=False``) or exactly the mean of f at the
+    discrete samples (``hard=True``).
+
+    Args:
+        temperature: :math:`\tau > 0`.
+        hard: evaluate f at the hard sample (straight-through on the relaxed sample).
+
+    References:
+        Maddison, Mnih & Teh (2017), The Concrete Distribution; Jang, Gu & Poole (2017),
+        Categorical Reparameterization with Gumbel-Softmax.
+    """
+
+    temperature: float = 0.5
+    hard: bool = False
+
+    name: ClassVar[str] = "gumbel_softmax"
+    unbiased: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        check_temperature(self.temperature)
+
+    def terms(
+        self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
+    ) -> Tensor:
+        kind = relaxation_kind(dist, "GumbelSoftmax")
+        z = perturbed_logits(dist, samples)
+        y = relax_sample(z, kind, self.temperature)
+        if self.hard:
+            y = hard_sample(z.detach(), kind) + (y - y.detach())
+        return evaluate_cost(f, y, dist, samples)
+
+
+@dataclass(frozen=True)
+class StraightThrough:
+    r"""Straight-through estimator: f at the discrete sample, differentiated through the mean.
+
+    .. math::  \nabla_\theta \mathbb{E}_p[f(b)] \approx \frac1K \sum_k
+               \nabla_b f(b_k)\, \frac{\partial\, \mathbb{E}_p[b]}{\partial\theta},\qquad
+               b_k \sim p
+
+    The backward pass treats the sample as if it were its mean: ``b + p - p.detach()`` with
+    :math:`p = \sigma(\theta)` (Bernoulli) or :math:`p = \operatorname{softmax}(\theta)`
+    (categorical, one-hot b). This is the "identity through the mean" variant; the
+    straight-through *Gumbel* variant is ``GumbelSoftmax(hard=True)``. Biased unless f is affine
+    in each Bernoulli component separately (multilinear) or linear in the one-hot vector.
+
+    Requires: ``Bernoulli``, ``Categorical`` or ``OneHotCategorical``; f differentiable in its
+    input (categorical f takes one-hot vectors). The baseline is ignored. Value: exactly the mean
+    of f at the discrete samples.
+
+    References:
+        Bengio, Léonard & Courville (2013), Estimating or Propagating Gradients Through Stochastic
+        Neurons for Conditional Computation.
+    """
+
+    name: ClassVar[str] = "straight_through"
+    unbiased: ClassVar[bool] = False
+
+    def terms(
+        self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
+    ) -> Tensor:
+        kind = relaxation_kind(dist, "StraightThrough")
+        with torch.no_grad():
+            x = dist.sample((samples,))
+        if kind == "bernoulli":
+            p = dist.probs
+        else:
+            p = torch.softmax(dist.logits, -1)
+            if isinstance(dist, Categorical):
+                x = F.one_hot(x, p.shape[-1]).to(p.dtype)
+        return evaluate_cost(f, x + (p - p.detach()), dist, samples)
