@@ -4,6 +4,7 @@ Unbiased, low-variance gradients of expectations whose integrand may be a black 
 fast policy-gradient trainer built on the same estimator (:mod:`logtrick.rl`).
 """
 
+from logtrick import diagnostics, problems
 from logtrick.advantages import (
     GroupedAdvantages,
     MovingAverageState,
@@ -68,6 +69,7 @@ __all__ = [
     "StraightThrough",
     "__version__",
     "baseline_advantages",
+    "diagnostics",
     "enumerate_expectation",
     "expectation",
     "fisher",
@@ -76,6 +78,7 @@ __all__ = [
     "grouped_advantages",
     "magic_box",
     "moving_average_advantages",
+    "problems",
     "rank_advantages",
     "rloo_advantages",
     "score",

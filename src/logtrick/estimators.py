@@ -19,7 +19,7 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from logtrick.baselines import LeaveOneOut, resolve_baseline
-from logtrick.surrogate import check_finite, surrogate
+from logtrick.surrogate import check_finite, score_terms
 
 __all__ = [
     "ESTIMATORS",
@@ -68,9 +68,33 @@ def evaluate_cost(f: CostFn, x: Tensor, dist: Distribution, samples: int) -> Ten
     return out
 
 
+def checked_score_terms(
+    cost: Tensor, log_prob: Tensor, baseline: object, context: Tensor | None
+) -> Tensor:
+    """:func:`~logtrick.surrogate.surrogate` for a cost that :func:`evaluate_cost` already checked
+    (shape and finiteness) and its :func:`joint_log_prob`: the checks are not paid twice."""
+    if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
+        cost = cost.to(log_prob.dtype)
+    return score_terms(cost, log_prob, resolve_baseline(baseline), 0, context)
+
+
+def _log_prob_of_own_samples(dist: Distribution, x: Tensor) -> Tensor:
+    if not dist._validate_args:
+        return dist.log_prob(x)
+    dist._validate_args = False
+    try:
+        return dist.log_prob(x)
+    finally:
+        dist._validate_args = True
+
+
 def joint_log_prob(dist: Distribution, x: Tensor, cost: Tensor) -> Tensor:
-    """``dist.log_prob(x)`` summed over the trailing batch dimensions that ``cost`` reduced."""
-    log_prob = dist.log_prob(x)
+    """``dist.log_prob(x)`` summed over the trailing batch dimensions that ``cost`` reduced.
+
+    ``x`` was drawn from ``dist`` itself, so it lies in the support: the distribution's sample
+    validation (a support check per call) is skipped as redundant.
+    """
+    log_prob = _log_prob_of_own_samples(dist, x)
     extra = log_prob.dim() - cost.dim()
     return log_prob.sum(tuple(range(-extra, 0))) if extra else log_prob
 
@@ -104,8 +128,7 @@ class ScoreFunction:
     ) -> Tensor:
         """The terms for given samples ``x`` (drawn without gradient)."""
         cost = evaluate_cost(f, x, dist, x.shape[0])
-        log_prob = joint_log_prob(dist, x, cost)
-        return surrogate(cost, log_prob, baseline, sample_dim=0, context=context)
+        return checked_score_terms(cost, joint_log_prob(dist, x, cost), baseline, context)
 
 
 @dataclass(frozen=True)
@@ -171,7 +194,7 @@ class Auto:
             return cost
         # f(x) does not reach x: reuse it (f is called once) with the score-function terms
         log_prob = joint_log_prob(dist, x.detach(), cost)
-        return surrogate(cost, log_prob, baseline, sample_dim=0, context=context)
+        return checked_score_terms(cost, log_prob, baseline, context)
 
 
 ESTIMATORS: dict[str, type] = {"score_function": ScoreFunction, "pathwise": Pathwise, "auto": Auto}

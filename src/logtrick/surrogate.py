@@ -14,11 +14,12 @@ estimates of higher derivatives of :math:`\mathbb{E}[c]` (for the ``b = 0`` part
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from logtrick.baselines import Learned, OptimalScale, resolve_baseline
+from logtrick.baselines import Learned, NoBaseline, OptimalScale, resolve_baseline
 
-__all__ = ["check_finite", "magic_box", "surrogate"]
+__all__ = ["check_finite", "magic_box", "score_terms", "surrogate"]
 
 
 def magic_box(log_prob: Tensor) -> Tensor:
@@ -27,8 +28,15 @@ def magic_box(log_prob: Tensor) -> Tensor:
 
 
 def check_finite(name: str, x: Tensor) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or inf."""
-    bad = ~x.detach().isfinite()
+    """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or inf.
+
+    Fast path: NaN and inf propagate through a sum, so one reduction clears the common case;
+    only a non-finite sum (a bad entry, or an overflow of finite ones) pays for the exact scan.
+    """
+    x = x.detach()
+    if bool(torch.isfinite(x.sum())):
+        return
+    bad = ~x.isfinite()
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(
@@ -86,11 +94,19 @@ def surrogate(
     if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
         cost = cost.to(log_prob.dtype)
     check_finite("cost", cost)
-    baseline = resolve_baseline(baseline)
+    return score_terms(cost, log_prob, resolve_baseline(baseline), sample_dim, context)
+
+
+def score_terms(
+    cost: Tensor, log_prob: Tensor, baseline: object, sample_dim: int, context: Tensor | None
+) -> Tensor:
+    """The body of :func:`surrogate` for checked inputs and a resolved baseline object."""
     if isinstance(baseline, OptimalScale):
         return cost + baseline.terms(cost, log_prob)
-    b = baseline(cost, sample_dim, context)
     box = magic_box(log_prob)
+    if isinstance(baseline, NoBaseline):
+        return cost * box
+    b = baseline(cost, sample_dim, context)
     out = cost * box + (1.0 - box) * b.detach()
     if isinstance(baseline, Learned) and baseline.fold_loss:
         sq = 0.5 * (b - cost.detach()).pow(2)

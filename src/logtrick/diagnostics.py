@@ -1,0 +1,403 @@
+r"""Measure gradient estimators: per-sample gradients, variance over repeated draws, comparisons.
+
+The per-sample surrogate terms ``est.terms(f, dist, K, baseline, context)``, ``(K,) + batch``,
+have the estimate as the gradient of their mean, so each term's gradient is that sample's
+contribution :math:`g_k`, :math:`\hat g = \frac1K \sum_k g_k`. R estimates from fresh draws give
+the variance per parameter,
+
+.. math::  \operatorname{Var}[\hat g_i] \approx \frac{1}{R-1}\sum_{r=1}^R
+           (\hat g_i^{(r)} - \bar g_i)^2,\qquad
+           \operatorname{SE}[\widehat{\operatorname{Var}}] \approx
+           \sqrt{(m_4 - \tfrac{R-3}{R-1} s^4) / R},
+
+with :math:`m_4` the fourth central moment. ``K * variance`` is the per-sample variance (also
+when a shared baseline makes the terms dependent); ``variance * f_evals`` the variance per work.
+
+References:
+    Mohamed, Rosca, Figurnov, Mnih (2020). Monte Carlo Gradient Estimation in Machine Learning.
+    JMLR 21(132), section 3.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from logtrick.baselines import OptimalScale, resolve_baseline
+from logtrick.estimators import check_samples, resolve_estimator
+from logtrick.problems import Problem
+
+__all__ = [
+    "ComparisonRow",
+    "GradientStats",
+    "compare",
+    "format_table",
+    "gradient_variance",
+    "per_sample_gradients",
+    "table_cells",
+]
+
+CostFn = Callable[[Tensor], Tensor]
+DistFn = Callable[[list[Tensor]], Distribution]
+
+
+def _check_params(params: Sequence[Tensor]) -> list[Tensor]:
+    if isinstance(params, Tensor):
+        raise TypeError("params: expected a list of tensors, got a single Tensor; wrap it: [theta]")
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor) or not p.requires_grad:
+            raise TypeError(f"params[{i}]: expected a tensor with requires_grad=True, got {p!r}")
+    return params
+
+
+def _flat(grads: Sequence[Tensor], rows: int) -> Tensor:
+    return torch.cat([g.reshape(rows, -1) for g in grads], dim=1)
+
+
+def _jacobian_rows(values: Tensor, params: list[Tensor], chunk: int) -> Tensor:
+    """``d values[k] / d params`` for every k, as ``(K, P)``: batched backward over one-hot rows."""
+    k = values.shape[0]
+    eye = torch.eye(k, dtype=values.dtype, device=values.device)
+    out = []
+    for start in range(0, k, chunk):
+        rows = eye[start : start + chunk]
+        grads = torch.autograd.grad(
+            values, params, grad_outputs=rows, is_grads_batched=True,
+            retain_graph=True, allow_unused=True, materialize_grads=True,
+        )  # fmt: skip
+        out.append(_flat(grads, rows.shape[0]))
+    return torch.cat(out)
+
+
+def per_sample_gradients(
+    f: CostFn,
+    dist: Distribution,
+    params: Sequence[Tensor],
+    samples: int,
+    estimator: object = "score_function",
+    baseline: object = None,
+    context: Tensor | None = None,
+    chunk: int = 1024,
+) -> Tensor:
+    r"""Per-sample gradient contributions :math:`g_k` of one estimate, flattened over ``params``.
+
+    .. math::  g_k = \nabla_\theta \textstyle\sum_{\text{batch}} L_k,\qquad
+               \hat g = \frac1K \sum_{k=1}^K g_k
+
+    Takes the gradient of each per-sample surrogate term (summed over batch dimensions) with a
+    vectorised backward (``is_grads_batched``, one-hot rows in chunks): no Python loop over
+    samples, but time and memory grow as :math:`K \cdot \min(K, \text{chunk})`, so keep K to a few
+    thousand.
+
+    Args:
+        f: cost, samples ``(K,) + batch_shape + event_shape`` -> ``(K,) + batch_shape``.
+        dist: the distribution, built from ``params`` (so gradients flow to them).
+        params: tensors that require grad; the result's columns are their elements, flattened
+            and concatenated in order.
+        samples: K > 0 draws.
+        estimator: a name or an estimator object (see :func:`logtrick.expectation`).
+        baseline: a baseline spec (see :func:`logtrick.surrogate`).
+        context: input of a ``Learned`` baseline.
+        chunk: rows per batched backward.
+
+    Returns:
+        ``(K, P)`` with ``P = sum(p.numel() for p in params)``; its mean over rows is the
+        estimator's gradient.
+
+    References:
+        Mohamed et al. (2020), JMLR 21(132), section 3 (variance of per-sample estimators).
+    """
+    params = _check_params(params)
+    check_samples(samples)
+    terms = resolve_estimator(estimator).terms(f, dist, samples, baseline, context)
+    if terms.dim() == 0 or terms.shape[0] != samples:
+        raise ValueError(
+            f"estimator: expected terms of shape (samples={samples},) + batch, got "
+            f"{tuple(terms.shape)}"
+        )
+    per_term = terms.reshape(samples, -1).sum(1)
+    return _jacobian_rows(per_term, params, chunk)
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """Statistics of R independent gradient estimates over P parameter elements."""
+
+    mean: Tensor
+    """``(P,)`` mean of the estimates."""
+    variance: Tensor
+    """``(P,)`` variance of one K-sample estimate (unbiased sample variance over the repeats)."""
+    variance_se: Tensor
+    """``(P,)`` standard error of ``variance`` (from the fourth central moment)."""
+    total_variance: float
+    """Trace of the estimate's covariance: ``variance.sum()``."""
+    total_variance_se: float
+    """Standard error of ``total_variance``."""
+    samples: int
+    """K, the draws per estimate."""
+    repeats: int
+    """R, the number of estimates."""
+    f_evals: float
+    """Evaluations of f per estimate (per batch element)."""
+    seconds: float
+    """Wall time per estimate, forward and backward."""
+
+    @property
+    def stderr(self) -> Tensor:
+        """``(P,)`` standard error of ``mean``."""
+        return (self.variance / self.repeats).sqrt()
+
+    @property
+    def per_sample_variance(self) -> Tensor:
+        """``(P,)`` ``K * variance``: the variance of one sample's contribution."""
+        return self.samples * self.variance
+
+    @property
+    def per_sample_variance_se(self) -> Tensor:
+        """``(P,)`` standard error of ``per_sample_variance``."""
+        return self.samples * self.variance_se
+
+    @property
+    def variance_times_evals(self) -> Tensor:
+        """``(P,)`` ``variance * f_evals``: variance per unit of work (lower is better)."""
+        return self.variance * self.f_evals
+
+    @property
+    def snr(self) -> Tensor:
+        """``(P,)`` signal-to-noise ratio ``|mean| / sqrt(variance)``."""
+        return self.mean.abs() / self.variance.sqrt()
+
+
+def _summarise(grads: Tensor, samples: int, f_evals: float, seconds: float) -> GradientStats:
+    g = grads.double()
+    r = g.shape[0]
+    mean = g.mean(0)
+    dev = g - mean
+    var = dev.pow(2).sum(0) / (r - 1)
+    m4 = dev.pow(4).mean(0)
+    var_se = ((m4 - (r - 3) / (r - 1) * var.pow(2)).clamp_min(0.0) / r).sqrt()
+    sq = dev.pow(2).sum(1)  # per-repeat squared deviation: its mean estimates the trace
+    total_se = float(sq.std() / math.sqrt(r)) * r / (r - 1)
+    return GradientStats(mean, var, var_se, float(var.sum()), total_se, samples, r, f_evals,
+                         seconds)  # fmt: skip
+
+
+class _CountingCost:
+    """Wraps f and counts the samples it is evaluated on (the leading dimension of x)."""
+
+    def __init__(self, f: CostFn) -> None:
+        self.f, self.count = f, 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.count += x.shape[0] if x.dim() else 1
+        return self.f(x)
+
+
+def _estimate(
+    f: CostFn, dist: Distribution, params: list[Tensor], samples: int, est: object,
+    baseline: object, context: Tensor | None,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    terms = est.terms(f, dist, samples, baseline, context)  # type: ignore[attr-defined]
+    return torch.autograd.grad(
+        terms.mean(0).sum(), params, allow_unused=True, materialize_grads=True
+    )
+
+
+def gradient_variance(
+    f: CostFn,
+    dist_fn: DistFn,
+    params: Sequence[Tensor],
+    samples: int = 1,
+    estimator: object = "score_function",
+    baseline: object = None,
+    repeats: int = 1000,
+    *,
+    context: Tensor | None = None,
+    warmup: int = 0,
+    vectorize: bool = False,
+    seed: int | None = None,
+) -> GradientStats:
+    r"""Mean, variance and cost of a gradient estimator over R independent repeated estimates.
+
+    .. math::  \hat g^{(r)} = \nabla_\theta \frac1K \sum_k L_k^{(r)},\quad r = 1..R,\qquad
+               \operatorname{Var}[\hat g] \approx \tfrac{1}{R-1}\sum_r (\hat g^{(r)} - \bar g)^2
+
+    The baseline is resolved once, so a stateful one (``"moving_average"`` or a
+    ``MovingAverage`` you pass) keeps its state across the repeats; ``warmup`` estimates are
+    drawn first and discarded (its history then reflects the current parameters).
+
+    Args:
+        f: cost, samples ``(K,) + batch_shape + event_shape`` -> ``(K,) + batch_shape``.
+        dist_fn: maps the list ``params`` to the distribution.
+        params: tensors that require grad; statistics are over their elements, flattened and
+            concatenated in order (P in all).
+        samples: K > 0 draws per estimate.
+        estimator: a name or an estimator object.
+        baseline: a baseline spec.
+        repeats: R >= 4 estimates.
+        context: input of a ``Learned`` baseline.
+        warmup: estimates drawn and discarded before measuring.
+        vectorize: draw all R estimates in one pass by giving every parameter a leading
+            dimension R (``dist_fn`` must then return batch shape ``(R,) + batch_shape`` and f
+            must act independently along it); much faster, but each replica has its own
+            baseline state, and ``OptimalScale`` is not supported.
+        seed: if given, the draws use this seed and the global RNG state is restored after.
+
+    Returns:
+        A :class:`GradientStats` (time per estimate includes the backward pass).
+
+    References:
+        Mohamed et al. (2020), JMLR 21(132), sections 3 and 7 (comparing estimators).
+    """
+    params = _check_params(params)
+    check_samples(samples)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 4:
+        raise ValueError(
+            f"repeats: expected an int >= 4 (the number of estimates), got {repeats!r}"
+        )
+    est, baseline = resolve_estimator(estimator), resolve_baseline(baseline)
+    if vectorize and isinstance(baseline, OptimalScale):
+        raise TypeError("baseline: OptimalScale is tied to its params; use vectorize=False")
+    counted = _CountingCost(f)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for _ in range(warmup):
+            _estimate(f, dist_fn(params), params, samples, est, baseline, context)
+        start = time.perf_counter()
+        grads = _estimates(counted, dist_fn, params, samples, est, baseline, repeats, context,
+                           vectorize)  # fmt: skip
+        seconds = (time.perf_counter() - start) / repeats
+    calls = 1 if vectorize else repeats
+    return _summarise(grads, samples, counted.count / calls, seconds)
+
+
+def _estimates(
+    f: CostFn, dist_fn: DistFn, params: list[Tensor], samples: int, est: object,
+    baseline: object, repeats: int, context: Tensor | None, vectorize: bool,
+) -> Tensor:  # fmt: skip
+    """``(R, P)`` estimates: R calls in a loop, or one pass with a leading replica dimension."""
+    if not vectorize:
+        return torch.cat([
+            _flat(_estimate(f, dist_fn(params), params, samples, est, baseline, context), 1)
+            for _ in range(repeats)
+        ])  # fmt: skip
+    replicas = [p.detach().expand(repeats, *p.shape).clone().requires_grad_(True) for p in params]
+    dist = dist_fn(replicas)
+    if tuple(dist.batch_shape[:1]) != (repeats,):
+        raise ValueError(
+            f"dist_fn: with vectorize=True it must map parameters with a leading dimension "
+            f"R={repeats} to batch shape (R,) + batch_shape, got batch shape "
+            f"{tuple(dist.batch_shape)}"
+        )
+    return _flat(_estimate(f, dist, replicas, samples, est, baseline, context), repeats)
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One estimator's line in a comparison table."""
+
+    name: str
+    """Label, e.g. ``"score_function + leave_one_out"``."""
+    stats: GradientStats
+    """Its measured statistics."""
+    exact: Tensor | None = None
+    """``(P,)`` exact gradient, if known."""
+
+    @property
+    def bias_z(self) -> float | None:
+        """``max_i |mean_i - exact_i| / stderr_i``: about N(0,1)-sized for an unbiased estimator."""
+        if self.exact is None:
+            return None
+        diff = (self.stats.mean - self.exact.to(self.stats.mean)).abs()
+        return float(torch.where(diff == 0, 0.0, diff / self.stats.stderr).max())
+
+
+def compare(
+    problem: Problem | CostFn,
+    estimators: dict[str, tuple[object, object]],
+    samples: int = 8,
+    repeats: int = 500,
+    *,
+    dist_fn: DistFn | None = None,
+    params: Sequence[Tensor] | None = None,
+    seed: int = 0,
+    warmup: int = 20,
+    vectorize: bool = False,
+) -> list[ComparisonRow]:
+    """Measure several (estimator, baseline) pairs on one problem with the same settings.
+
+    Args:
+        problem: a :class:`logtrick.problems.Problem` (cost, distribution, parameters, exact
+            expectation), or a cost f together with ``dist_fn`` and ``params``.
+        estimators: label -> ``(estimator, baseline)``, e.g.
+            ``{"rloo": ("score_function", "leave_one_out"), "pathwise": ("pathwise", None)}``.
+        samples: K draws per estimate.
+        repeats: R estimates per estimator.
+        seed: every estimator draws from this seed.
+        warmup: estimates discarded first (lets moving averages settle).
+        vectorize: see :func:`gradient_variance`.
+        dist_fn: with a cost f: maps ``params`` to the distribution.
+        params: with a cost f: the tensors whose gradient is estimated.
+
+    Returns:
+        One :class:`ComparisonRow` per entry, in order; print with :func:`format_table`.
+    """
+    if not isinstance(problem, Problem):
+        if not callable(problem) or dist_fn is None or params is None:
+            raise TypeError(
+                f"problem: expected a logtrick.problems.Problem, or a cost f with dist_fn= and "
+                f"params=, got {problem!r}"
+            )
+        params = tuple(_check_params(params))
+        names = tuple(f"params[{i}]" for i in range(len(params)))
+        problem = Problem(getattr(problem, "__name__", "f"), problem, dist_fn, params, names)
+    exact, rows = problem.exact_gradient(), []
+    for name, (estimator, baseline) in estimators.items():
+        stats = gradient_variance(
+            problem.f, problem.dist_fn, problem.params, samples, estimator, baseline, repeats,
+            warmup=warmup, vectorize=vectorize, seed=seed,
+        )  # fmt: skip
+        rows.append(ComparisonRow(name, stats, None if exact is None else exact.double()))
+    return rows
+
+
+HEADERS = ("estimator", "variance", "SE", "var×evals", "f-evals", "µs", "max|z|")
+
+
+def table_cells(rows: Sequence[ComparisonRow]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """Headers and formatted cells of a comparison table (shared by the text and rich views).
+
+    Columns: label; total variance of the estimate (trace over parameters) and its standard
+    error; variance times f-evaluations; f-evaluations and microseconds per estimate; the
+    largest ``|mean - exact| / SE`` over parameters ("-" if the exact gradient is unknown).
+    """
+    cells = []
+    for row in rows:
+        s, z = row.stats, row.bias_z
+        cells.append([
+            row.name, f"{s.total_variance:.3g}", f"{s.total_variance_se:.2g}",
+            f"{s.total_variance * s.f_evals:.3g}", f"{s.f_evals:g}", f"{s.seconds * 1e6:.0f}",
+            "-" if z is None else f"{z:.2f}",
+        ])  # fmt: skip
+    return HEADERS, cells
+
+
+def format_table(rows: Sequence[ComparisonRow]) -> str:
+    """The comparison table as aligned plain text (one line per estimator)."""
+    headers, cells = table_cells(rows)
+    widths = [max(len(r[i]) for r in [list(headers), *cells]) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        rest = (v.rjust(w) for v, w in zip(values[1:], widths[1:]))
+        return "  ".join([values[0].ljust(widths[0]), *rest])
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(c) for c in cells)])

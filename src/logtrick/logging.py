@@ -1,0 +1,189 @@
+"""The run directory: config, metrics CSV, TensorBoard events, learning-curve plot, checkpoints.
+
+Every file that must survive a crash is written atomically: to a temporary file in the same
+directory, flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX),
+so a reader sees the old file or the new one, never half of one. Checkpoints are plain tensors
+and numbers, loadable with ``torch.load(weights_only=True)``: loading one runs no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "MetricsLogger",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_checkpoint",
+    "new_run_dir",
+    "plot_learning_curve",
+    "read_config",
+    "read_metrics",
+    "save_checkpoint",
+    "write_config",
+]
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+CURVE = "learning_curve.png"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
+    """``torch.save`` a dict of tensors and plain values atomically."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def new_run_dir(out: str | os.PathLike[str], name: str) -> Path:
+    """A fresh directory ``out/name``, else ``out/name-1``, ``-2``, ... (nothing is overwritten)."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    candidate, i = root / name, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
+            candidate = root / f"{name}-{i}"
+
+
+class MetricsLogger:
+    """Append rows to ``metrics.csv`` (flushed each row) and, if installed, TensorBoard.
+
+    On resume, rows written after the checkpoint's update are dropped first (``keep_until``), so
+    the CSV of a resumed run equals the CSV of an uninterrupted one.
+    """
+
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, keep_until: int | None = None
+    ) -> None:
+        self.path = run_dir / METRICS
+        self.fields: list[str] | None = None
+        if keep_until is not None and self.path.exists():
+            rows = [r for r in read_metrics(self.path) if int(float(r["update"])) <= keep_until]
+            self.fields = list(rows[0]) if rows else None
+            text = io.StringIO()
+            if rows:
+                writer = csv.DictWriter(text, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            atomic_write_text(self.path, text.getvalue())
+        self.file = self.path.open("a", newline="")
+        self.writer: csv.DictWriter[str] | None = None
+        if self.fields is not None:
+            self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+        self.tb = _summary_writer(run_dir) if tensorboard else None
+
+    def log(self, row: Mapping[str, float]) -> None:
+        if self.writer is None:
+            self.fields = list(row)
+            self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+            self.writer.writeheader()
+        self.writer.writerow({k: row.get(k, "") for k in self.fields or []})
+        self.file.flush()
+        if self.tb is not None:
+            step = int(row.get("global_step", 0))
+            for key, value in row.items():
+                if key not in ("global_step", "update") and value == value:  # skip NaN
+                    self.tb.add_scalar(key, float(value), step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _summary_writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Rows of a ``metrics.csv`` as dicts of strings."""
+    with Path(path).open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_learning_curve(
+    rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
+) -> None:
+    """Return vs env steps and vs wall-clock (two panels), written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if str(r.get("episode_return", "")) not in ("", "nan")]
+    steps = [float(r["global_step"]) for r in rows]
+    secs = [float(r["time"]) for r in rows]
+    rets = [float(r["episode_return"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, x, label in ((axes[0], steps, "env steps"), (axes[1], secs, "wall-clock (s)")):
+        ax.plot(x, rets, lw=1.5)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean episode return (recent)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a run directory."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: no {CONFIG} in {Path(run_dir)}; is it a run directory?")
+    return json.loads(path.read_text())
+
+
+def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """``config.json``, atomically."""
+    atomic_write_text(run_dir / CONFIG, json.dumps(dict(config), indent=2, sort_keys=True) + "\n")

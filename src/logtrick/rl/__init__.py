@@ -1,0 +1,41 @@
+"""Policy-gradient reinforcement learning on Gymnasium: returns, rollouts, policies, losses, and
+the trainer (``train``, ``load``, ``evaluate``)."""
+
+from logtrick.rl.config import ALGOS, PRESETS, Config, preset
+from logtrick.rl.losses import (
+    conjugate_gradient,
+    entropy_bonus,
+    fisher_vector_product,
+    natural_gradient,
+    ppo_clip_loss,
+    reinforce_loss,
+    value_loss,
+)
+from logtrick.rl.policies import ActorCritic
+from logtrick.rl.returns import compute_gae, discounted_returns
+from logtrick.rl.rollout import Collector, Rollout, make_env
+from logtrick.rl.train import TrainResult, evaluate, load, train
+
+__all__ = [
+    "ALGOS",
+    "PRESETS",
+    "ActorCritic",
+    "Collector",
+    "Config",
+    "Rollout",
+    "TrainResult",
+    "compute_gae",
+    "conjugate_gradient",
+    "discounted_returns",
+    "entropy_bonus",
+    "evaluate",
+    "fisher_vector_product",
+    "load",
+    "make_env",
+    "natural_gradient",
+    "ppo_clip_loss",
+    "preset",
+    "reinforce_loss",
+    "train",
+    "value_loss",
+]
