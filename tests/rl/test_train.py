@@ -131,8 +131,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # still loadable
     assert 1 <= state["counters"]["update"] < 40
     resumed = rl.train(resume=run_dir)
-    whole = rl.train(rl.preset("CartPole-v1", "ppo", total_steps=steps, num_envs=8, num_steps=32,
-                               checkpoint_every=256, out=str(tmp_path / "whole"), **QUIET))  # fmt: skip
+    whole_config = rl.preset(
+        "CartPole-v1",
+        "ppo",
+        total_steps=steps,
+        num_envs=8,
+        num_steps=32,
+        checkpoint_every=256,
+        out=str(tmp_path / "whole"),
+        **QUIET,
+    )
+    whole = rl.train(whole_config)
     _same_curves(whole.history, resumed.history)
 
 
