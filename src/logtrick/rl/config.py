@@ -47,6 +47,8 @@ class Config:
     """Hidden activation: ``tanh`` or ``relu``."""
     normalize_obs: bool = False
     """Normalise observations by a running mean and variance (saved with the policy)."""
+    normalize_rewards: bool = False
+    """Divide rewards by a running std of the discounted return (value targets on a sane scale)."""
     log_std_init: float = 0.0
     """Initial log standard deviation of Gaussian policies (Box actions)."""
     baseline: str = "value"
@@ -202,7 +204,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "npg": {"num_envs": 16, "num_steps": 512, "num_minibatches": 8, "max_kl": 0.02},
     },
     "Pendulum-v1": {
-        "*": {"total_steps": 300_000, "normalize_obs": True, "gamma": 0.9, "gae_lambda": 0.95},
+        "*": {"total_steps": 300_000, "normalize_obs": True, "normalize_rewards": True,
+              "gamma": 0.9, "gae_lambda": 0.95},
         "ppo": {"num_envs": 4, "num_steps": 512, "num_minibatches": 32, "update_epochs": 10,
                 "lr": 1e-3, "clip_eps": 0.2, "log_std_init": -0.5},
         "a2c": {"num_envs": 8, "num_steps": 8, "num_minibatches": 1, "lr": 7e-4},

@@ -1,19 +1,9 @@
 r"""The algorithm: sample trajectories, compute the policy gradient, update the policy.
 
-One flat loop serves ``reinforce``, ``a2c``, ``ppo`` and ``npg``; they differ only in how the
-advantage is estimated and how the gradient is applied (:func:`update`):
-
-=========  ==========================================  ============================================
-algo       advantage :math:`\hat A_t`                   update
-=========  ==========================================  ============================================
-reinforce  reward-to-go :math:`G_t - b` (b: none, mean,  one Adam step on
-           learned value)                               :math:`-\mathrm{mean}(\log\pi\,\hat A)`
-a2c        GAE(γ, λ) with a learned critic             one Adam step, short rollouts
-ppo        GAE(γ, λ)                                    clipped surrogate, epochs × minibatches
-npg        GAE(γ, λ)                                    natural gradient in a KL trust region
-=========  ==========================================  ============================================
-
-Shapes: rollouts are time-major, ``(T, B)`` = ``(num_steps, num_envs)``.
+One flat loop serves ``reinforce``, ``a2c``, ``ppo`` and ``npg``: collect a rollout
+(:class:`~logtrick.rl.rollout.Collector`), update (:func:`~logtrick.rl.update.update`, where the
+algorithms differ), log, evaluate, checkpoint. Shapes: rollouts are time-major, ``(T, B)`` =
+``(num_steps, num_envs)``.
 """
 
 from __future__ import annotations
@@ -29,22 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from logtrick import logging as runlog
 from logtrick.rl.config import Config
-from logtrick.rl.losses import (
-    entropy_bonus,
-    explained_variance,
-    natural_gradient,
-    normalize_advantages,
-    ppo_clip_loss,
-    reinforce_loss,
-    value_loss,
-)
 from logtrick.rl.policies import ActorCritic
-from logtrick.rl.returns import compute_gae, discounted_returns
-from logtrick.rl.rollout import Collector, Rollout, make_env
+from logtrick.rl.rollout import Collector, make_env
+from logtrick.rl.update import Learner, RewardScale, update
 
 __all__ = ["TrainResult", "evaluate", "load", "train"]
 
@@ -74,145 +54,6 @@ def build_policy(config: Config, env: Any) -> ActorCritic:
         normalize_obs=config.normalize_obs,
         log_std_init=config.log_std_init,
     )
-
-
-def advantages_and_returns(config: Config, ro: Rollout) -> tuple[Tensor, Tensor]:
-    """Advantages and value targets for one rollout, ``(T, B)`` each."""
-    if config.algo == "reinforce":
-        next_values = ro.next_values if config.baseline == "value" else torch.zeros_like(ro.rewards)
-        returns = discounted_returns(
-            ro.rewards, next_values, ro.terminated, ro.truncated, config.gamma
-        )
-        if config.baseline == "value":
-            return returns - ro.values, returns
-        if config.baseline == "mean":
-            return returns - returns[ro.valid].mean(), returns
-        return returns, returns
-    return compute_gae(
-        ro.rewards, ro.values, ro.next_values, ro.terminated, ro.truncated,
-        config.gamma, config.gae_lambda,
-    )  # fmt: skip
-
-
-@dataclass
-class Learner:
-    """What an update changes: the policy, its optimizer, and the minibatch RNG."""
-
-    config: Config
-    policy: ActorCritic
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-
-    def step(self, loss: Tensor) -> Tensor:
-        """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        return norm
-
-    def minibatches(self, n: int) -> list[Tensor]:
-        """A fresh random split of ``range(n)`` into ``num_minibatches`` index sets."""
-        size = max(1, n // self.config.num_minibatches)
-        return list(torch.randperm(n, generator=self.generator).split(size))
-
-
-def minibatch_loss(learner: Learner, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Policy-gradient loss (REINFORCE form, or PPO's clipped form) + value loss − entropy bonus."""
-    config, policy = learner.config, learner.policy
-    log_prob, entropy, values = policy.evaluate_actions(batch["obs"], batch["actions"])
-    adv = batch["advantages"]
-    if config.normalize_advantages and adv.numel() > 1:
-        adv = normalize_advantages(adv)
-    if config.algo == "ppo":
-        pg, info = ppo_clip_loss(log_prob, batch["log_probs"], adv, config.clip_eps)
-    else:
-        pg, info = reinforce_loss(log_prob, adv)
-    loss = pg - config.ent_coef * entropy_bonus(entropy)
-    if config.uses_critic:
-        vl, _ = value_loss(values, batch["returns"], batch["values"], config.clip_value)
-        loss = loss + config.vf_coef * vl
-        info["value_loss"] = vl.detach()
-    info["entropy"] = entropy.detach().mean()
-    return loss, info
-
-
-def flatten_rollout(config: Config, ro: Rollout) -> dict[str, Tensor]:
-    """The valid transitions of a rollout as flat ``(N, ...)`` tensors, with advantages."""
-    advantages, returns = advantages_and_returns(config, ro)
-    valid = ro.valid.reshape(-1)
-    return {
-        "obs": ro.obs.flatten(0, 1)[valid],
-        "actions": ro.actions.flatten(0, 1)[valid],
-        "log_probs": ro.log_probs.reshape(-1)[valid],
-        "values": ro.values.reshape(-1)[valid],
-        "advantages": advantages.reshape(-1)[valid],
-        "returns": returns.reshape(-1)[valid],
-    }
-
-
-def update(learner: Learner, ro: Rollout) -> dict[str, float]:
-    """One update of the policy (and critic) from one rollout; returns logging info."""
-    config, policy = learner.config, learner.policy
-    if config.normalize_obs:  # the statistics moved during collection: re-evaluate
-        with torch.no_grad():
-            ro.log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions)
-            if config.uses_critic:
-                ro.values = values
-    flat = flatten_rollout(config, ro)
-    info: dict[str, Any] = {
-        "explained_variance": explained_variance(flat["values"], flat["returns"])
-    }
-    if config.algo == "npg":
-        info.update(npg_update(learner, flat))
-    elif config.algo == "ppo":
-        info.update(ppo_update(learner, flat))
-    else:  # reinforce, a2c: one gradient step on the whole rollout
-        loss, step_info = minibatch_loss(learner, flat)
-        info.update(step_info, grad_norm=learner.step(loss))
-    return {k: float(v) for k, v in info.items()}
-
-
-def ppo_update(learner: Learner, flat: dict[str, Tensor]) -> dict[str, Any]:
-    """``update_epochs`` passes of minibatch steps; stops early past ``target_kl``."""
-    config, info, epochs = learner.config, {}, 0
-    for epochs in range(1, config.update_epochs + 1):  # noqa: B007  (reported below)
-        for idx in learner.minibatches(flat["obs"].shape[0]):
-            loss, info = minibatch_loss(learner, {k: v[idx] for k, v in flat.items()})
-            info["grad_norm"] = learner.step(loss)
-        if config.target_kl is not None and float(info["approx_kl"]) > config.target_kl:
-            break
-    return {**info, "epochs": epochs}
-
-
-def npg_update(learner: Learner, flat: dict[str, Tensor]) -> dict[str, Any]:
-    """Natural-gradient step of the actor in a KL trust region; critic by regression."""
-    config, policy = learner.config, learner.policy
-    obs, actions, old_log_probs = flat["obs"], flat["actions"], flat["log_probs"]
-    adv = (
-        normalize_advantages(flat["advantages"])
-        if config.normalize_advantages
-        else flat["advantages"]
-    )
-    with torch.no_grad():
-        old_dist = policy.distribution(obs)
-
-    def loss_fn() -> Tensor:  # the importance-weighted surrogate, to minimise
-        ratio = torch.exp(policy.distribution(obs).log_prob(actions) - old_log_probs)
-        return -(ratio * adv).mean()
-
-    def kl_fn() -> Tensor:
-        return torch.distributions.kl_divergence(old_dist, policy.distribution(obs)).mean()
-
-    _, info = natural_gradient(
-        loss_fn, kl_fn, list(policy.actor_parameters()), max_kl=config.max_kl,
-        cg_iters=config.cg_iters, damping=config.cg_damping, line_search=config.line_search,
-    )  # fmt: skip
-    for _ in range(config.update_epochs):
-        for idx in learner.minibatches(obs.shape[0]):
-            vl, _ = value_loss(policy.value(obs[idx]), flat["returns"][idx])
-            learner.step(vl)
-    return {**info, "value_loss": vl.detach()}
 
 
 def _target(config: Config) -> float | None:
@@ -329,6 +170,7 @@ def checkpoint_state(learner: Learner, counters: Counters) -> dict[str, Any]:
         "torch_rng": torch.get_rng_state(),
         "generator": learner.generator.get_state(),
         "counters": dataclasses.asdict(counters),
+        "reward_scale": None if learner.reward_scale is None else learner.reward_scale.state_dict(),
     }
 
 
@@ -337,6 +179,8 @@ def restore(learner: Learner, state: dict[str, Any]) -> Counters:
     learner.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     learner.generator.set_state(state["generator"])
+    if learner.reward_scale is not None:
+        learner.reward_scale.load_state_dict(state["reward_scale"])
     return Counters(**state["counters"])
 
 
@@ -347,7 +191,8 @@ def make_learner(config: Config, envs: Any) -> Learner:
     policy = build_policy(config, envs)
     params = policy.critic_parameters() if config.algo == "npg" else policy.parameters()
     optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
-    return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1))
+    scale = RewardScale(config.gamma) if config.normalize_rewards else None
+    return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
 
 
 def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
