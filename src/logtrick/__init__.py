@@ -32,6 +32,7 @@ from logtrick.relax import Rebar, Relax, variance_backward
 from logtrick.relaxations import GumbelSoftmax, StraightThrough
 from logtrick.score import fisher, score
 from logtrick.sequence import sequence_surrogate
+from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
 from logtrick.surrogate import magic_box, surrogate
 from logtrick.vimco import vimco_signals, vimco_surrogate
 
@@ -69,7 +70,9 @@ __all__ = [
     "StraightThrough",
     "__version__",
     "baseline_advantages",
+    "chain_dependencies",
     "diagnostics",
+    "dice_surrogate",
     "enumerate_expectation",
     "expectation",
     "fisher",
