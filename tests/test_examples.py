@@ -1,0 +1,109 @@
+"""The worked examples in ``examples/``: reduced runs (``main(quick=True)``) reach an outcome.
+
+Each example is a script, not a package module, so it is loaded from its path. The slow tests run
+one seed each (seed 0): the figures are deterministic for a seed on one machine, and each check is
+a margin that an untrained or broken model misses by far (chance level, the start point, a model
+without latents, random tours), not a threshold tuned to the measured value.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as the module ``examples_<name>``."""
+    key = f"examples_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, EXAMPLES / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def brute_force_tsp(xy: np.ndarray) -> float:
+    """Shortest closed tour by trying every order of the nodes after node 0."""
+    best = np.inf
+    for rest in itertools.permutations(range(1, len(xy))):
+        pts = xy[[0, *rest]]
+        best = min(best, float(np.linalg.norm(pts - np.roll(pts, -1, 0), axis=1).sum()))
+    return best
+
+
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_held_karp_matches_brute_force(n: int) -> None:
+    tsp = load("tsp_routing")
+    xy = np.random.default_rng(n).random((6, n, 2))
+    expected = [brute_force_tsp(p) for p in xy]
+    np.testing.assert_allclose(tsp.held_karp(xy), expected, rtol=1e-12)
+
+
+def test_nearest_neighbour_is_a_tour_no_shorter_than_optimal() -> None:
+    tsp = load("tsp_routing")
+    xy = np.random.default_rng(0).random((50, 8, 2))
+    optimal, nn_len = tsp.held_karp(xy), tsp.nearest_neighbour(xy)
+    assert (nn_len >= optimal - 1e-12).all()
+    # on a convex polygon (points on a circle, in order) nearest neighbour is optimal
+    angle = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    circle = np.stack([np.cos(angle), np.sin(angle)], -1)[None]
+    np.testing.assert_allclose(tsp.nearest_neighbour(circle), tsp.held_karp(circle))
+
+
+@pytest.mark.slow
+def test_discrete_vae_learns_to_use_its_latents(tmp_path: Path) -> None:
+    out = load("discrete_vae").main(quick=True, seed=0, out_dir=tmp_path)
+    for name, r in out["results"].items():
+        assert r["final"] < r["initial"] - 15.0, name  # 44.5 nats at the start
+        # better than the best model without latents by a nat: the latents carry information
+        assert r["final"] < out["independent_pixels"] - 1.0, name
+    assert (tmp_path / "discrete_vae.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sequence_reward_fine_tuning_improves_exact_match(tmp_path: Path) -> None:
+    out = load("sequence_reward").main(quick=True, seed=0, out_dir=tmp_path)
+    assert 0.05 < out["before"] < 0.9  # pretrained: decent but imperfect
+    for name, r in out["results"].items():
+        assert r["after"] > r["before"] + 0.1, name
+    assert (tmp_path / "sequence_reward.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_evolution_strategies_improve_on_the_start(tmp_path: Path) -> None:
+    out = load("blackbox_search").main(quick=True, seed=0, out_dir=tmp_path)
+    es = out["best"]["evolution strategies"]
+    assert min(es) > out["start"] + 0.02  # the maximum over the box is about 0.984
+    assert min(out["es_final"]) > out["start"]  # the search distribution's mean moved uphill
+    # ES spends its evaluations near good points; uniform random search mostly on plateaus
+    assert out["mean_evaluation"]["evolution strategies"] > out["mean_evaluation"]["random search"]
+    assert (tmp_path / "blackbox_search.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_tsp_policy_beats_nearest_neighbour(tmp_path: Path) -> None:
+    out = load("tsp_routing").main(quick=True, seed=0, out_dir=tmp_path)
+    assert out["greedy"] < out["random tour"] - 1.0
+    assert out["greedy"] < 1.05 * out["nearest neighbour"]  # greedy from node 0: close to it
+    assert out["best_of_n"] < out["nearest neighbour"]
+    assert out["best_of_n"] < 1.03 * out["optimal"]
+    assert (tmp_path / "tsp_routing.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_hard_attention_beats_random_glimpses(tmp_path: Path) -> None:
+    out = load("hard_attention").main(quick=True, seed=0, out_dir=tmp_path)
+    assert out["random_glimpses"] > 0.3  # the classifier learns at all (chance is 0.1)
+    assert out["policy_greedy"] > out["random_glimpses"] + 0.05
+    assert out["policy_sampled"] > out["random_glimpses"]
+    assert (tmp_path / "hard_attention.png").stat().st_size > 0
