@@ -175,3 +175,15 @@ def test_baseline_lowers_variance(problem: str, baseline: str) -> None:
     ratio = with_b / without
     print(f"{problem:9s} {baseline:14s} Var(with)/Var(without) = {ratio.tolist()}")
     assert bool((ratio < 1).all()), f"{problem}, {baseline}: variance ratio {ratio.tolist()} >= 1"
+
+
+def test_moving_average_can_keep_one_scalar_for_shuffled_minibatches() -> None:
+    """per_element=False: b is the bias-corrected average of every earlier cost, a scalar."""
+    bl = lt.MovingAverage(decay=0.5, per_element=False)
+    first = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    assert float(bl(first)) == 0.0  # no history yet
+    b = bl(torch.zeros(2, 2))
+    assert b.shape == ()
+    assert float(b) == float(first.mean())  # (1 - 0.5) * 4 / (1 - 0.5)
+    b = bl(torch.zeros(2, 2))
+    assert float(b) == pytest.approx((0.5 * 0.5 * 4.0) / (1 - 0.25), rel=1e-6)  # float32

@@ -71,13 +71,17 @@ class MovingAverage:
     ``b`` for the current call is computed from *earlier* calls only, so it is independent of the
     current samples (unbiased). On the first call there is no history and ``b = 0``. Keep one
     instance across optimisation steps; a short name creates a fresh, empty one each call.
-    The average is per batch element: the cost is averaged over ``sample_dim`` only.
+    By default the average is per batch element (the cost is averaged over ``sample_dim`` only),
+    right when a batch position always holds the same problem. With shuffled minibatches (each
+    position a different data point) use ``per_element=False``: one scalar average of all costs.
 
     Args:
         decay: :math:`\beta \in [0, 1)`.
+        per_element: keep one average per batch element (``True``) or one scalar (``False``).
     """
 
     decay: float = 0.9
+    per_element: bool = True
     average: Tensor | None = field(default=None, repr=False)
     steps: int = 0
 
@@ -86,7 +90,8 @@ class MovingAverage:
             raise ValueError(f"decay: expected a float in [0, 1), got {self.decay!r}")
 
     def __call__(self, cost: Tensor, sample_dim: int = 0, context: Tensor | None = None) -> Tensor:
-        mean = cost.detach().mean(sample_dim, keepdim=True)
+        c = cost.detach()
+        mean = c.mean(sample_dim, keepdim=True) if self.per_element else c.mean().reshape(())
         if self.average is None or self.average.shape != mean.shape:
             self.average, self.steps = torch.zeros_like(mean), 0
         if self.steps == 0:
