@@ -173,3 +173,11 @@ def test_bad_configs_name_the_field() -> None:
 def test_load_refuses_a_non_run_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run_dir"):
         rl.load(tmp_path)
+
+
+def test_tensorboard_events_are_written_when_installed(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    config = rl.preset("CartPole-v1", "a2c", total_steps=400, out=str(tmp_path), progress=False)
+    result = rl.train(config)
+    events = list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
