@@ -101,6 +101,8 @@ class Config:
     """``torch.set_num_threads`` for the run; small networks are fastest single-threaded."""
     progress: bool = True
     """Show a rich progress bar."""
+    plot: bool = True
+    """Draw the learning curve (``curve.png`` in the run directory) at the end of the run."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (not used by training)."""
 
@@ -187,7 +189,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "Acrobot-v1": {
         "*": {"total_steps": 500_000, "normalize_obs": True},
-        "ppo": {"num_envs": 16, "num_steps": 128, "num_minibatches": 4, "update_epochs": 4,
+        "ppo": {"num_envs": 16, "num_steps": 64, "num_minibatches": 1, "update_epochs": 4,
                 "lr": 1e-3, "gae_lambda": 0.94, "ent_coef": 0.0},
         "a2c": {"num_envs": 16, "num_steps": 5, "num_minibatches": 1, "lr": 1e-3,
                 "ent_coef": 0.0},

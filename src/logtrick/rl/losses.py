@@ -182,11 +182,26 @@ def ppo_clip_loss(
     mask = _check_mask(mask, "log_probs", log_probs)
     eps = _check_positive("clip_eps", clip_eps)
     _check_finite("advantages", advantages, mask)
+    return _ppo_clip_unchecked(log_probs, old_log_probs, advantages, eps, mask)
+
+
+def _ppo_clip_unchecked(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    eps: float,
+    mask: Tensor | None = None,
+    with_info: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`ppo_clip_loss` without argument checks (the trainer's inner loop, whose inputs
+    were checked once per update); ``with_info=False`` skips the logged statistics."""
     adv = advantages.detach()
     log_ratio = log_probs - old_log_probs.detach()
     ratio = log_ratio.exp()
     surr = torch.min(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
-    loss = -masked_mean(surr, mask)
+    loss = -(surr.mean() if mask is None else masked_mean(surr, mask))
+    if not with_info:
+        return loss, {}
     with torch.no_grad():
         info = {
             "policy_loss": loss.detach(),
@@ -235,20 +250,33 @@ def value_loss(
     returns = _check_like("returns", returns, "values", values)
     mask = _check_mask(mask, "values", values)
     _check_finite("returns", returns, mask)
+    if clip_eps is not None:
+        clip_eps = _check_positive("clip_eps", clip_eps)
+        if old_values is None:
+            raise ValueError("old_values: clipping (clip_eps given) needs old_values, got None")
+        old_values = _check_like("old_values", old_values, "values", values)
+    return _value_loss_unchecked(values, returns, old_values, clip_eps, mask)
+
+
+def _value_loss_unchecked(
+    values: Tensor,
+    returns: Tensor,
+    old_values: Tensor | None = None,
+    clip_eps: float | None = None,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`value_loss` without argument checks (the trainer's inner loop)."""
     target = returns.detach()
     sq = (values - target).pow(2)
     info: dict[str, Tensor] = {}
-    if clip_eps is not None:
-        eps = _check_positive("clip_eps", clip_eps)
-        if old_values is None:
-            raise ValueError("old_values: clipping (clip_eps given) needs old_values, got None")
-        old = _check_like("old_values", old_values, "values", values).detach()
+    if clip_eps is not None and old_values is not None:
+        eps, old = clip_eps, old_values.detach()
         clipped = old + (values - old).clamp(-eps, eps)
         sq = torch.max(sq, (clipped - target).pow(2))
         with torch.no_grad():
             far = ((values - old).abs() > eps).to(values.dtype)
             info["value_clip_fraction"] = masked_mean(far, mask)
-    loss = 0.5 * masked_mean(sq, mask)
+    loss = 0.5 * (sq.mean() if mask is None else masked_mean(sq, mask))
     info["value_loss"] = loss.detach()
     return loss, info
 
@@ -286,12 +314,20 @@ def normalize_advantages(adv: Tensor, mask: Tensor | None = None, eps: float = 1
     adv = _check_tensor("adv", adv)
     mask = _check_mask(mask, "adv", adv)
     _check_finite("adv", adv, mask)
+    if mask is None and adv.numel() > 1:
+        return _normalize_unchecked(adv, eps)
     valid = torch.ones_like(adv, dtype=torch.bool) if mask is None else mask
     zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
     n = valid.sum().to(adv.dtype)
     mean = torch.where(valid, adv, zero).sum() / n.clamp_min(1)
     var = torch.where(valid, (adv - mean).pow(2), zero).sum() / (n - 1).clamp_min(1)
     return torch.where(valid, (adv - mean) / (var.sqrt() + eps), zero)
+
+
+def _normalize_unchecked(adv: Tensor, eps: float = 1e-8) -> Tensor:
+    """:func:`normalize_advantages` without mask or checks (the trainer's inner loop)."""
+    mean, std = adv.mean(), adv.std()
+    return (adv - mean) / (std + eps)
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

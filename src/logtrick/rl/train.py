@@ -190,7 +190,7 @@ def make_learner(config: Config, envs: Any) -> Learner:
     torch.manual_seed(config.seed)
     policy = build_policy(config, envs)
     params = policy.critic_parameters() if config.algo == "npg" else policy.parameters()
-    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
+    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, foreach=True)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
     return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
 
@@ -231,7 +231,8 @@ def train(config: Config | None = None, resume: str | Path | None = None) -> Tra
     finally:
         logger.close()
         envs.close()
-    runlog.plot_learning_curve(history, run_dir / runlog.CURVE, title=config.name)
+    if config.plot:
+        runlog.plot_learning_curve(history, run_dir / runlog.CURVE, title=config.name)
     solved = counters.solved_at_step >= 0
     return TrainResult(learner.policy, history, run_dir,
                        counters.solved_at_step if solved else None,

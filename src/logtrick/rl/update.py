@@ -15,7 +15,8 @@ Split from ``train.py`` (the loop) to keep both small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,12 +24,13 @@ from torch import Tensor
 
 from logtrick.rl.config import Config
 from logtrick.rl.losses import (
-    entropy_bonus,
+    _check_finite,
+    _normalize_unchecked,
+    _ppo_clip_unchecked,
+    _value_loss_unchecked,
     explained_variance,
     natural_gradient,
     normalize_advantages,
-    ppo_clip_loss,
-    reinforce_loss,
     value_loss,
 )
 from logtrick.rl.policies import ActorCritic
@@ -108,12 +110,17 @@ class Learner:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     reward_scale: RewardScale | None = None
+    params: list[torch.nn.Parameter] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.params = list(self.policy.parameters())
 
     def step(self, loss: Tensor) -> Tensor:
         """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],
+                              self.config.max_grad_norm)  # fmt: skip
         self.optimizer.step()
         return norm
 
@@ -123,23 +130,57 @@ class Learner:
         return list(torch.randperm(n, generator=self.generator).split(size))
 
 
-def minibatch_loss(learner: Learner, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Policy-gradient loss (REINFORCE form, or PPO's clipped form) + value loss − entropy bonus."""
+def clip_grad_norm(grads: list[Tensor], max_norm: float) -> Tensor:
+    r"""Scale ``grads`` in place to global norm at most ``max_norm``; returns the norm before.
+
+    .. math::  g \leftarrow g \cdot \min\big(1, \tfrac{c}{\|g\|_2 + 10^{-6}}\big)
+
+    ``torch.nn.utils.clip_grad_norm_`` with the same result, in two ``_foreach`` kernels (that
+    function takes the per-tensor Python loop on CPU).
+
+    Args:
+        grads: gradient tensors (any shapes).
+        max_norm: :math:`c > 0`; ``inf`` only measures.
+
+    Returns:
+        The 0-dim global 2-norm before clipping.
+    """
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if math.isfinite(max_norm):
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total
+
+
+def minibatch_loss(
+    learner: Learner, batch: dict[str, Tensor], with_info: bool = True
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Policy-gradient loss (REINFORCE form, or PPO's clipped form) + value loss − entropy bonus.
+
+    The inputs are checked once per update (:func:`update`), not here; ``with_info=False`` skips
+    the logged statistics (PPO's inner minibatches).
+    """
     config, policy = learner.config, learner.policy
     log_prob, entropy, values = policy.evaluate_actions(batch["obs"], batch["actions"])
     adv = batch["advantages"]
     if config.normalize_advantages and adv.numel() > 1:
-        adv = normalize_advantages(adv)
+        adv = _normalize_unchecked(adv)
     if config.algo == "ppo":
-        pg, info = ppo_clip_loss(log_prob, batch["log_probs"], adv, config.clip_eps)
-    else:
-        pg, info = reinforce_loss(log_prob, adv)
-    loss = pg - config.ent_coef * entropy_bonus(entropy)
+        pg, info = _ppo_clip_unchecked(
+            log_prob, batch["log_probs"], adv, config.clip_eps, with_info=with_info
+        )
+    else:  # reinforce_loss without its checks
+        pg = -(log_prob * adv.detach()).mean()
+        info = {"policy_loss": pg.detach()} if with_info else {}
+    loss = pg - config.ent_coef * entropy.mean() if config.ent_coef else pg
     if config.uses_critic:
-        vl, _ = value_loss(values, batch["returns"], batch["values"], config.clip_value)
+        vl, _ = _value_loss_unchecked(values, batch["returns"], batch["values"], config.clip_value)
         loss = loss + config.vf_coef * vl
-        info["value_loss"] = vl.detach()
-    info["entropy"] = entropy.detach().mean()
+        if with_info:
+            info["value_loss"] = vl.detach()
+    if with_info:
+        info["entropy"] = entropy.detach().mean()
     return loss, info
 
 
@@ -168,6 +209,7 @@ def update(learner: Learner, ro: Rollout) -> dict[str, float]:
     if learner.reward_scale is not None:
         ro.rewards = learner.reward_scale(ro.rewards, ro.terminated | ro.truncated, ro.valid)
     flat = flatten_rollout(config, ro)
+    _check_flat(flat)
     info: dict[str, Any] = {
         "explained_variance": explained_variance(flat["values"], flat["returns"])
     }
@@ -178,16 +220,36 @@ def update(learner: Learner, ro: Rollout) -> dict[str, float]:
     else:  # reinforce, a2c: one gradient step on the whole rollout
         loss, step_info = minibatch_loss(learner, flat)
         info.update(step_info, grad_norm=learner.step(loss))
-    return {k: float(v) for k, v in info.items()}
+    tensors = [k for k, v in info.items() if isinstance(v, Tensor)]
+    values = torch.stack([info[k].float() for k in tensors]).tolist() if tensors else []
+    return {**{k: float(v) for k, v in info.items()}, **dict(zip(tensors, values))}
+
+
+def _check_flat(flat: dict[str, Tensor]) -> None:
+    """Advantages and value targets must be finite (one host sync per update)."""
+    if not bool(flat["advantages"].isfinite().all() & flat["returns"].isfinite().all()):
+        _check_finite("advantages", flat["advantages"], None)
+        _check_finite("returns", flat["returns"], None)
 
 
 def ppo_update(learner: Learner, flat: dict[str, Tensor]) -> dict[str, Any]:
     """``update_epochs`` passes of minibatch steps; stops early past ``target_kl``."""
     config, info, epochs = learner.config, {}, 0
+    n, keys = flat["obs"].shape[0], list(flat)
+    size = max(1, n // config.num_minibatches)
     for epochs in range(1, config.update_epochs + 1):  # noqa: B007  (reported below)
-        for idx in learner.minibatches(flat["obs"].shape[0]):
-            loss, info = minibatch_loss(learner, {k: v[idx] for k, v in flat.items()})
-            info["grad_norm"] = learner.step(loss)
+        if size >= n:  # one minibatch: the whole batch, order irrelevant
+            batches = [flat]
+        else:  # one gather per tensor per epoch; the minibatches are views of it
+            perm = torch.randperm(n, generator=learner.generator)
+            parts = [flat[k][perm].split(size) for k in keys]
+            batches = [dict(zip(keys, p)) for p in zip(*parts)]
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            loss, step_info = minibatch_loss(learner, batch, with_info=last)
+            norm = learner.step(loss)
+            if last:
+                info = {**step_info, "grad_norm": norm}
         if config.target_kl is not None and float(info["approx_kl"]) > config.target_kl:
             break
     return {**info, "epochs": epochs}
