@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from logtrick.score import _check_params
+
 __all__ = ["conjugate_gradient", "fisher_vector_product", "natural_gradient"]
 
 
@@ -43,12 +45,8 @@ def _set_flat(params: Sequence[Tensor], vec: Tensor) -> None:
 
 
 def _check_param_list(params: Sequence[Tensor]) -> list[Tensor]:
-    if isinstance(params, Tensor):
-        raise TypeError("params: expected a list of tensors, got a single Tensor; wrap it: [theta]")
-    params = list(params)
+    params = _check_params(params)  # a list of floating-point tensors, as lt.score takes
     for i, p in enumerate(params):
-        if not isinstance(p, Tensor):
-            raise TypeError(f"params[{i}]: expected a Tensor, got {type(p).__name__}")
         if not p.requires_grad:
             raise ValueError(f"params[{i}]: expected requires_grad=True (shape {tuple(p.shape)})")
     if not params:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,6 +112,27 @@ def _head_size(space: spaces.Space) -> int:
         f"action_space: {space!r} is not supported; expected Discrete, MultiDiscrete, "
         "MultiBinary or Box"
     )
+
+
+def merge_moments(
+    n_a: float, mean_a: Any, var_a: Any, n_b: float, mean_b: Any, var_b: Any
+) -> tuple[float, Any, Any]:
+    r"""Count, mean and (population) variance of two samples pooled, from their moments.
+
+    .. math::  n = n_a + n_b,\quad \delta = \mu_b - \mu_a,\quad
+               \mu = \mu_a + \delta \frac{n_b}{n},\quad
+               \sigma^2 = \frac{n_a \sigma_a^2 + n_b \sigma_b^2 + \delta^2 n_a n_b / n}{n}
+
+    Works on floats and on tensors alike (running observation and return statistics).
+
+    References:
+        Chan, Golub & LeVeque, *Updating Formulae and a Pairwise Algorithm for Computing
+        Sample Variances*, 1979.
+    """
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    var = (n_a * var_a + n_b * var_b + delta**2 * (n_a * n_b / n)) / n
+    return n, mean_a + delta * (n_b / n), var
 
 
 class ActorCritic(nn.Module):
@@ -256,12 +278,11 @@ class ActorCritic(nn.Module):
 
     def _fold_stats(self, x: Tensor, n_b: int) -> None:
         var_b, mean_b = torch.var_mean(x, 0, correction=0)
-        n_a = float(self.obs_count)
-        total = n_a + n_b
-        delta = mean_b.sub_(self.obs_mean)
-        self.obs_mean.add_(delta, alpha=n_b / total)
-        self.obs_var.mul_(n_a / total).add_(var_b, alpha=n_b / total)
-        self.obs_var.add_(delta.square_(), alpha=n_a * n_b / total**2)
+        total, mean, var = merge_moments(
+            float(self.obs_count), self.obs_mean, self.obs_var, n_b, mean_b, var_b
+        )
+        self.obs_mean.copy_(mean)
+        self.obs_var.copy_(var)
         self.obs_count.fill_(total)
         self._refresh_obs_norm()
 

@@ -33,7 +33,7 @@ from logtrick.rl.losses import (
     normalize_advantages,
     value_loss,
 )
-from logtrick.rl.policies import ActorCritic
+from logtrick.rl.policies import ActorCritic, merge_moments
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Rollout
 
@@ -86,11 +86,7 @@ class RewardScale:
             self.running = torch.where(done[t], 0.0, self.running)
         batch = seen[valid]
         n, m, v = batch.numel(), float(batch.mean()), float(batch.var(unbiased=False))
-        total = self.count + n
-        delta = m - self.mean
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + v * n + delta**2 * self.count * n / total) / total
-        self.count = total
+        self.count, self.mean, self.var = merge_moments(self.count, self.mean, self.var, n, m, v)
         return (rewards / (self.var**0.5 + 1e-8)).to(rewards.dtype)
 
     def state_dict(self) -> dict[str, Any]:
