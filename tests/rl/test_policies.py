@@ -230,3 +230,22 @@ def test_parameter_groups_and_copies() -> None:
     torch.testing.assert_close(twin.value(x), policy.value(x))
     with torch.inference_mode():
         assert torch.equal(twin.step(x)[2], policy.step(x)[2])
+
+
+def test_step_follows_the_trainers_fused_optimizer() -> None:
+    # The trainer's fused Adam writes in place without bumping version counters; Learner.step
+    # bumps them, so the cached fused weights of step() must not go stale.
+    import importlib
+
+    from logtrick.rl import Config, make_env
+
+    train_module = importlib.import_module("logtrick.rl.train")
+    envs = make_env("CartPole-v1", num_envs=1)
+    learner = train_module.make_learner(Config(lr=0.1), envs)
+    envs.close()
+    policy, obs = learner.policy, torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        with torch.inference_mode():
+            _, _, value = policy.step(obs)
+        torch.testing.assert_close(value, policy.value(obs).detach())
+        learner.step(policy.value(obs).square().mean())

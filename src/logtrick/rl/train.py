@@ -190,7 +190,7 @@ def make_learner(config: Config, envs: Any) -> Learner:
     torch.manual_seed(config.seed)
     policy = build_policy(config, envs)
     params = policy.critic_parameters() if config.algo == "npg" else policy.parameters()
-    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, foreach=True)
+    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=True)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
     return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from logtrick.rl.config import Config
 from logtrick.rl.losses import (
@@ -118,6 +119,10 @@ class Learner:
         norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],
                               self.config.max_grad_norm)  # fmt: skip
         self.optimizer.step()
+        # A fused optimizer writes in place without bumping version counters; the policy's
+        # cached inference weights are keyed on them.
+        for p in self.params:
+            increment_version(p)
         return norm
 
     def minibatches(self, n: int) -> list[Tensor]:
