@@ -209,7 +209,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "Pendulum-v1": {
         "*": {"total_steps": 300_000, "normalize_obs": True, "normalize_rewards": True,
               "gamma": 0.9, "gae_lambda": 0.95},
-        "ppo": {"num_envs": 4, "num_steps": 512, "num_minibatches": 4, "update_epochs": 20,
+        "ppo": {"num_envs": 8, "num_steps": 256, "num_minibatches": 4, "update_epochs": 20,
                 "lr": 1e-3, "clip_eps": 0.2, "log_std_init": 0.0, "activation": "relu"},
         "a2c": {"num_envs": 8, "num_steps": 8, "num_minibatches": 1, "lr": 7e-4},
         "reinforce": {"num_envs": 8, "num_steps": 200, "num_minibatches": 1, "lr": 1e-3},
