@@ -14,7 +14,8 @@ own ``solved_at_time`` (collection + updates only) and the outside measure used 
 of the whole ``train`` call minus evaluations, so logging and checkpoints count) are stored; the
 tables use the outside measure.
 
-Results go, one JSON line per (env, system, seed), to ``--results`` as soon as a run ends.
+Results go, one JSON line per (env, system, seed), to ``--results`` as soon as a run ends; the
+plots (``rl_suite_<env>.png``) go beside that file.
 
 Usage::
 
@@ -350,9 +351,14 @@ def plot(results: list[dict[str, Any]], out: Path) -> list[Path]:
             ) else None  # fmt: skip
             axes[0].plot(times, returns, color=colors[r["system"]], alpha=0.7, label=label)
             axes[1].plot(steps, returns, color=colors[r["system"]], alpha=0.7)
-        for ax, xlabel in zip(axes, ("training wall-clock (s, evaluation excluded)", "env steps")):
+        for ax, xlabel in zip(axes, ("training wall-clock (s, evaluation excluded; log)",
+                                     "env steps")):  # fmt: skip
             ax.axhline(THRESHOLDS[env], color="k", ls="--", lw=0.8)
             ax.set_xlabel(xlabel)
+        axes[0].set_xscale("log")  # wall-clocks span three decades; ratios read as distances
+        returns = [v for r in results if r["env"] == env for _, _, v in r["curve"]]
+        if returns:  # a few early catastrophic evaluations would squash every curve
+            axes[0].set_ylim(bottom=float(np.percentile(returns, 2)))
         axes[0].set_ylabel("mean return, 20 deterministic episodes")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{env} (one line per seed)")
@@ -414,7 +420,7 @@ def main() -> None:
                       flush=True)  # fmt: skip
     results = load_results(args.results)
     print(markdown(results))
-    for path in plot(results, OUT):
+    for path in plot(results, args.results.parent):  # the plots go beside the records
         print(f"wrote {path}")
 
 
