@@ -12,7 +12,6 @@ dimensions (the components of one multivariate sample).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,11 +19,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
 
-from logtrick.estimators import evaluate_cost
+from logtrick.estimators import CostFn, evaluate_cost
 
 __all__ = ["ARM", "DisARM"]
-
-CostFn = Callable[[Tensor], Tensor]
 
 
 def _pair(f: CostFn, dist: Distribution, samples: int, who: str) -> tuple[Tensor, ...]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +30,9 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.baselines import OptimalScale, resolve_baseline
-from logtrick.estimators import check_samples, resolve_estimator
+from logtrick.estimators import CostFn, check_samples, resolve_estimator
 from logtrick.problems import Problem
+from logtrick.score import DistFn
 
 __all__ = [
     "ComparisonRow",
@@ -42,9 +43,6 @@ __all__ = [
     "per_sample_gradients",
     "table_cells",
 ]
-
-CostFn = Callable[[Tensor], Tensor]
-DistFn = Callable[[list[Tensor]], Distribution]
 
 
 def _check_params(params: Sequence[Tensor]) -> list[Tensor]:

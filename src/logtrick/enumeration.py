@@ -9,17 +9,14 @@ The sum is differentiable in the distribution's parameters (and in f's own param
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent
 
-from logtrick.estimators import evaluate_cost, joint_log_prob
+from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
 
 __all__ = ["enumerate_expectation"]
-
-CostFn = Callable[[Tensor], Tensor]
 
 
 def _base(dist: Distribution) -> tuple[Distribution, int]:

@@ -15,7 +15,6 @@ reduce trailing batch dimensions, which then form one joint sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,11 +22,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
-from logtrick.estimators import evaluate_cost
+from logtrick.estimators import CostFn, evaluate_cost
 
 __all__ = ["DeltaMethod", "MeasureValued"]
-
-CostFn = Callable[[Tensor], Tensor]
 
 
 def _normal(dist: Distribution, who: str) -> tuple[Normal, Tensor, Tensor]:

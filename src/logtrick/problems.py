@@ -34,6 +34,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Normal
 
+from logtrick.estimators import CostFn
+from logtrick.score import DistFn
+
 __all__ = [
     "GAUSSIAN_FUNCTIONS",
     "PROBLEMS",
@@ -43,8 +46,6 @@ __all__ = [
     "gaussian_problem",
 ]
 
-CostFn = Callable[[Tensor], Tensor]
-DistFn = Callable[[list[Tensor]], Distribution]
 ExactFn = Callable[[Sequence[Tensor]], Tensor]
 
 GAUSSIAN_FUNCTIONS: dict[str, str] = {"square": "(x-k)^2", "exp": "exp(-k x^2)", "cos": "cos(k x)"}

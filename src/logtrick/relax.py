@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
 
 from logtrick.baselines import Learned, OptimalScale, resolve_baseline
-from logtrick.estimators import evaluate_cost, joint_log_prob
+from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
 from logtrick.relaxations import (
     check_temperature,
     hard_sample,
@@ -40,8 +40,6 @@ from logtrick.relaxations import (
 from logtrick.surrogate import check_finite, magic_box
 
 __all__ = ["Rebar", "Relax", "conditional_logits", "variance_backward"]
-
-CostFn = Callable[[Tensor], Tensor]
 
 
 def conditional_logits(dist: Distribution, hard: Tensor) -> Tensor:

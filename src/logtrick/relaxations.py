@@ -21,7 +21,6 @@ index cannot be relaxed. Both estimators need f differentiable in its input.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
-from logtrick.estimators import evaluate_cost
+from logtrick.estimators import CostFn, evaluate_cost
 
 __all__ = [
     "GumbelSoftmax",
@@ -39,8 +38,6 @@ __all__ = [
     "perturbed_logits",
     "relax_sample",
 ]
-
-CostFn = Callable[[Tensor], Tensor]
 
 
 def relaxation_kind(dist: Distribution, who: str) -> str:
