@@ -356,9 +356,9 @@ def plot(results: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.axhline(THRESHOLDS[env], color="k", ls="--", lw=0.8)
             ax.set_xlabel(xlabel)
         axes[0].set_xscale("log")  # wall-clocks span three decades; ratios read as distances
-        returns = [v for r in results if r["env"] == env for _, _, v in r["curve"]]
-        if returns:  # a few early catastrophic evaluations would squash every curve
-            axes[0].set_ylim(bottom=float(np.percentile(returns, 2)))
+        every_return = [v for r in results if r["env"] == env for _, _, v in r["curve"]]
+        if every_return:  # a few early catastrophic evaluations would squash every curve
+            axes[0].set_ylim(bottom=float(np.percentile(every_return, 2)))
         axes[0].set_ylabel("mean return, 20 deterministic episodes")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{env} (one line per seed)")

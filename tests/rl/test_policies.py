@@ -12,7 +12,8 @@ import torch
 from gymnasium import spaces
 from torch.distributions import Categorical
 
-from logtrick.rl import ActorCritic
+from logtrick.rl import ActorCritic, Config, make_env
+from logtrick.rl.train import make_learner
 from stats import assert_mean
 
 OBS = spaces.Box(-5.0, 5.0, shape=(3,), dtype=np.float32)
@@ -235,13 +236,8 @@ def test_parameter_groups_and_copies() -> None:
 def test_step_follows_the_trainers_fused_optimizer() -> None:
     # The trainer's fused Adam writes in place without bumping version counters; Learner.step
     # bumps them, so the cached fused weights of step() must not go stale.
-    import importlib
-
-    from logtrick.rl import Config, make_env
-
-    train_module = importlib.import_module("logtrick.rl.train")
     envs = make_env("CartPole-v1", num_envs=1)
-    learner = train_module.make_learner(Config(lr=0.1), envs)
+    learner = make_learner(Config(lr=0.1), envs)
     envs.close()
     policy, obs = learner.policy, torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     for _ in range(3):
