@@ -1,0 +1,200 @@
+"""Argument checks: the one home of every validation the public functions do at their boundary.
+
+Each check is written once, named for what it checks, and raises a ``TypeError`` (wrong kind) or
+``ValueError`` (wrong value or shape) whose message names the argument, what it got and what was
+expected. Checks return the (possibly converted) value so that a boundary reads
+``x = check_tensor("x", x)``. Hot loops check once per call at the boundary, never per element;
+:func:`check_finite` costs one reduction when the input is clean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_bool_tensor",
+    "check_choice",
+    "check_finite",
+    "check_floating",
+    "check_in_range",
+    "check_nonnegative",
+    "check_nonnegative_int",
+    "check_param_list",
+    "check_positive",
+    "check_positive_int",
+    "check_same_shape",
+    "check_shape",
+    "check_tensor",
+]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_tensor(name: str, x: object) -> Tensor:
+    """``x`` is a ``torch.Tensor``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_floating(name: str, x: object) -> Tensor:
+    """``x`` is a floating-point tensor (integer tensors cannot carry gradients)."""
+    x = check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point tensor, got dtype {x.dtype}; convert it, "
+            f"e.g. {name}.float()"
+        )
+    return x
+
+
+def check_shape(name: str, x: object, shape: Sequence[int], what: str = "") -> Tensor:
+    """``x`` is a tensor of exactly ``shape`` (``what`` says what the dimensions are)."""
+    x = check_tensor(name, x)
+    if tuple(x.shape) != tuple(shape):
+        hint = f" {what}" if what else ""
+        raise ValueError(f"{name}: expected shape {tuple(shape)}{hint}, got {tuple(x.shape)}")
+    return x
+
+
+def check_same_shape(name: str, x: object, ref_name: str, ref: Tensor, what: str = "") -> Tensor:
+    """``x`` is a tensor of the shape of ``ref`` (``what``: e.g. "one entry per time step")."""
+    x = check_tensor(name, x)
+    if x.shape != ref.shape:
+        hint = f" ({what})" if what else ""
+        raise ValueError(
+            f"{name}: expected the shape of {ref_name} {tuple(ref.shape)}{hint}, "
+            f"got {tuple(x.shape)}"
+        )
+    return x
+
+
+def check_bool_tensor(name: str, x: object, shape: Sequence[int] | None = None) -> Tensor:
+    """``x`` is a bool tensor (a flag or a mask), of ``shape`` when given."""
+    if not isinstance(x, Tensor) or x.dtype != torch.bool:
+        got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name}: expected a bool tensor (True = set), got {got}")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(x.shape)}")
+    return x
+
+
+def check_finite(name: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """No entry of ``x`` (where ``mask`` is True, if given) is NaN or inf.
+
+    Fast path: NaN and inf propagate through a sum, so one reduction clears the common case; only
+    a non-finite sum (a bad entry, or an overflow of finite ones) pays for the exact scan, which
+    reports how many entries are bad and where the first one is.
+    """
+    d = x.detach()
+    if mask is None and bool(torch.isfinite(d.sum())):
+        return x
+    bad = ~d.isfinite()
+    if mask is not None:
+        bad &= mask
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}: {int(bad.sum())} of {d.numel()} entries are NaN or inf "
+            f"(first at index {idx}, shape {tuple(d.shape)}); expected finite values"
+        )
+    return x
+
+
+def check_positive_int(name: str, value: object, what: str = "") -> int:
+    """``value`` is an ``int`` > 0 (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        hint = f" ({what})" if what else ""
+        raise ValueError(f"{name}: expected a positive int{hint}, got {value!r}")
+    return value
+
+
+def check_nonnegative_int(name: str, value: object, what: str = "") -> int:
+    """``value`` is an ``int`` >= 0 (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        hint = f" ({what})" if what else ""
+        raise ValueError(f"{name}: expected a non-negative int{hint}, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object, allow_inf: bool = False) -> float:
+    """``value`` is a real number > 0 and finite (or ``inf`` where ``allow_inf``)."""
+    ok = _is_number(value) and value > 0 and (allow_inf or math.isfinite(value))  # type: ignore[operator,arg-type]
+    if not ok:
+        extra = " (or inf)" if allow_inf else ""
+        raise ValueError(f"{name}: expected a positive finite number{extra}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    """``value`` is a finite real number >= 0."""
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):  # type: ignore[arg-type,operator]
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_in_range(
+    name: str,
+    value: object,
+    low: float,
+    high: float,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` is a real number in the interval from ``low`` to ``high`` (open ends as given)."""
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if not _is_number(value) or math.isnan(value):  # type: ignore[arg-type]
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    v = float(value)  # type: ignore[arg-type]
+    below = v <= low if low_open else v < low
+    above = v >= high if high_open else v > high
+    if below or above:
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> object:
+    """``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def check_param_list(
+    name: str, params: object, requires_grad: bool = False, nonempty: bool = False
+) -> list[Tensor]:
+    """``params`` is a list (any iterable but a single tensor) of floating-point tensors.
+
+    Args:
+        name: the argument's name, e.g. ``"params"``.
+        params: what the user passed.
+        requires_grad: every tensor must require grad.
+        nonempty: at least one tensor.
+    """
+    if isinstance(params, Tensor):
+        raise TypeError(
+            f"{name}: expected a list of tensors, got a single Tensor; wrap it: [theta]"
+        )
+    if not isinstance(params, Iterable):
+        raise TypeError(f"{name}: expected a list of tensors, got {type(params).__name__}")
+    out = list(params)
+    for i, p in enumerate(out):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{name}[{i}]: expected a Tensor, got {type(p).__name__}")
+        if not p.is_floating_point():
+            raise TypeError(
+                f"{name}[{i}]: expected a floating-point tensor, got dtype {p.dtype} "
+                f"(integer tensors cannot carry gradients)"
+            )
+        if requires_grad and not p.requires_grad:
+            raise ValueError(f"{name}[{i}]: expected requires_grad=True (shape {tuple(p.shape)})")
+    if nonempty and not out:
+        raise ValueError(f"{name}: expected at least one tensor, got an empty list")
+    return out
