@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from logtrick.surrogate import check_finite
+from logtrick.surrogate import check_finite, clipped_surrogate
 
 __all__ = ["sequence_surrogate"]
 
@@ -123,12 +123,7 @@ def _policy_terms(
     lp: Tensor, old: Tensor, adv: Tensor, clip_eps: float | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token ``-min(rho A, clip(rho) A)``, ``rho`` and ``log rho``."""
-    log_ratio = (lp - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = log_ratio.exp()
-    surr = ratio * adv
-    if clip_eps is not None:
-        surr = torch.minimum(surr, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
-    return -surr, ratio, log_ratio
+    return clipped_surrogate(lp, old, adv, clip_eps, log_ratio_clamp=LOG_RATIO_CLAMP)
 
 
 def sequence_surrogate(

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from logtrick.baselines import Learned, NoBaseline, OptimalScale, resolve_baseline
 
-__all__ = ["check_finite", "magic_box", "score_terms", "surrogate"]
+__all__ = ["check_finite", "clipped_surrogate", "magic_box", "score_terms", "surrogate"]
 
 
 def magic_box(log_prob: Tensor) -> Tensor:
@@ -112,3 +112,48 @@ def score_terms(
         sq = 0.5 * (b - cost.detach()).pow(2)
         out = out + (sq - sq.detach())
     return out
+
+
+def clipped_surrogate(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    clip_eps: float | None,
+    log_ratio_clamp: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-element clipped importance-weighted surrogate (PPO, GRPO): the one place it lives.
+
+    .. math::  \rho = \exp(\log\pi_\theta - \log\pi_{\mathrm{old}}),\qquad
+               \ell = -\min\big(\rho A,\ \operatorname{clip}(\rho, 1-\epsilon, 1+\epsilon) A\big)
+
+    At :math:`\theta = \theta_{\mathrm{old}}` the gradient of :math:`\ell` is the score-function
+    term :math:`-A\nabla\log\pi`; away from it the clip removes the incentive to move
+    :math:`\rho` outside :math:`[1-\epsilon, 1+\epsilon]`. ``old_log_prob`` and ``advantages``
+    are detached. No argument checks: the callers (``rl.losses.ppo_clip_loss``,
+    ``sequence_surrogate``) check once at their boundary; the reduction (mean over valid
+    transitions, per-sequence sums, token means) is theirs.
+
+    Args:
+        log_prob: log-probabilities under the current parameters, any shape.
+        old_log_prob: log-probabilities at sampling time, the same shape.
+        advantages: advantages broadcastable to that shape.
+        clip_eps: :math:`\epsilon > 0`, or ``None`` for the unclipped ratio.
+        log_ratio_clamp: clamp the log-ratio to ``[-c, c]`` before ``exp`` (half precision).
+
+    Returns:
+        ``(loss_terms, ratio, log_ratio)``, each of the broadcast shape; ``ratio`` and
+        ``log_ratio`` carry gradients (detach them for logging).
+
+    References:
+        Schulman et al. (2017), Proximal Policy Optimization Algorithms. Shao et al. (2024),
+        DeepSeekMath (GRPO).
+    """
+    adv = advantages.detach()
+    log_ratio = log_prob - old_log_prob.detach()
+    if log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    ratio = log_ratio.exp()
+    surr = ratio * adv
+    if clip_eps is not None:
+        surr = torch.minimum(surr, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
+    return -surr, ratio, log_ratio

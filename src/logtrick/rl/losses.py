@@ -27,6 +27,7 @@ from logtrick.rl.natural_gradient import (  # re-exported: DESIGN maps the idea 
     fisher_vector_product,
     natural_gradient,
 )
+from logtrick.surrogate import clipped_surrogate
 
 __all__ = [
     "conjugate_gradient",
@@ -195,11 +196,8 @@ def _ppo_clip_unchecked(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`ppo_clip_loss` without argument checks (the trainer's inner loop, whose inputs
     were checked once per update); ``with_info=False`` skips the logged statistics."""
-    adv = advantages.detach()
-    log_ratio = log_probs - old_log_probs.detach()
-    ratio = log_ratio.exp()
-    surr = torch.min(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
-    loss = -(surr.mean() if mask is None else masked_mean(surr, mask))
+    terms, ratio, log_ratio = clipped_surrogate(log_probs, old_log_probs, advantages, eps)
+    loss = terms.mean() if mask is None else masked_mean(terms, mask)
     if not with_info:
         return loss, {}
     with torch.no_grad():
