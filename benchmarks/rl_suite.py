@@ -42,15 +42,33 @@ import numpy as np
 import torch
 
 from logtrick import rl
+from logtrick.rl.defaults import default_overrides
 
 rl_train = importlib.import_module("logtrick.rl.train")  # the module (rl.train is the function)
 
 OUT = Path(__file__).parent / "out"
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0,
               "Pendulum-v1": -200.0}  # fmt: skip
+"""Returns that count as solved; other envs use their registered ``reward_threshold``."""
 BUDGETS = {"Pendulum-v1": 300_000}  # others: 1M
 LOGTRICK = ("reinforce", "a2c", "npg", "ppo")
-SB3 = ("sb3-ppo", "sb3-a2c")
+SB3 = ("sb3-ppo", "sb3-a2c", "sb3-ppo-default")
+
+
+def threshold(env: str) -> float | None:
+    """The return that counts as solved on ``env`` (``None``: none registered)."""
+    if env in THRESHOLDS:
+        return THRESHOLDS[env]
+    import gymnasium as gym
+
+    value = gym.spec(env).reward_threshold
+    return None if value is None else float(value)
+
+
+def _reached(env: str, value: float) -> bool:
+    target = threshold(env)
+    return target is not None and value >= target
+
 
 # rl-baselines3-zoo hyperparameters (DLR-RM/rl-baselines3-zoo, hyperparams/ppo.yml and
 # hyperparams/a2c.yml; LunarLander-v3 uses the LunarLander-v2 entry). ``lin_x`` is a learning rate
@@ -130,8 +148,17 @@ def _watchdog(clock: Clock, cap: float, done: threading.Event) -> threading.Thre
     return thread
 
 
+def logtrick_config(env: str, algo: str, no_preset: bool = False, **protocol: Any) -> rl.Config:
+    """``rl.preset(env, algo)``, or with ``no_preset`` the defaults an env without a preset gets
+    (``rl.defaults.default_overrides``), with the protocol's fields on top."""
+    if not no_preset:
+        return rl.preset(env, algo, **protocol)
+    return rl.Config(env=env, algo=algo, **{**default_overrides(env, algo), **protocol})
+
+
 def run_logtrick(env: str, algo: str, seed: int, budget: int, cap: float,
-                 eval_every: int, overrides: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                 eval_every: int, overrides: dict[str, Any], fixed_budget: bool = False,
+                 no_preset: bool = False) -> dict[str, Any]:  # fmt: skip
     """One logtrick run under the protocol; returns its record (curve included)."""
     clock, done = Clock(), threading.Event()
     original = rl_train.evaluate
@@ -143,10 +170,11 @@ def run_logtrick(env: str, algo: str, seed: int, budget: int, cap: float,
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late watchdog signal is harmless
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            config = rl.preset(env, algo, seed=seed, total_steps=budget, eval_every=eval_every,
-                               stop_at_threshold=True, target_return=THRESHOLDS[env],
-                               progress=False, tensorboard=False, plot=False, out=tmp,
-                               **overrides)  # fmt: skip
+            config = logtrick_config(env, algo, no_preset, seed=seed, total_steps=budget,
+                                     eval_every=eval_every, stop_at_threshold=not fixed_budget,
+                                     target_return=threshold(env), progress=False,
+                                     tensorboard=False, plot=False, out=tmp,
+                                     **overrides)  # fmt: skip
             clock.start, clock.cpu_start = time.perf_counter(), time.process_time()
             _watchdog(clock, cap, done)
             result = rl.train(config)
@@ -158,7 +186,8 @@ def run_logtrick(env: str, algo: str, seed: int, budget: int, cap: float,
     steps = [int(r["global_step"]) for r in result.history if not np.isnan(r["eval_return"])]
     total = int(result.history[-1]["global_step"])
     return _record(env, algo, seed, budget, cap, clock, steps, total,
-                   own_time=result.solved_at_time, overrides=overrides)  # fmt: skip
+                   own_time=result.solved_at_time, overrides=overrides,
+                   no_preset=no_preset)  # fmt: skip
 
 
 def _record(env: str, system: str, seed: int, budget: int, cap: float, clock: Clock,
@@ -166,14 +195,13 @@ def _record(env: str, system: str, seed: int, budget: int, cap: float, clock: Cl
     """The JSON record of a run from its evaluation points."""
     curve = [(s, t, r) for s, (t, r, _) in zip(steps, clock.points)]
     cpu = [c for _, _, c in clock.points]
-    solved = next(
-        ((s, t, c) for (s, t, r), c in zip(curve, cpu) if r >= THRESHOLDS[env]), (None,) * 3
-    )
+    solved = next(((s, t, c) for (s, t, r), c in zip(curve, cpu) if _reached(env, r)), (None,) * 3)
     return {"env": env, "system": system, "seed": seed, "budget": budget, "cap": cap,
             "solved_at_step": solved[0], "solved_at_time": solved[1], "solved_at_cpu": solved[2],
             "cpu_at_evals": cpu,
             "total_steps": total_steps, "train_time": clock.train_time(),
             "capped": solved[0] is None and total_steps < budget, "curve": curve,
+            "final_return": curve[-1][2] if curve else None,
             **extra}  # fmt: skip
 
 
@@ -185,21 +213,24 @@ def _zoo_value(value: Any) -> Any:
 
 
 def run_sb3(env: str, system: str, seed: int, budget: int, cap: float,
-            eval_every: int) -> dict[str, Any]:  # fmt: skip
-    """One Stable-Baselines3 run (zoo hyperparameters) under the protocol."""
+            eval_every: int, fixed_budget: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One Stable-Baselines3 run under the protocol: the zoo's hyperparameters, or for
+    ``sb3-ppo-default`` SB3's own defaults (``PPO("MlpPolicy", env)``: one env, no
+    normalisation)."""
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
     clock = Clock()
-    hp = {k: _zoo_value(v) for k, v in ZOO[system][env].items()}
+    zoo = {"n_envs": 1} if system == "sb3-ppo-default" else ZOO[system][env]
+    hp = {k: _zoo_value(v) for k, v in zoo.items()}
     n_envs, normalize = hp.pop("n_envs"), hp.pop("normalize", False)
     venv = make_vec_env(env, n_envs=n_envs, seed=seed)
     if normalize:
         venv = VecNormalize(venv, gamma=hp.get("gamma", 0.99))
-    cls = PPO if system == "sb3-ppo" else A2C
+    cls = A2C if system == "sb3-a2c" else PPO
     model = cls("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **hp)
-    callback = _protocol_callback(clock, env, seed, cap, eval_every)
+    callback = _protocol_callback(clock, env, seed, cap, eval_every, fixed_budget)
     model.learn(total_timesteps=budget, callback=callback)
     callback.final()
     return _record(env, system, seed, budget, cap, clock, callback.steps, model.num_timesteps)
@@ -222,7 +253,8 @@ def _sb3_evaluate(model: Any, env: str, episodes: int, seed: int) -> float:
     return float(totals.mean())
 
 
-def _protocol_callback(clock: Clock, env: str, seed: int, cap: float, eval_every: int) -> Any:
+def _protocol_callback(clock: Clock, env: str, seed: int, cap: float, eval_every: int,
+                       fixed_budget: bool = False) -> Any:  # fmt: skip
     """SB3 callback: evaluate after each update crossing a multiple of ``eval_every``."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -242,7 +274,7 @@ def _protocol_callback(clock: Clock, env: str, seed: int, cap: float, eval_every
             self.last = n
             mean = clock.evaluating(lambda: _sb3_evaluate(self.model, env, 20, seed + 10_000))
             self.steps.append(n)
-            self.stop |= mean >= THRESHOLDS[env]
+            self.stop |= _reached(env, mean) and not fixed_budget
 
         def _on_step(self) -> bool:
             return not (self.stop or clock.train_time() > cap)
@@ -353,7 +385,8 @@ def plot(results: list[dict[str, Any]], out: Path) -> list[Path]:
             axes[1].plot(steps, returns, color=colors[r["system"]], alpha=0.7)
         for ax, xlabel in zip(axes, ("training wall-clock (s, evaluation excluded; log)",
                                      "env steps")):  # fmt: skip
-            ax.axhline(THRESHOLDS[env], color="k", ls="--", lw=0.8)
+            if threshold(env) is not None:
+                ax.axhline(threshold(env), color="k", ls="--", lw=0.8)
             ax.set_xlabel(xlabel)
         axes[0].set_xscale("log")  # wall-clocks span three decades; ratios read as distances
         every_return = [v for r in results if r["env"] == env for _, _, v in r["curve"]]
@@ -382,15 +415,36 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def run_one(env: str, system: str, seed: int, budget: int, args: argparse.Namespace,
+            overrides: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """One run of ``system`` under the protocol the arguments describe."""
+    if system in SB3:
+        return run_sb3(env, system, seed, budget, args.cap, args.eval_every, args.fixed_budget)
+    rec = run_logtrick(env, system, seed, budget, args.cap, args.eval_every, overrides,
+                       args.fixed_budget, args.no_preset)  # fmt: skip
+    rec["system"] = system + (f"[{args.label}]" if args.label else "")
+    return rec
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", default=",".join(THRESHOLDS))
-    parser.add_argument("--systems", default=",".join(LOGTRICK + SB3))
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. n-1")
+    parser.add_argument("--systems", default=",".join(LOGTRICK + SB3[:2]))
+    parser.add_argument("--seeds", type=int, default=5, help="seeds first .. first + n - 1")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=None, help="env steps (default 1M/300k)")
     parser.add_argument("--cap", type=float, default=600.0, help="training seconds per run")
     parser.add_argument("--eval-every", type=int, default=5000)
+    parser.add_argument(
+        "--fixed-budget",
+        action="store_true",
+        help="train for the whole budget; report the final evaluation return",
+    )
+    parser.add_argument(
+        "--no-preset",
+        action="store_true",
+        help="logtrick: the no-preset defaults, even where a preset exists",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="logtrick overrides key=value")
     parser.add_argument("--label", default=None, help="system name suffix for the overrides")
     parser.add_argument("--results", type=Path, default=OUT / "rl_suite.jsonl")
@@ -406,18 +460,13 @@ def main() -> None:
         budget = args.budget or BUDGETS.get(env, 1_000_000)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for system in args.systems.split(","):  # interleaved: load changes hit all alike
-                if system in SB3:
-                    rec = run_sb3(env, system, seed, budget, args.cap, args.eval_every)
-                else:
-                    rec = run_logtrick(env, system, seed, budget, args.cap, args.eval_every,
-                                       overrides)  # fmt: skip
-                    rec["system"] = system + (f"[{args.label}]" if args.label else "")
+                rec = run_one(env, system, seed, budget, args, overrides)
                 with args.results.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(f"{env} {rec['system']} seed {seed}: solved at {rec['solved_at_step']} "
                       f"steps, {rec['solved_at_time']} s (own {rec.get('own_time')}); "
-                      f"{rec['total_steps']} steps in {rec['train_time']:.1f} s",
-                      flush=True)  # fmt: skip
+                      f"{rec['total_steps']} steps in {rec['train_time']:.1f} s, final return "
+                      f"{rec['final_return']}", flush=True)  # fmt: skip
     results = load_results(args.results)
     print(markdown(results))
     for path in plot(results, args.results.parent):  # the plots go beside the records

@@ -227,8 +227,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def preset(env: str = "CartPole-v1", algo: str = "ppo", **overrides: Any) -> Config:
-    """``Config`` for ``env``/``algo`` from ``PRESETS`` (Config defaults for unknown envs),
+    """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
+    defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
     with ``overrides`` applied last."""
-    table = PRESETS.get(env, {})
-    values: dict[str, Any] = {**table.get("*", {}), **table.get(algo, {}), **overrides}
-    return Config(env=env, algo=algo, **values)
+    if env in PRESETS:
+        table = PRESETS[env]
+        base = {**table.get("*", {}), **table.get(algo, {})}
+    else:
+        from logtrick.rl.defaults import default_overrides
+
+        base = default_overrides(env, algo)
+    return Config(env=env, algo=algo, **{**base, **overrides})
