@@ -99,3 +99,12 @@ def test_untuned_continuous_control_learns(tmp_path: Path) -> None:
     result = rl.train(config)
     mean, _ = rl.evaluate(result.policy, "InvertedPendulum-v5", episodes=20, seed=10_000)
     assert mean > 80.0, mean
+
+
+def test_default_algorithm_per_env() -> None:
+    """Without an algorithm, ``preset`` picks the env's fastest robust one (npg on CartPole-v1),
+    else ppo."""
+    assert rl.preset("CartPole-v1").algo == "npg"
+    assert rl.preset("CartPole-v1").num_steps == rl.PRESETS["CartPole-v1"]["npg"]["num_steps"]
+    assert rl.preset("Acrobot-v1").algo == "ppo"
+    assert rl.preset("CartPole-v0").algo == "ppo"

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ALGOS", "PRESETS", "Config", "preset"]
+__all__ = ["ALGOS", "DEFAULT_ALGOS", "PRESETS", "Config", "default_algo", "preset"]
 
 ALGOS = ("reinforce", "a2c", "ppo", "npg")
 
@@ -184,13 +184,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "gae_lambda": 1.0, "ent_coef": 0.0},
         "reinforce": {"num_envs": 8, "num_steps": 256, "num_minibatches": 1, "lr": 3e-3,
                       "baseline": "value", "gamma": 0.99},
-        "npg": {"num_envs": 8, "num_steps": 256, "num_minibatches": 4, "max_kl": 0.02,
-                "lr": 1e-3, "update_epochs": 5},
+        "npg": {"num_envs": 8, "num_steps": 128, "num_minibatches": 2, "max_kl": 0.015,
+                "lr": 1e-2, "update_epochs": 3, "gamma": 0.99},
     },
     "Acrobot-v1": {
         "*": {"total_steps": 500_000, "normalize_obs": True, "normalize_rewards": True},
-        "ppo": {"num_envs": 16, "num_steps": 32, "num_minibatches": 1, "update_epochs": 8,
-                "lr": 1e-3, "gae_lambda": 0.94, "ent_coef": 0.0},
+        "ppo": {"num_envs": 16, "num_steps": 32, "num_minibatches": 1, "update_epochs": 4,
+                "lr": 2e-3, "gae_lambda": 0.94, "ent_coef": 0.0},
         "a2c": {"num_envs": 16, "num_steps": 5, "num_minibatches": 1, "lr": 1e-3,
                 "ent_coef": 0.0},
         "reinforce": {"num_envs": 16, "num_steps": 256, "num_minibatches": 1, "lr": 3e-3},
@@ -225,11 +225,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }  # fmt: skip
 
+DEFAULT_ALGOS: dict[str, str] = {"CartPole-v1": "npg"}
+"""The algorithm ``preset(env)`` picks when none is named: the fastest robust one measured on
+``env`` (BENCHMARKS.md, RL suite); ``ppo`` for every other env."""
 
-def preset(env: str = "CartPole-v1", algo: str = "ppo", **overrides: Any) -> Config:
+
+def default_algo(env: str) -> str:
+    """The algorithm used for ``env`` when none is named."""
+    return DEFAULT_ALGOS.get(env, "ppo")
+
+
+def preset(env: str = "CartPole-v1", algo: str | None = None, **overrides: Any) -> Config:
     """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
     defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
-    with ``overrides`` applied last."""
+    with ``overrides`` applied last. ``algo=None`` is :func:`default_algo` of ``env``."""
+    algo = default_algo(env) if algo is None else algo
     if env in PRESETS:
         table = PRESETS[env]
         base = {**table.get("*", {}), **table.get(algo, {})}
