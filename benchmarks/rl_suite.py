@@ -8,8 +8,13 @@ torch thread. Runs stop at the threshold, at ``--budget`` env steps, or when the
 passes ``--cap`` seconds (then "not solved within cap").
 
 Systems: ``reinforce``, ``a2c``, ``npg``, ``ppo`` (``logtrick.rl.preset(env, algo)`` with
-``total_steps`` = the budget) and ``sb3-ppo``, ``sb3-a2c`` (Stable-Baselines3 with the
-rl-baselines3-zoo hyperparameters below, ``total_timesteps`` = the budget). For logtrick both its
+``total_steps`` = the budget: the env's preset, or for an env without one the defaults of
+``logtrick.rl.defaults``; ``--no-preset`` forces those), ``sb3-ppo``, ``sb3-a2c``
+(Stable-Baselines3 with the rl-baselines3-zoo hyperparameters below) and ``sb3-ppo-default``
+(SB3's ``PPO("MlpPolicy", env)`` with its own defaults: one env, no normalisation), with
+``total_timesteps`` = the budget. Thresholds: ``THRESHOLDS``, else the env's registered
+``reward_threshold``. ``--fixed-budget`` trains every run for the whole budget and reports the
+final evaluation return beside the training wall-clock (the MuJoCo table). For logtrick both its
 own ``solved_at_time`` (collection + updates only) and the outside measure used for SB3 (wall-clock
 of the whole ``train`` call minus evaluations, so logging and checkpoints count) are stored; the
 tables use the outside measure.
@@ -21,6 +26,8 @@ Usage::
 
     python benchmarks/rl_suite.py --envs CartPole-v1 --systems ppo,sb3-ppo --seeds 5
     python benchmarks/rl_suite.py --report          # tables + plots from the results file
+    python benchmarks/rl_suite.py --envs Hopper-v5 --systems ppo,sb3-ppo-default --seeds 3 \
+        --budget 300000 --fixed-budget --eval-every 50000
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ import importlib
 import json
 import os
 import signal
-import statistics
 import tempfile
 import threading
 import time
@@ -40,6 +46,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from rl_suite_report import (
+    THRESHOLDS,
+    fixed_budget_markdown,
+    load_results,
+    markdown,
+    plot,
+    reached,
+    threshold,
+)
 
 from logtrick import rl
 from logtrick.rl.defaults import default_overrides
@@ -47,27 +62,9 @@ from logtrick.rl.defaults import default_overrides
 rl_train = importlib.import_module("logtrick.rl.train")  # the module (rl.train is the function)
 
 OUT = Path(__file__).parent / "out"
-THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0,
-              "Pendulum-v1": -200.0}  # fmt: skip
-"""Returns that count as solved; other envs use their registered ``reward_threshold``."""
 BUDGETS = {"Pendulum-v1": 300_000}  # others: 1M
 LOGTRICK = ("reinforce", "a2c", "npg", "ppo")
 SB3 = ("sb3-ppo", "sb3-a2c", "sb3-ppo-default")
-
-
-def threshold(env: str) -> float | None:
-    """The return that counts as solved on ``env`` (``None``: none registered)."""
-    if env in THRESHOLDS:
-        return THRESHOLDS[env]
-    import gymnasium as gym
-
-    value = gym.spec(env).reward_threshold
-    return None if value is None else float(value)
-
-
-def _reached(env: str, value: float) -> bool:
-    target = threshold(env)
-    return target is not None and value >= target
 
 
 # rl-baselines3-zoo hyperparameters (DLR-RM/rl-baselines3-zoo, hyperparams/ppo.yml and
@@ -195,7 +192,7 @@ def _record(env: str, system: str, seed: int, budget: int, cap: float, clock: Cl
     """The JSON record of a run from its evaluation points."""
     curve = [(s, t, r) for s, (t, r, _) in zip(steps, clock.points)]
     cpu = [c for _, _, c in clock.points]
-    solved = next(((s, t, c) for (s, t, r), c in zip(curve, cpu) if _reached(env, r)), (None,) * 3)
+    solved = next(((s, t, c) for (s, t, r), c in zip(curve, cpu) if reached(env, r)), (None,) * 3)
     return {"env": env, "system": system, "seed": seed, "budget": budget, "cap": cap,
             "solved_at_step": solved[0], "solved_at_time": solved[1], "solved_at_cpu": solved[2],
             "cpu_at_evals": cpu,
@@ -274,7 +271,7 @@ def _protocol_callback(clock: Clock, env: str, seed: int, cap: float, eval_every
             self.last = n
             mean = clock.evaluating(lambda: _sb3_evaluate(self.model, env, 20, seed + 10_000))
             self.steps.append(n)
-            self.stop |= _reached(env, mean) and not fixed_budget
+            self.stop |= reached(env, mean) and not fixed_budget
 
         def _on_step(self) -> bool:
             return not (self.stop or clock.train_time() > cap)
@@ -284,123 +281,6 @@ def _protocol_callback(clock: Clock, env: str, seed: int, cap: float, eval_every
                 self._maybe_evaluate()
 
     return Protocol()
-
-
-def load_results(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _median_of(values: list[float | None]) -> float:
-    """Median with unsolved runs (``None``) counted as +inf."""
-    return statistics.median([np.inf if v is None else v for v in values])
-
-
-def _fmt(values: list[float | None], scale: float, digits: int) -> str:
-    """``median [min–max]`` over seeds; unsolved runs are '—' and count as +inf."""
-    med = _median_of(values)
-    solved = [v for v in values if v is not None]
-    text = "—" if not np.isfinite(med) else f"{med / scale:.{digits}f}"
-    if len(values) > 1 and solved:
-        lo, hi = min(solved) / scale, max(values, key=lambda v: np.inf if v is None else v)
-        hi_text = "—" if hi is None else f"{hi / scale:.{digits}f}"
-        text += f" [{lo:.{digits}f}–{hi_text}]"
-    return text
-
-
-def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (env, system): seeds, solves, medians and spread of steps and seconds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["env"], r["system"]), []).append(r)
-    rows = []
-    for (env, system), runs in groups.items():
-        steps, times = [r["solved_at_step"] for r in runs], [r["solved_at_time"] for r in runs]
-        with_cpu = all("solved_at_cpu" in r for r in runs)
-        cpus = [r["solved_at_cpu"] for r in runs] if with_cpu else []
-        rows.append({"env": env, "system": system, "n": len(runs),
-                     "solved": sum(s is not None for s in steps),
-                     "capped": sum(r["capped"] for r in runs),
-                     "budget": max(r["budget"] for r in runs), "cap": max(r["cap"] for r in runs),
-                     "steps": _fmt(steps, 1e3, 0), "time": _fmt(times, 1.0, 1),
-                     "cpu": _fmt(cpus, 1.0, 1) if cpus else "n/a",
-                     "median_time": _median_of(times),
-                     "median_cpu": _median_of(cpus) if cpus else np.nan,
-                     "sps": statistics.median(r["total_steps"] / r["train_time"]
-                                              for r in runs)})  # fmt: skip
-    return rows
-
-
-def markdown(results: list[dict[str, Any]]) -> str:
-    """The results table and the logtrick-best / SB3-better wall-clock ratio per env."""
-    rows = summary_rows(results)
-    header = (
-        "| env | system | seeds | solved | env steps to threshold (k) "
-        "| training s to threshold | CPU s to threshold | training steps/s | budget | cap s |"
-    )
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        solved = f"{r['solved']}/{r['n']}" + (f" ({r['capped']} capped)" if r["capped"] else "")
-        lines.append(f"| {r['env']} | {r['system']} | {r['n']} | {solved} | {r['steps']} | "
-                     f"{r['time']} | {r['cpu']} | {r['sps']:,.0f} | {r['budget'] // 1000}k | "
-                     f"{r['cap']:.0f} |")  # fmt: skip
-    lines += [
-        "",
-        "| env | logtrick best | SB3 better | ratio of median training s | ratio of median CPU s |",
-        "|---|---|---|---:|---:|",
-    ]
-    for env in dict.fromkeys(r["env"] for r in rows):
-        ours = [r for r in rows if r["env"] == env and not r["system"].startswith("sb3")]
-        theirs = [r for r in rows if r["env"] == env and r["system"].startswith("sb3")]
-        if not ours or not theirs:
-            continue
-        a = min(ours, key=lambda r: r["median_time"])
-        b = min(theirs, key=lambda r: r["median_time"])
-        ratio = a["median_time"] / b["median_time"]
-        cpu_ratio = a["median_cpu"] / b["median_cpu"]
-        lines.append(f"| {env} | {a['system']} ({a['median_time']:.1f} s) | {b['system']} "
-                     f"({b['median_time']:.1f} s) | {ratio:.2f} | {cpu_ratio:.2f} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def plot(results: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Per env: eval return against training wall-clock and against env steps, every run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for env in dict.fromkeys(r["env"] for r in results):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        systems = list(dict.fromkeys(r["system"] for r in results if r["env"] == env))
-        colors = {s: f"C{i}" for i, s in enumerate(systems)}
-        for r in (r for r in results if r["env"] == env and r["curve"]):
-            steps, times, returns = zip(*r["curve"])
-            label = r["system"] if r["seed"] == min(
-                q["seed"] for q in results if q["env"] == env and q["system"] == r["system"]
-            ) else None  # fmt: skip
-            axes[0].plot(times, returns, color=colors[r["system"]], alpha=0.7, label=label)
-            axes[1].plot(steps, returns, color=colors[r["system"]], alpha=0.7)
-        for ax, xlabel in zip(axes, ("training wall-clock (s, evaluation excluded; log)",
-                                     "env steps")):  # fmt: skip
-            if threshold(env) is not None:
-                ax.axhline(threshold(env), color="k", ls="--", lw=0.8)
-            ax.set_xlabel(xlabel)
-        axes[0].set_xscale("log")  # wall-clocks span three decades; ratios read as distances
-        every_return = [v for r in results if r["env"] == env for _, _, v in r["curve"]]
-        if every_return:  # a few early catastrophic evaluations would squash every curve
-            axes[0].set_ylim(bottom=float(np.percentile(every_return, 2)))
-        axes[0].set_ylabel("mean return, 20 deterministic episodes")
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"{env} (one line per seed)")
-        fig.tight_layout()
-        path = out / f"rl_suite_{env}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -468,7 +348,7 @@ def main() -> None:
                       f"{rec['total_steps']} steps in {rec['train_time']:.1f} s, final return "
                       f"{rec['final_return']}", flush=True)  # fmt: skip
     results = load_results(args.results)
-    print(markdown(results))
+    print(fixed_budget_markdown(results) if args.fixed_budget else markdown(results))
     for path in plot(results, args.results.parent):  # the plots go beside the records
         print(f"wrote {path}")
 
