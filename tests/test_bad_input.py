@@ -69,7 +69,7 @@ def test_samples_must_be_a_positive_int(samples: object) -> None:
 def test_learned_baseline_of_wrong_shape() -> None:
     learned = lt.Learned(nn.Linear(2, 5))  # 5 outputs per context, costs (4, 3)
     with pytest.raises(
-        ValueError, match=r"Learned baseline: the module's output has shape \(3, 5\)"
+        ValueError, match=r"Learned's module output\): shape \(3, 5\) does not broadcast to"
     ):
         lt.expectation(lambda x: x, _normal(), 4, "score_function", learned, torch.randn(3, 2))
     with pytest.raises(ValueError, match="context: a Learned baseline needs the context"):

@@ -51,8 +51,26 @@ def test_moving_average_is_bias_corrected_and_uses_only_past_calls() -> None:
     torch.testing.assert_close(ma(c2), m1)
     torch.testing.assert_close(ma(c3), (beta * (1 - beta) * m1 + (1 - beta) * m2) / (1 - beta**2))
     assert ma.steps == 3
-    ma(torch.randn(5, 7, dtype=DT))  # a new shape starts a new average
-    assert ma.steps == 1
+
+
+def test_moving_average_keeps_its_state_when_the_batch_shape_changes() -> None:
+    """A smaller last batch gets the scalar mean of the averages as b and changes no state;
+    the next full batch continues from the same per-element average (issue 11, defect 11)."""
+    beta = 0.5
+    ma = lt.MovingAverage(decay=beta)
+    c1, c2 = torch.randn(2, 4, 3, dtype=DT).unbind(0)
+    ma(c1)
+    b2 = ma(c2)
+    expected = (beta * (1 - beta) * c1.mean(0) + (1 - beta) * c2.mean(0)) / (1 - beta**2)
+    small = ma(torch.randn(4, 2, dtype=DT))  # last batch of 2 elements
+    torch.testing.assert_close(small, expected.mean())
+    assert small.shape == () and ma.steps == 2
+    torch.testing.assert_close(ma(c1), expected[None])  # the full batch continues unchanged
+    assert ma.steps == 3 and torch.equal(b2, c1.mean(0, keepdim=True))
+    scalar = lt.MovingAverage(decay=beta, per_element=False)  # one average: every batch updates
+    scalar(c1)
+    assert float(scalar(torch.randn(4, 2, dtype=DT))) == pytest.approx(float(c1.mean()))
+    assert scalar.steps == 2
 
 
 def test_leave_one_out_matches_loop() -> None:

@@ -188,7 +188,7 @@ def test_trace_and_derived_quantities() -> None:
 def test_errors_name_the_argument() -> None:
     problem = gaussian_problem()
     mu = torch.tensor(1.0)
-    with pytest.raises(TypeError, match="params"):
+    with pytest.raises(ValueError, match=r"params\[0\]: expected requires_grad=True"):
         per_sample_gradients(problem.f, Normal(mu, 1.0), [mu], 3)
     with pytest.raises(ValueError, match="repeats"):
         gradient_variance(problem.f, problem.dist_fn, problem.params, repeats=2)

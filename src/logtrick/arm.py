@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution
 
+from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
 
 __all__ = ["ARM", "DisARM"]
@@ -75,14 +76,16 @@ class ARM:
     """
 
     name: ClassVar[str] = "arm"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Bernoulli; f may be a black box (2 evaluations per pair)"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
         theta, u, _, _, cost, cost_anti = _pair(f, dist, samples, "ARM")
         grad = _expand(cost_anti - cost, u).detach() * (u - 0.5)
-        return _terms(0.5 * (cost + cost_anti), grad, theta)
+        return first_order_only(_terms(0.5 * (cost + cost_anti), grad, theta), "ARM")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,9 @@ class DisARM:
     """
 
     name: ClassVar[str] = "disarm"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Bernoulli; f may be a black box (2 evaluations per pair)"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -113,4 +118,4 @@ class DisARM:
         sign = 1.0 - 2.0 * b_anti  # (-1)^{b̃}
         weight = sign * (b != b_anti).to(b.dtype) * torch.sigmoid(theta.detach().abs())
         grad = 0.5 * _expand(cost - cost_anti, b).detach() * weight
-        return _terms(0.5 * (cost + cost_anti), grad, theta)
+        return first_order_only(_terms(0.5 * (cost + cost_anti), grad, theta), "DisARM")

@@ -17,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "check_bool_tensor",
+    "check_broadcasts_to",
     "check_choice",
     "check_finite",
     "check_floating",
@@ -198,3 +199,29 @@ def check_param_list(
     if nonempty and not out:
         raise ValueError(f"{name}: expected at least one tensor, got an empty list")
     return out
+
+
+def check_broadcasts_to(name: str, x: Tensor, shape: Sequence[int], what: str = "") -> Tensor:
+    """``x`` broadcasts to ``shape`` without enlarging it (size-1 or missing leading dimensions).
+
+    Args:
+        name: the argument's name, e.g. ``"baseline"``.
+        x: the tensor (its values are not read).
+        shape: the shape it must fit into, e.g. the cost's.
+        what: what ``shape`` is, for the message (e.g. ``"the cost's shape"``).
+    """
+    shape = tuple(shape)
+    if x.shape == shape or x.dim() == 0:
+        return x
+    try:
+        ok = torch.broadcast_shapes(x.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        target = what or "shape"
+        raise ValueError(
+            f"{name}: shape {tuple(x.shape)} does not broadcast to {target} {shape} without "
+            f"enlarging it; expected {shape}, a shape with size-1 entries in its place, or fewer "
+            f"leading dimensions"
+        )
+    return x

@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from logtrick.baselines import OptimalScale, resolve_baseline
-from logtrick.estimators import CostFn, check_samples, resolve_estimator
+from logtrick.baselines import resolve_baseline
+from logtrick.checks import check_param_list, check_positive_int
+from logtrick.estimators import CostFn, resolve_estimator
 from logtrick.problems import Problem
 from logtrick.score import DistFn
 
@@ -43,16 +44,6 @@ __all__ = [
     "per_sample_gradients",
     "table_cells",
 ]
-
-
-def _check_params(params: Sequence[Tensor]) -> list[Tensor]:
-    if isinstance(params, Tensor):
-        raise TypeError("params: expected a list of tensors, got a single Tensor; wrap it: [theta]")
-    params = list(params)
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor) or not p.requires_grad:
-            raise TypeError(f"params[{i}]: expected a tensor with requires_grad=True, got {p!r}")
-    return params
 
 
 def _flat(grads: Sequence[Tensor], rows: int) -> Tensor:
@@ -112,8 +103,8 @@ def per_sample_gradients(
     References:
         Mohamed et al. (2020), JMLR 21(132), section 3 (variance of per-sample estimators).
     """
-    params = _check_params(params)
-    check_samples(samples)
+    params = check_param_list("params", params, requires_grad=True)
+    check_positive_int("samples", samples, "the number of draws K")
     terms = resolve_estimator(estimator).terms(f, dist, samples, baseline, context)
     if terms.dim() == 0 or terms.shape[0] != samples:
         raise ValueError(
@@ -254,15 +245,18 @@ def gradient_variance(
     References:
         Mohamed et al. (2020), JMLR 21(132), sections 3 and 7 (comparing estimators).
     """
-    params = _check_params(params)
-    check_samples(samples)
+    params = check_param_list("params", params, requires_grad=True)
+    check_positive_int("samples", samples, "the number of draws K")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 4:
         raise ValueError(
             f"repeats: expected an int >= 4 (the number of estimates), got {repeats!r}"
         )
     est, baseline = resolve_estimator(estimator), resolve_baseline(baseline)
-    if vectorize and isinstance(baseline, OptimalScale):
-        raise TypeError("baseline: OptimalScale is tied to its params; use vectorize=False")
+    if vectorize and getattr(baseline, "params", None) is not None:
+        raise TypeError(
+            f"baseline: {type(baseline).__name__} is tied to the tensors it was built with (its "
+            f"params), not to the replicas of vectorize=True; use vectorize=False"
+        )
     counted = _CountingCost(f)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -354,7 +348,7 @@ def compare(
                 f"problem: expected a logtrick.problems.Problem, or a cost f with dist_fn= and "
                 f"params=, got {problem!r}"
             )
-        params = tuple(_check_params(params))
+        params = tuple(check_param_list("params", params, requires_grad=True))
         names = tuple(f"params[{i}]" for i in range(len(params)))
         problem = Problem(getattr(problem, "__name__", "f"), problem, dist_fn, params, names)
     exact, rows = problem.exact_gradient(), []

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
+from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
 
 __all__ = ["DeltaMethod", "MeasureValued"]
@@ -100,7 +101,9 @@ class MeasureValued:
     coupling: bool = True
 
     name: ClassVar[str] = "measure_valued"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Normal or Independent(Normal); f may be a black box"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -111,7 +114,7 @@ class MeasureValued:
         cost = evaluate_cost(f, x, dist, samples)
         reduced = len(base.batch_shape) - (cost.dim() - 1)
         grads = self._weak_derivatives(f, x, mu.detach(), sigma.detach(), reduced, dist)
-        return _chain(cost, grads, [mu, sigma])
+        return first_order_only(_chain(cost, grads, [mu, sigma]), "MeasureValued")
 
     def _weak_derivatives(
         self, f: CostFn, x: Tensor, mu: Tensor, sigma: Tensor, reduced: int, dist: Distribution
@@ -199,7 +202,9 @@ class DeltaMethod:
     coefficient: str | float = "optimal"
 
     name: ClassVar[str] = "delta_method"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Normal or Independent(Normal); f twice differentiable at the mean"
+    max_order: ClassVar[float] = 1
 
     def __post_init__(self) -> None:
         if self.coefficient != "optimal" and not isinstance(self.coefficient, (int, float)):
@@ -226,7 +231,7 @@ class DeltaMethod:
         scores = [delta / s**2, (delta**2 - s**2) / s**3]
         expect = [grad, s * hess.diagonal(0, -2, -1).reshape(m.shape)]
         grads = [self._controlled(c_b * sc, h_b * sc - e) for sc, e in zip(scores, expect)]
-        return _chain(cost, grads, [mu, sigma])
+        return first_order_only(_chain(cost, grads, [mu, sigma]), "DeltaMethod")
 
     def _controlled(self, a_term: Tensor, b_term: Tensor) -> Tensor:
         """``A_k - a^{(-k)} B_k`` per sample, ``a^{(-k)} = sum_{j!=k} A_j B_j / sum_{j!=k} B_j^2``

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
 
-from logtrick.baselines import Learned, OptimalScale, resolve_baseline
+from logtrick.baselines import resolve_baseline, score_terms
+from logtrick.checks import check_finite
+from logtrick.dice import magic_box
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
 from logtrick.relaxations import (
     check_temperature,
@@ -37,7 +39,6 @@ from logtrick.relaxations import (
     relax_sample,
     relaxation_kind,
 )
-from logtrick.surrogate import check_finite, magic_box
 
 __all__ = ["Rebar", "Relax", "conditional_logits", "variance_backward"]
 
@@ -87,17 +88,16 @@ def _score_part(
     resid: Tensor, log_prob: Tensor, baseline: object, context: Tensor | None
 ) -> Tensor:
     r"""Value 0, gradient :math:`(r - b)\nabla\log p`; keeps r's dependence on the control
-    variate's parameters for :func:`variance_backward` (no detach of r)."""
+    variate's parameters, and b's (computed from r), for :func:`variance_backward`."""
     bl = resolve_baseline(baseline)
-    if isinstance(bl, OptimalScale):
-        raise TypeError("baseline: OptimalScale is not supported by Rebar/Relax; use a scalar one")
-    b = bl(resid.detach(), 0, context)
-    box = magic_box(log_prob)
-    out = (resid - b.detach()) * (box - 1.0)
-    if isinstance(bl, Learned) and bl.fold_loss:
-        sq = 0.5 * (b - resid.detach()).pow(2)
-        out = out + (sq - sq.detach())
-    return out
+    if bl.max_order < 2:
+        raise TypeError(
+            f"baseline: {type(bl).__name__} estimates first derivatives only, but Rebar/Relax "
+            f"differentiate the estimate again to train the control variate; use a scalar one"
+        )
+    out = resid * (magic_box(log_prob) - 1.0)
+    part = score_terms(resid, log_prob, bl, 0, context, with_cost=False)
+    return out if part is None else out + part
 
 
 def _squeeze_like(c: Tensor, cost: Tensor) -> Tensor:
@@ -137,15 +137,18 @@ def _control_variate_terms(
 
 
 def variance_backward(loss: Tensor, params: Sequence[Tensor], control: Iterable[Tensor]) -> Tensor:
-    r"""Accumulate the estimate into ``params``' ``.grad`` and :math:`\nabla_\phi \sum \hat g^2`
-    into the control variate's ``.grad``.
+    r"""Accumulate the estimate into ``params``' ``.grad``, :math:`\nabla_\phi \sum \hat g^2`
+    into the control variate's ``.grad``, and the ordinary gradient of ``loss`` into every other
+    tensor it depends on (a ``Learned`` baseline's network, a network inside f).
 
     .. math::  \nabla_\phi \operatorname{Var}[\hat g] = \nabla_\phi \mathbb{E}[\hat g^2]
                = \mathbb{E}[2\, \hat g\, \nabla_\phi \hat g]
 
     because :math:`\mathbb{E}[\hat g]` does not depend on :math:`\phi` (the estimator is
     unbiased for every :math:`\phi`). :math:`\hat g = \nabla_\theta` ``loss`` is taken with
-    ``create_graph=True``, so f must be twice differentiable where the control variate uses it.
+    ``create_graph=True``, so f must be twice differentiable where the control variate uses it;
+    a baseline computed from the residual (leave-one-out) keeps its dependence on :math:`\phi`
+    in :math:`\hat g`.
 
     Args:
         loss: a scalar built from the estimator's terms (e.g. ``expectation(...).sum()``).
@@ -161,13 +164,14 @@ def variance_backward(loss: Tensor, params: Sequence[Tensor], control: Iterable[
     """
     params = [p for p in params if p.requires_grad]
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
-    sq = sum(g.pow(2).sum() for _, g in pairs)
+    sq = sum(g.pow(2).sum() for g in grads if g is not None)
     phi = [q for q in control if q.requires_grad]
+    saved = [None if q.grad is None else q.grad.clone() for q in phi]
+    loss.backward(retain_graph=True)  # params: the estimate; other tensors: their gradient
+    for q, grad in zip(phi, saved):  # the control variate gets the variance gradient instead
+        q.grad = grad
     if phi and isinstance(sq, Tensor) and sq.requires_grad:
         sq.backward(inputs=phi)
-    for p, g in pairs:
-        p.grad = g.detach() if p.grad is None else p.grad + g.detach()
     return torch.as_tensor(sq).detach()
 
 
@@ -207,7 +211,9 @@ class Rebar(nn.Module):
     """
 
     name: ClassVar[str] = "rebar"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Bernoulli or categorical; f differentiable on relaxed inputs"
+    max_order: ClassVar[float] = 1
 
     def __init__(self, temperature: float = 0.5, scale: float = 1.0) -> None:
         super().__init__()
@@ -274,7 +280,9 @@ class Relax(nn.Module):
     """
 
     name: ClassVar[str] = "relax"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Bernoulli or categorical; f may be a black box"
+    max_order: ClassVar[float] = 1
 
     def __init__(self, control_variate: nn.Module | None = None) -> None:
         super().__init__()

@@ -131,7 +131,9 @@ class GumbelSoftmax:
     hard: bool = False
 
     name: ClassVar[str] = "gumbel_softmax"
-    unbiased: ClassVar[bool] = False
+    unbiased: ClassVar[str] = "no (exact for the relaxed objective only)"
+    requires: ClassVar[str] = "Bernoulli or categorical; f differentiable on relaxed inputs"
+    max_order: ClassVar[float] = math.inf
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
@@ -171,7 +173,9 @@ class StraightThrough:
     """
 
     name: ClassVar[str] = "straight_through"
-    unbiased: ClassVar[bool] = False
+    unbiased: ClassVar[str] = "no (unless f is multilinear in the Bernoulli components)"
+    requires: ClassVar[str] = "Bernoulli or categorical; f differentiable in its input"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
