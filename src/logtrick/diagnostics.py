@@ -187,7 +187,7 @@ def check_pathwise(
     f: CostFn,
     dist_fn: DistFn,
     params: Sequence[Tensor],
-    samples: int = 4096,
+    samples: int = 2048,
     alpha: float = 1e-3,
     *,
     seed: int | None = None,
@@ -203,8 +203,9 @@ def check_pathwise(
     while the score function is unbiased for every f. Each estimator gets ``samples``
     independent per-sample gradients (:func:`per_sample_gradients`; the score function with a
     constant baseline from a separate pilot draw), so the check costs about ``3 * samples``
-    evaluations of f. It flags a bias larger than a few standard errors; it cannot prove there
-    is none.
+    evaluations of f and per-sample backward passes that grow as ``samples**2`` (keep the
+    batch small). It flags a bias larger than a few standard errors; it cannot prove there is
+    none.
 
     Args:
         f: cost, samples ``(N,) + batch_shape + event_shape`` -> ``(N,) + batch_shape[:j]``,
