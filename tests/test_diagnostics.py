@@ -252,6 +252,7 @@ def test_compare_and_format_table() -> None:
 # --- check_pathwise (issue 11, defect 8) ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_pathwise_flags_a_step_and_passes_a_smooth_f() -> None:
     """f = x + 1[x > 0] under Normal(μ, σ): d/dμ E[f] = 1 + φ(μ/σ)/σ, but the pathwise estimator
     sees only the 1 (autograd cannot see the jump); f = x² is smooth. The check's own failure

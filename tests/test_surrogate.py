@@ -200,3 +200,36 @@ def test_integer_and_bool_costs_equal_float_costs(baseline: object) -> None:
         grads.append(theta.grad)
     torch.testing.assert_close(grads[0], grads[1])
     torch.testing.assert_close(grads[2], grads[3])
+
+
+def test_baseline_enters_as_a_constant_in_every_derivative() -> None:
+    """(a) b = g(θ) (critic values sharing parameters with the policy, say) changes no
+    derivative's dependence on θ through b: first and second derivatives equal those with
+    b.detach() (issue 11: b enters the score term detached)."""
+    theta = t(0.4, -0.2).requires_grad_()
+    x = t([[1.1, -0.3], [0.2, 0.9], [-0.5, 0.4]])
+    results = []
+    for detach in (False, True):
+        b = (theta**2 + 1.0).expand(3, 2)
+        b = b.detach() if detach else b
+        out = lt.surrogate(x**2, Normal(theta, 1.0).log_prob(x), b).sum()
+        (g,) = torch.autograd.grad(out, theta, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), theta)
+        results.append((g.detach(), h))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    c = x**2 - (theta.detach() ** 2 + 1.0)  # and the first derivative is the hand formula
+    torch.testing.assert_close(results[1][0], (c * (x - theta.detach())).sum(0))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3,), (1, 3), ()])
+def test_tensor_baseline_of_critic_values_matches_hand_formula(shape: tuple[int, ...]) -> None:
+    """(a) A tensor baseline (K, B), (B,), (1, B) or () gives (c − b)∇log p per element."""
+    torch.manual_seed(4)
+    mu = torch.randn(3, dtype=DT, requires_grad=True)
+    x = torch.randn(5, 3, dtype=DT)
+    b = torch.randn(shape, dtype=DT)
+    out = lt.surrogate(x**2, Normal(mu, 1.0).log_prob(x), b)
+    assert torch.equal(out.detach(), x**2)
+    out.sum().backward()
+    torch.testing.assert_close(mu.grad, ((x**2 - b) * (x - mu.detach())).sum(0))
