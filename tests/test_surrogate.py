@@ -233,3 +233,42 @@ def test_tensor_baseline_of_critic_values_matches_hand_formula(shape: tuple[int,
     assert torch.equal(out.detach(), x**2)
     out.sum().backward()
     torch.testing.assert_close(mu.grad, ((x**2 - b) * (x - mu.detach())).sum(0))
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+@pytest.mark.parametrize("baseline", [None, 0.7, "tensor"])
+def test_fused_score_term_equals_the_magic_box(
+    baseline: object, reduce: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(c) The fused ScoreTerm (large inputs) against the native magic box (small inputs):
+    the same value, first and second derivatives, in θ and in a parameter w of the cost."""
+    from logtrick import dice
+
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, dtype=DT)
+    b = torch.randn(3, dtype=DT) if baseline == "tensor" else baseline
+    results = []
+    for threshold in (0, 1 << 62):  # fused, native
+        monkeypatch.setattr(dice, "FUSED_MIN_NUMEL", threshold)
+        mu, w = t(0.4, -0.1, 0.3).requires_grad_(), t(1.5).requires_grad_()
+        out = dice.score_term(w * x**3, Normal(mu, 1.0).log_prob(x), b, reduce)
+        g = torch.autograd.grad(out.sum(), [mu, w], create_graph=True)
+        h = torch.autograd.grad(g[0].sum() + g[1], [mu, w])
+        results.append([out.detach(), *(v.detach() for v in g), *h])
+    for fused, native in zip(*results):
+        torch.testing.assert_close(fused, native)
+    assert torch.equal(results[0][0], results[1][0])  # values bit for bit
+
+
+def test_fused_score_term_refuses_an_input_modified_in_place() -> None:
+    """Like a saved tensor: modifying the cost after building the term is an error."""
+    from logtrick.dice import ScoreTerm
+
+    mu = t(0.4).requires_grad_()
+    x = t(1.1, -0.3)
+    for reduce in (True, False):  # not reduced, the output is a view: torch refuses the change
+        cost = x**2
+        out = ScoreTerm.apply(cost, Normal(mu, 1.0).log_prob(x), None, reduce)
+        with pytest.raises(RuntimeError, match=r"modified in ?place"):
+            cost.add_(1.0)
+            out.sum().backward()

@@ -120,7 +120,10 @@ def score_terms(
     Returns:
         Terms shaped like ``cost`` (``cost.shape[1:]`` if ``reduce``), or ``None``.
     """
-    b, extra = baseline.parts(cost.detach() if with_cost else cost, log_prob, sample_dim, context)
+    if with_cost and not baseline.active:  # b = 0 and nothing extra: the hot path
+        return score_term(cost, log_prob, None, reduce)
+    seen = cost.detach() if with_cost and cost.requires_grad else cost
+    b, extra = baseline.parts(seen, log_prob, sample_dim, context)
     if isinstance(b, Tensor):
         label = f"{name} ({type(baseline).__name__}'s b)"
         check_broadcasts_to(label, b, cost.shape, "the cost's shape")

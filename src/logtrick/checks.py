@@ -91,10 +91,13 @@ def check_finite(name: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
 
     Fast path: NaN and inf propagate through a sum, so one reduction clears the common case; only
     a non-finite sum (a bad entry, or an overflow of finite ones) pays for the exact scan, which
-    reports how many entries are bad and where the first one is.
+    reports how many entries are bad and where the first one is. Integer and bool tensors are
+    finite by construction and cost nothing.
     """
-    d = x.detach()
-    if mask is None and bool(torch.isfinite(d.sum())):
+    if not (x.is_floating_point() or x.is_complex()):
+        return x
+    d = x.detach() if x.requires_grad else x
+    if mask is None and not d.is_complex() and math.isfinite(d.sum().item()):
         return x
     bad = ~d.isfinite()
     if mask is not None:

@@ -87,23 +87,18 @@ def evaluate_cost(f: CostFn, x: Tensor, dist: Distribution, samples: int) -> Ten
     return out
 
 
-def _log_prob_of_own_samples(dist: Distribution, x: Tensor) -> Tensor:
-    if not dist._validate_args:
-        return dist.log_prob(x)
-    dist._validate_args = False
-    try:
-        return dist.log_prob(x)
-    finally:
-        dist._validate_args = True
-
-
 def joint_log_prob(dist: Distribution, x: Tensor, cost: Tensor) -> Tensor:
     """``dist.log_prob(x)`` summed over the trailing batch dimensions that ``cost`` reduced.
 
     ``x`` was drawn from ``dist`` itself, so it lies in the support: the distribution's sample
     validation (a support check per call) is skipped as redundant.
     """
-    log_prob = _log_prob_of_own_samples(dist, x)
+    validate = dist._validate_args
+    dist._validate_args = False
+    try:
+        log_prob = dist.log_prob(x)
+    finally:
+        dist._validate_args = validate
     extra = log_prob.dim() - cost.dim()
     return log_prob.sum(tuple(range(-extra, 0))) if extra else log_prob
 
@@ -145,24 +140,22 @@ class ScoreFunction:
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
-        return _score_function(f, dist, _draw(dist, samples), baseline, context, False)
+        x = dist.sample((samples,))  # torch's sample() runs without gradient
+        return _score_function(f, dist, x.detach(), baseline, context, False)
 
     def estimate(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
-        """``terms(...).mean(0)`` as one autograd node."""
-        return _score_function(f, dist, _draw(dist, samples), baseline, context, True)
+        """``terms(...).mean(0)``, with the mean fused into the score term."""
+        x = dist.sample((samples,))
+        return _score_function(f, dist, x.detach() if x.requires_grad else x, baseline, context,
+                               True)  # fmt: skip
 
     def terms_at(
         self, f: CostFn, dist: Distribution, x: Tensor, baseline: object, context: Tensor | None
     ) -> Tensor:
         """The terms for given samples ``x`` (drawn without gradient)."""
         return _score_function(f, dist, x, baseline, context, False)
-
-
-def _draw(dist: Distribution, samples: int) -> Tensor:
-    x = dist.sample((samples,))  # torch's sample() already runs without gradient
-    return x.detach() if x.requires_grad else x
 
 
 @dataclass(frozen=True)
