@@ -26,7 +26,14 @@ from logtrick.baselines import (
     OptimalScale,
 )
 from logtrick.enumeration import enumerate_expectation
-from logtrick.estimators import ESTIMATORS, Auto, Pathwise, ScoreFunction, expectation
+from logtrick.estimators import (
+    ESTIMATORS,
+    Auto,
+    Pathwise,
+    ScoreFunction,
+    estimator_table,
+    expectation,
+)
 from logtrick.measure_valued import DeltaMethod, MeasureValued
 from logtrick.relax import Rebar, Relax, variance_backward
 from logtrick.relaxations import GumbelSoftmax, StraightThrough
@@ -74,6 +81,7 @@ __all__ = [
     "diagnostics",
     "dice_surrogate",
     "enumerate_expectation",
+    "estimator_table",
     "expectation",
     "fisher",
     "group_mean_advantages",
