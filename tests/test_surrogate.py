@@ -240,24 +240,35 @@ def test_tensor_baseline_of_critic_values_matches_hand_formula(shape: tuple[int,
 def test_fused_score_term_equals_the_magic_box(
     baseline: object, reduce: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """(c) The fused ScoreTerm (large inputs) against the native magic box (small inputs):
-    the same value, first and second derivatives, in θ and in a parameter w of the cost."""
+    """(c) dice.score_term, fused (ScoreTerm) and native, against DiCE written out with the
+    magic box, c ⊡(l) + (1 − ⊡(l)) b: the same value, first and second derivatives, in θ and in
+    a parameter w of the cost."""
     from logtrick import dice
 
     torch.manual_seed(5)
     x = torch.randn(4, 3, dtype=DT)
     b = torch.randn(3, dtype=DT) if baseline == "tensor" else baseline
+
+    def written_out(cost: Tensor, log_prob: Tensor, *_: object) -> Tensor:
+        box = lt.magic_box(log_prob)
+        out = cost * box if b is None else cost * box + (1.0 - box) * b
+        return out.mean(0) if reduce else out
+
     results = []
-    for threshold in (0, 1 << 62):  # fused, native
-        monkeypatch.setattr(dice, "FUSED_MIN_NUMEL", threshold)
+    for threshold in (None, 0, 1 << 62):  # written out, fused, native (fused if b is given)
+        if threshold is not None:
+            monkeypatch.setattr(dice, "FUSED_MIN_NUMEL", threshold)
+        build = written_out if threshold is None else dice.score_term
         mu, w = t(0.4, -0.1, 0.3).requires_grad_(), t(1.5).requires_grad_()
-        out = dice.score_term(w * x**3, Normal(mu, 1.0).log_prob(x), b, reduce)
+        out = build(w * x**3, Normal(mu, 1.0).log_prob(x), b, reduce)
         g = torch.autograd.grad(out.sum(), [mu, w], create_graph=True)
         h = torch.autograd.grad(g[0].sum() + g[1], [mu, w])
         results.append([out.detach(), *(v.detach() for v in g), *h])
-    for fused, native in zip(*results):
-        torch.testing.assert_close(fused, native)
-    assert torch.equal(results[0][0], results[1][0])  # values bit for bit
+    for reference, fused, native in zip(*results):
+        torch.testing.assert_close(fused, reference)
+        torch.testing.assert_close(native, reference)
+    assert torch.equal(results[1][0], results[0][0])  # values bit for bit
+    assert torch.equal(results[2][0], results[0][0])
 
 
 def test_fused_score_term_refuses_an_input_modified_in_place() -> None:
