@@ -3,8 +3,11 @@ r"""Tests of ``lt.expectation``: value, shapes, and unbiasedness of every estima
 Tier (b), the unbiasedness matrix: for 11 distribution families and test functions f whose
 expectation is known in closed form (linear, quadratic, indicator), every estimator
 (``score_function``, ``pathwise`` where the family has ``rsample`` and f is differentiable,
-``auto``) with every baseline gives a gradient whose mean over ``R`` independent replicas equals
-:math:`\nabla_\theta \mathbb{E}[f]` within :math:`z\,\hat\sigma/\sqrt R`.
+``auto``) with every baseline it uses (the pathwise estimator, also when ``auto`` picks it, has
+no score term and takes none) gives a gradient whose mean over ``R`` independent replicas equals
+:math:`\nabla_\theta \mathbb{E}[f]` within :math:`z\,\hat\sigma/\sqrt R`. The moving
+averages (the object, and the short name resolved once) are warmed up first, so their ``b`` is
+not zero.
 
 The replicas are vectorised: each parameter has a leading batch dimension of size ``R`` holding
 ``R`` copies of the same value, so ``expectation(...).sum().backward()`` fills ``param.grad[r]``
