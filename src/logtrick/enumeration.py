@@ -12,19 +12,12 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution
 
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
+from logtrick.relaxations import unwrap_independent
 
 __all__ = ["enumerate_expectation"]
-
-
-def _base(dist: Distribution) -> tuple[Distribution, int]:
-    """The distribution whose support is enumerated and how many of its trailing batch dimensions
-    ``Independent`` reinterpreted as event dimensions."""
-    if isinstance(dist, Independent):
-        return dist.base_dist, dist.reinterpreted_batch_ndims
-    return dist, 0
 
 
 def _support(base: Distribution) -> Tensor:
@@ -116,7 +109,7 @@ def enumerate_expectation(
         raise TypeError(
             f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}"
         )
-    base, reinterpreted = _base(dist)
+    base, reinterpreted = unwrap_independent(dist)
     x = _product_samples(base, reinterpreted, max_configurations)
     cost = evaluate_cost(f, x, dist, x.shape[0])
     reduced = len(base.batch_shape) - (cost.dim() - 1)
