@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from logtrick.checks import check_distribution
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
 from logtrick.relaxations import unwrap_independent
 
@@ -105,10 +106,7 @@ def enumerate_expectation(
         Mohamed et al. (2020), Monte Carlo Gradient Estimation in Machine Learning, JMLR, section
         2 (the expectation being estimated).
     """  # noqa: E501
-    if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}"
-        )
+    check_distribution("dist", dist)
     base, reinterpreted = unwrap_independent(dist)
     x = _product_samples(base, reinterpreted, max_configurations)
     cost = evaluate_cost(f, x, dist, x.shape[0])
