@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Normal, OneHotCategorical
 
+import logtrick as lt
 from logtrick.baselines import OptimalScale
 from logtrick.enumeration import enumerate_expectation
 from logtrick.estimators import expectation
@@ -69,6 +70,16 @@ def z_scores(grads: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def bernoulli(theta: torch.Tensor) -> Bernoulli:
     return Bernoulli(logits=theta)
+
+
+# a fresh estimator of each relaxation-based kind, by short name
+MAKE_RELAXED = {
+    "rebar": Rebar,
+    "relax": Relax,
+    "gumbel_softmax": lambda: GumbelSoftmax(0.5),
+    "gumbel_softmax_hard": lambda: GumbelSoftmax(0.5, hard=True),
+    "straight_through": StraightThrough,
+}
 
 
 # ---------------------------------------------------------------- GumbelSoftmax (biased)
@@ -218,13 +229,27 @@ def test_rebar_relax_value_is_f_at_discrete_samples() -> None:
         assert torch.equal(values.detach(), values.detach().round())
 
 
-def test_through_expectation() -> None:
-    theta = THETA.clone().requires_grad_(True)
-    for est in (GumbelSoftmax(), StraightThrough(), Rebar(), Relax(make_net(3, 18))):
-        value = expectation(quadratic, Bernoulli(logits=theta), 4, estimator=est)
-        assert value.shape == ()
+@pytest.mark.parametrize("name", sorted(MAKE_RELAXED))
+def test_through_expectation_equals_the_mean_of_the_terms(name: str) -> None:
+    """``expectation(..., estimator=name)`` (where a short name exists) and ``estimator=object``
+    give exactly the value and gradient of ``object.terms(...).mean(0)`` on the same draws."""
+    results = []
+    for how in ("terms", "object", "name") if name in lt.ESTIMATORS else ("terms", "object"):
+        theta = THETA.clone().requires_grad_(True)
+        torch.manual_seed(9)
+        est = MAKE_RELAXED[name]().to(DT) if name in ("rebar", "relax") else MAKE_RELAXED[name]()
+        dist = Bernoulli(logits=theta)
+        if how == "terms":
+            value = est.terms(quadratic, dist, 4, None, None).mean(0)
+        else:
+            spec = est if how == "object" else name
+            value = expectation(quadratic, dist, 4, estimator=spec)
         (grad,) = torch.autograd.grad(value, theta)
-        assert grad.shape == (3,) and grad.isfinite().all()
+        results.append((value.detach(), grad))
+    assert results[0][1].abs().sum() > 0
+    for value, grad in results[1:]:
+        torch.testing.assert_close(value, results[0][0])
+        torch.testing.assert_close(grad, results[0][1])
 
 
 def test_variance_backward_wiring() -> None:
@@ -315,15 +340,6 @@ def test_rebar_relax_masked_categorical_unbiased_and_finite(cls: type, which: st
     z = z_scores(grads[:, ~MASK], truth[~MASK])
     assert (z.abs() <= z_crit(1e-3, 24)).all(), z
     assert all(p.grad is not None and p.grad.isfinite().all() for p in est.parameters())
-
-
-MAKE_RELAXED = {
-    "rebar": Rebar,
-    "relax": Relax,
-    "gumbel_softmax": lambda: GumbelSoftmax(0.5),
-    "gumbel_softmax_hard": lambda: GumbelSoftmax(0.5, hard=True),
-    "straight_through": StraightThrough,
-}
 
 
 @pytest.mark.parametrize("name", sorted(MAKE_RELAXED))
