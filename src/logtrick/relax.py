@@ -58,9 +58,8 @@ def conditional_logits(dist: Distribution, hard: Tensor) -> Tensor:
                \tilde z_i = -\operatorname{logaddexp}\big(\log(-\log v_i) - \theta_i,\,
                \log(-\log v_b)\big),\ i\neq b
 
-    An infinite logit (a masked category, :math:`\theta_i = -\infty`, or a Bernoulli that is
-    certain) gives :math:`\tilde z_i = \theta_i` with zero gradient, as in
-    :func:`~logtrick.relaxations.perturbed_logits`: such a category is never sampled.
+    A masked category (:math:`\theta_i = -\infty`) gets :math:`\tilde z_i = -\infty` with zero
+    gradient, as in :func:`~logtrick.relaxations.perturbed_logits`: it is never sampled.
 
     Args:
         dist: the Bernoulli or categorical distribution (optionally inside ``Independent``).
@@ -76,18 +75,14 @@ def conditional_logits(dist: Distribution, hard: Tensor) -> Tensor:
     base, kind = discrete_base(dist, "conditional_logits")
     theta = base.logits
     v = open_uniform(tuple(hard.shape), theta)
-    inf = theta.isinf()
-    safe = theta.masked_fill(inf, 0.0)  # finite everywhere, so that no gradient is 0 * inf
     if kind == "bernoulli":
-        p = torch.sigmoid(safe)
-        z1 = safe + (-p * (1 - v)).log1p() - F.logsigmoid(safe) - (-v).log1p()
-        z0 = safe + v.log() + F.logsigmoid(-safe) - (-v * (1 - p)).log1p()
-        z = torch.where(hard > 0, z1, z0)
-    else:
-        log_e = (-v.log()).log()  # log(-log v): minus a standard Gumbel
-        log_eb = (log_e * hard).sum(-1, keepdim=True)
-        z = torch.where(hard > 0, -log_e, -torch.logaddexp(log_e - safe, log_eb))
-    return torch.where(inf, theta, z)
+        p = torch.sigmoid(theta)
+        z1 = theta + (-p * (1 - v)).log1p() - F.logsigmoid(theta) - (-v).log1p()
+        z0 = theta + v.log() + F.logsigmoid(-theta) - (-v * (1 - p)).log1p()
+        return torch.where(hard > 0, z1, z0)
+    log_e = (-v.log()).log()  # log(-log v): minus a standard Gumbel
+    log_eb = (log_e * hard).sum(-1, keepdim=True)
+    return torch.where(hard > 0, -log_e, -torch.logaddexp(log_e - theta, log_eb))
 
 
 def _as_value(base: Distribution, hard: Tensor) -> Tensor:
