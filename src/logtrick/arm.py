@@ -6,8 +6,10 @@ Both draw one uniform vector :math:`u` per pair and evaluate f at the two antith
 
 each marginally Bernoulli(:math:`\sigma(\theta)`) but negatively correlated. ``samples = K``
 means K pairs, i.e. **2K evaluations of f**. Both are unbiased, need no derivative of f (a black
-box is fine), and work with Bernoulli logits of any batch shape; f may reduce trailing batch
-dimensions (the components of one multivariate sample).
+box is fine), and work with Bernoulli logits of any batch shape, also inside ``Independent``
+(torch's vector form ``Independent(Bernoulli(logits), 1)``); f may reduce trailing batch
+dimensions (the components of one multivariate sample) and maps samples to
+``(K,) + dist.batch_shape[:j]``.
 """
 
 from __future__ import annotations
@@ -17,22 +19,19 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution
+from torch.distributions import Distribution
 
 from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
+from logtrick.relaxations import discrete_base
 
 __all__ = ["ARM", "DisARM"]
 
 
 def _pair(f: CostFn, dist: Distribution, samples: int, who: str) -> tuple[Tensor, ...]:
     """Logits θ, uniforms u, the antithetic samples b, b̃ and their costs f(b), f(b̃)."""
-    if not isinstance(dist, Bernoulli):
-        raise TypeError(
-            f"dist: {who} needs a Bernoulli, got {type(dist).__name__}; use "
-            f"estimator='score_function' for other distributions"
-        )
-    theta = dist.logits
+    base, _ = discrete_base(dist, who, ("bernoulli",))
+    theta = base.logits
     eps = torch.finfo(theta.dtype).eps
     with torch.no_grad():
         u = torch.rand((samples, *theta.shape), dtype=theta.dtype, device=theta.device)

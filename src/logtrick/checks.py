@@ -10,24 +10,29 @@ expected. Checks return the (possibly converted) value so that a boundary reads
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 __all__ = [
     "check_bool_tensor",
     "check_broadcasts_to",
     "check_choice",
+    "check_distribution",
     "check_finite",
     "check_floating",
     "check_in_range",
+    "check_in_support",
+    "check_log_prob_differentiable",
     "check_nonnegative",
     "check_nonnegative_int",
     "check_param_list",
     "check_positive",
     "check_positive_int",
     "check_same_shape",
+    "check_sample_dim",
     "check_shape",
     "check_tensor",
 ]
@@ -228,3 +233,65 @@ def check_broadcasts_to(name: str, x: Tensor, shape: Sequence[int], what: str = 
             f"leading dimensions"
         )
     return x
+
+
+def check_distribution(name: str, dist: object) -> Distribution:
+    """``dist`` is a ``torch.distributions.Distribution`` (never a wrapper or a tensor)."""
+    if not isinstance(dist, Distribution):
+        raise TypeError(
+            f"{name}: expected a torch.distributions.Distribution, got {type(dist).__name__}"
+        )
+    return dist
+
+
+def check_sample_dim(name: str, x: object, minimum: int, what: str = "samples") -> Tensor:
+    """``x`` is a tensor with at least ``minimum`` entries along its first (sample) dimension."""
+    x = check_tensor(name, x)
+    if x.dim() == 0 or x.shape[0] < minimum:
+        raise ValueError(
+            f"{name}: expected shape (K, ...) with K >= {minimum} {what} along dim 0, got "
+            f"{tuple(x.shape)}"
+        )
+    return x
+
+
+def check_in_support(name: str, x: Tensor, dist: Distribution) -> Tensor:
+    """Every value of ``x`` lies in ``dist``'s support (skipped where the user turned
+    torch.distributions validation off, or the distribution declares no support)."""
+    if not dist._validate_args:
+        return x
+    try:
+        inside = dist.support.check(x)
+    except NotImplementedError:
+        return x
+    if not bool(inside.all()):
+        raise ValueError(
+            f"{name}: {int((~inside).sum())} of {inside.numel()} values lie outside the support "
+            f"{dist.support} of {type(dist).__name__}; expected samples of the distribution"
+        )
+    return x
+
+
+def check_log_prob_differentiable(
+    dist_fn: Callable[[list[Tensor]], Distribution], params: list[Tensor], x: Tensor
+) -> None:
+    """Every tensor of ``params`` reaches ``dist_fn(params).log_prob(x)`` through autograd (else
+    its score is undefined, and ``torch.func.grad`` would silently return zeros)."""
+    ps = [p.detach().clone().requires_grad_(True) for p in params]
+    with torch.enable_grad():
+        dist = dist_fn(ps)
+        log_prob = dist.log_prob(x).sum()
+        try:
+            grads = torch.autograd.grad(log_prob, ps, allow_unused=True)
+        except RuntimeError as err:  # no graph at all, or an op without a derivative
+            raise ValueError(
+                f"dist_fn: {type(dist).__name__}.log_prob cannot be differentiated in params "
+                f"({err}); every parameter must enter log_prob through differentiable operations"
+            ) from err
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g is None:
+            raise ValueError(
+                f"params[{i}] (shape {tuple(p.shape)}): {type(dist).__name__}.log_prob does not "
+                f"depend on it differentiably (no autograd path: a .detach(), .item() or integer "
+                f"cast in dist_fn?), so its score is undefined; drop it from params"
+            )

@@ -8,7 +8,8 @@ a signed difference of two densities (a weak derivative),
 
 and ``DeltaMethod`` uses the second-order Taylor expansion of f around the mean, whose
 expectation and gradient are known in closed form, as a control variate for the score function.
-Both handle ``Normal(loc, scale)`` (any batch shape) and ``Independent(Normal, r)``; f may
+Both handle ``Normal(loc, scale)`` (any batch shape) and ``Independent(Normal, r)`` (nested
+too); f may
 reduce trailing batch dimensions, which then form one joint sample.
 """
 
@@ -20,17 +21,18 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Normal
 
 from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
+from logtrick.relaxations import unwrap_independent
 
 __all__ = ["DeltaMethod", "MeasureValued"]
 
 
 def _normal(dist: Distribution, who: str) -> tuple[Normal, Tensor, Tensor]:
     """The ``Normal`` inside ``dist`` and its loc, scale broadcast to its batch shape."""
-    base = dist.base_dist if isinstance(dist, Independent) else dist
+    base, _ = unwrap_independent(dist)
     if type(base) is not Normal:
         raise TypeError(
             f"dist: {who} needs a Normal or Independent(Normal), got {type(dist).__name__}; use "
