@@ -10,20 +10,28 @@ expected. Checks return the (possibly converted) value so that a boundary reads
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "check_bool",
     "check_bool_tensor",
     "check_choice",
+    "check_env_id",
+    "check_env_output",
     "check_finite",
+    "check_finite_number",
     "check_floating",
     "check_in_range",
+    "check_instance",
+    "check_int_tuple",
+    "check_nonempty_str",
     "check_nonnegative",
     "check_nonnegative_int",
     "check_param_list",
+    "check_path_name",
     "check_positive",
     "check_positive_int",
     "check_same_shape",
@@ -198,3 +206,112 @@ def check_param_list(
     if nonempty and not out:
         raise ValueError(f"{name}: expected at least one tensor, got an empty list")
     return out
+
+
+# ------------------------------------------------------------- plain values (configs), envs
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` is a ``bool`` (``0``, ``1``, strings and tensors are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def check_finite_number(name: str, value: object) -> float:
+    """``value`` is a finite real number (``bool`` is refused)."""
+    if not (_is_number(value) and math.isfinite(value)):  # type: ignore[arg-type]
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_instance(name: str, value: object, cls: type | tuple[type, ...], what: str) -> object:
+    """``value`` is an instance of ``cls`` (``what`` names it for the message, e.g. "a dict")."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_nonempty_str(name: str, value: object) -> str:
+    """``value`` is a non-empty string."""
+    check_instance(name, value, str, "a string")
+    if not value:
+        raise ValueError(f"{name}: expected a non-empty string, got ''")
+    return value  # type: ignore[return-value]
+
+
+def check_int_tuple(name: str, value: object, what: str = "") -> tuple[int, ...]:
+    """``value`` is a tuple (or list) of positive ints; returned as a tuple (may be empty)."""
+    hint = f" ({what})" if what else ""
+    ok = isinstance(value, (tuple, list)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    )
+    if not ok:
+        raise ValueError(f"{name}: expected a tuple of positive ints{hint}, got {value!r}")
+    return tuple(value)  # type: ignore[arg-type]
+
+
+def check_path_name(name: str, value: object) -> str:
+    """``value`` can name one entry of a directory: non-empty, no path separator, not . or .."""
+    check_nonempty_str(name, value)
+    if "/" in value or "\\" in value or value in (".", "..") or "\0" in value:  # type: ignore[operator]
+        raise ValueError(
+            f"{name}: expected a file or directory name (no '/', not '.' or '..'), got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def check_env_id(name: str, value: object) -> object:
+    """``value`` is an id ``gymnasium.make`` accepts; returns its ``EnvSpec``.
+
+    ``"module:Env-v0"`` imports ``module`` first (which registers the env), as ``gymnasium.make``
+    does; ``"ns/Env-v0"`` is a namespaced id. An unknown id lists the closest registered ones.
+    """
+    import difflib
+    import importlib
+
+    import gymnasium as gym
+
+    env_id = check_nonempty_str(name, value)
+    module, sep, env_name = env_id.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"{name}: cannot import {module!r} for {env_id!r} ({err})") from None
+    try:
+        return gym.spec(env_name)
+    except gym.error.Error as err:
+        close = difflib.get_close_matches(env_name, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"{name}: unknown environment id {env_id!r} ({err}){hint}") from None
+
+
+def check_env_output(
+    obs: object,
+    reward: object,
+    where: str | Callable[[], str],
+    env_index: Sequence[int] | None = None,
+) -> None:
+    """A vector env's observations ``(N, ...)`` and rewards ``(N,)`` are finite (numpy arrays).
+
+    Fast path: NaN and inf propagate through a sum of squares, so one dot product per array
+    clears the common case. Otherwise the error names what is bad (observation or reward),
+    ``where`` (e.g. "at rollout step 3 (global step 48)", or a function returning it, called
+    only on failure) and the env's index (row ``i`` is env ``env_index[i]`` when given).
+    """
+    import numpy as np
+
+    obs, reward = np.asarray(obs), np.asarray(reward, dtype=np.float64)
+    flat = obs.reshape(-1)
+    if math.isfinite(reward @ reward) and math.isfinite(flat @ flat):
+        return
+    bad_obs = ~np.isfinite(obs.astype(np.float64).reshape(len(obs), -1)).all(1)
+    bad = ~np.isfinite(reward) | bad_obs
+    if not bad.any():  # the sum of squares overflowed: the data is finite
+        return
+    i = int(np.flatnonzero(bad)[0])
+    index = int(env_index[i]) if env_index is not None else i
+    what, value = ("observation", obs[i]) if bad_obs[i] else ("reward", reward[i])
+    where = where() if callable(where) else where
+    raise ValueError(f"env: NaN or inf {what} {where}, env index {index}: {value}")
