@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
 
-__all__ = ["ActorCritic"]
+from logtrick.errors import UnsupportedSpaceError
 
-_ACTIVATIONS: dict[str, tuple[type[nn.Module], Callable[[Tensor], Tensor]]] = {
+__all__ = ["ACTIVATIONS", "ActorCritic", "merge_moments"]
+
+ACTIVATIONS: dict[str, tuple[type[nn.Module], Callable[[Tensor], Tensor]]] = {  # module, function
     "tanh": (nn.Tanh, torch.tanh),
     "relu": (nn.ReLU, torch.relu),
     "elu": (nn.ELU, F.elu),
@@ -56,7 +58,7 @@ def _mlp(sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequentia
         nn.init.zeros_(linear.bias)
         layers.append(linear)
         if not last:
-            layers.append(_ACTIVATIONS[activation][0]())
+            layers.append(ACTIVATIONS[activation][0]())
     return nn.Sequential(*layers)
 
 
@@ -99,16 +101,19 @@ def _refresh_after_load(module: ActorCritic, incompatible_keys: object) -> None:
 
 
 def _head_size(space: spaces.Space) -> int:
-    """Number of actor outputs for ``space``; TypeError naming it when unsupported."""
+    """Number of actor outputs for ``space``; ``UnsupportedSpaceError`` (a ``TypeError``) naming it
+    when unsupported."""
     if isinstance(space, spaces.Discrete):
         return int(space.n)
     if isinstance(space, spaces.MultiDiscrete):
         if space.nvec.ndim != 1:
-            raise TypeError(f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}")
+            raise UnsupportedSpaceError(
+                f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}"
+            )
         return int(space.nvec.sum())
     if isinstance(space, (spaces.MultiBinary, spaces.Box)):
         return math.prod(space.shape)
-    raise TypeError(
+    raise UnsupportedSpaceError(
         f"action_space: {space!r} is not supported; expected Discrete, MultiDiscrete, "
         "MultiBinary or Box"
     )
@@ -169,12 +174,12 @@ class ActorCritic(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, spaces.Box):
-            raise TypeError(
+            raise UnsupportedSpaceError(
                 f"observation_space: {observation_space!r} is not supported; expected a Box"
             )
-        if activation not in _ACTIVATIONS:
+        if activation not in ACTIVATIONS:
             raise ValueError(
-                f"activation: expected one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+                f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}"
             )
         self.observation_space, self.action_space = observation_space, action_space
         self.obs_shape = tuple(observation_space.shape)
@@ -184,7 +189,7 @@ class ActorCritic(nn.Module):
         self.critic = _mlp([*sizes, 1], activation, 1.0) if critic else None
         self._head_dim = _head_size(action_space)
         nets = [self.actor] if self.critic is None else [self.actor, self.critic]
-        self._fused = _FusedMLP(nets, _ACTIVATIONS[activation][1])
+        self._fused = _FusedMLP(nets, ACTIVATIONS[activation][1])
         self.normalize_obs = bool(normalize_obs)
         self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
         self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
