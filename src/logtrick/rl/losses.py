@@ -64,6 +64,19 @@ def _mask(mask: object, ref_name: str, ref: Tensor) -> Tensor | None:
     return _like("mask", check_bool_tensor("mask", mask), ref_name, ref)
 
 
+def _arguments(
+    ref_name: str, ref: object, mask: object, **others: object
+) -> tuple[Tensor, Tensor | None]:
+    """A loss's arguments: ``ref`` a tensor, ``mask`` ``None`` or a bool tensor of its shape,
+    and each of ``others`` (``None`` skipped) a tensor of its shape, finite where ``mask``."""
+    ref = check_tensor(ref_name, ref)
+    mask = _mask(mask, ref_name, ref)
+    for name, x in others.items():
+        if x is not None:
+            check_finite(name, _like(name, x, ref_name, ref), mask)
+    return ref, mask
+
+
 def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     r"""Mean of ``x`` over the entries where ``mask`` is True.
 
@@ -129,12 +142,8 @@ def reinforce_loss(
         learning with function approximation. Foerster et al. (2018), DiCE.
     """
     if check:
-        log_probs = check_tensor("log_probs", log_probs)
-        returns = _like("returns", returns, "log_probs", log_probs)
-        mask = _mask(mask, "log_probs", log_probs)
-        check_finite("returns", returns, mask)
-        if baseline is not None:
-            check_finite("baseline", _like("baseline", baseline, "log_probs", log_probs), mask)
+        log_probs, mask = _arguments("log_probs", log_probs, mask, returns=returns,
+                                     baseline=baseline)  # fmt: skip
     base = resolve_baseline(None if baseline is None else -baseline.detach())
     terms = score_terms(-returns.detach(), log_probs, base, 0, None)
     loss = terms.mean() if mask is None else masked_mean(terms, mask)
@@ -183,12 +192,9 @@ def ppo_clip_loss(
         Approximating KL divergence (blog post; the k3 estimator).
     """
     if check:
-        log_probs = check_tensor("log_probs", log_probs)
-        old_log_probs = _like("old_log_probs", old_log_probs, "log_probs", log_probs)
-        advantages = _like("advantages", advantages, "log_probs", log_probs)
-        mask = _mask(mask, "log_probs", log_probs)
+        log_probs, mask = _arguments("log_probs", log_probs, mask, old_log_probs=old_log_probs,
+                                     advantages=advantages)  # fmt: skip
         clip_eps = check_positive("clip_eps", clip_eps)
-        check_finite("advantages", advantages, mask)
     terms, ratio, log_ratio = clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps)
     loss = terms.mean() if mask is None else masked_mean(terms, mask)
     with torch.no_grad():
@@ -239,15 +245,11 @@ def value_loss(
         Implementation Matters in Deep Policy Gradients (on value clipping).
     """
     if check:
-        values = check_tensor("values", values)
-        returns = _like("returns", returns, "values", values)
-        mask = _mask(mask, "values", values)
-        check_finite("returns", returns, mask)
+        values, mask = _arguments("values", values, mask, returns=returns, old_values=old_values)
         if clip_eps is not None:
             clip_eps = check_positive("clip_eps", clip_eps)
             if old_values is None:
                 raise ValueError("old_values: clipping (clip_eps given) needs old_values, got None")
-            old_values = _like("old_values", old_values, "values", values)
     target = returns.detach()
     sq = (values - target).pow(2)
     info: dict[str, Tensor] = {}
@@ -328,9 +330,7 @@ def normalize_advantages(
         ``(T, B)`` normalised advantages.
     """
     if check:
-        adv = check_tensor("adv", adv)
-        mask = _mask(mask, "adv", adv)
-        check_finite("adv", adv, mask)
+        adv, mask = _arguments("adv", adv, mask, adv=adv)
     mean, inverse_scale = advantage_moments(adv, mask, eps)
     out = (adv - mean) * inverse_scale
     return out if mask is None else torch.where(mask, out, torch.zeros_like(out))
