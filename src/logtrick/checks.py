@@ -290,28 +290,32 @@ def check_env_id(name: str, value: object) -> object:
 def check_env_output(
     obs: object,
     reward: object,
-    where: str | Callable[[], str],
+    where: str | Callable[[int], str],
     env_index: Sequence[int] | None = None,
 ) -> None:
-    """A vector env's observations ``(N, ...)`` and rewards ``(N,)`` are finite (numpy arrays).
+    """A vector env's observations and rewards are finite (numpy arrays).
 
-    Fast path: NaN and inf propagate through a sum of squares, so one dot product per array
-    clears the common case. Otherwise the error names what is bad (observation or reward),
-    ``where`` (e.g. "at rollout step 3 (global step 48)", or a function returning it, called
-    only on failure) and the env's index (row ``i`` is env ``env_index[i]`` when given).
+    ``reward`` is ``(B,)`` (one vector step) or ``(T, B)`` (T steps, time-major), ``obs`` the
+    same leading shape and then the observation's. Fast path: NaN and inf propagate through a
+    sum of squares, so one dot product per array clears the common case. Otherwise the error
+    names what is bad (observation or reward), where (``where``, or ``where(t)`` for the step
+    ``t`` of the first bad entry, called only on failure, e.g. "at rollout step 3 (global step
+    48)") and the env's index (``b``, or ``env_index[b]`` when given).
     """
     import numpy as np
 
-    obs, reward = np.asarray(obs), np.asarray(reward, dtype=np.float64)
-    flat = obs.reshape(-1)
-    if math.isfinite(reward @ reward) and math.isfinite(flat @ flat):
+    obs, reward = np.asarray(obs), np.asarray(reward)
+    flat_obs, flat_reward = obs.reshape(-1), reward.reshape(-1)
+    if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
         return
-    bad_obs = ~np.isfinite(obs.astype(np.float64).reshape(len(obs), -1)).all(1)
-    bad = ~np.isfinite(reward) | bad_obs
+    bad_obs = ~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1)
+    bad = ~np.isfinite(flat_reward.astype(np.float64)) | bad_obs
     if not bad.any():  # the sum of squares overflowed: the data is finite
         return
     i = int(np.flatnonzero(bad)[0])
-    index = int(env_index[i]) if env_index is not None else i
-    what, value = ("observation", obs[i]) if bad_obs[i] else ("reward", reward[i])
-    where = where() if callable(where) else where
+    t, b = divmod(i, reward.shape[-1]) if reward.ndim else (0, 0)
+    index = int(env_index[b]) if env_index is not None else b
+    what = "observation" if bad_obs[i] else "reward"
+    value = obs.reshape(reward.size, *obs.shape[reward.ndim :])[i] if bad_obs[i] else flat_reward[i]
+    where = where(t) if callable(where) else where
     raise ValueError(f"env: NaN or inf {what} {where}, env index {index}: {value}")

@@ -63,18 +63,26 @@ def _mlp(sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequentia
 
 
 class _FusedMLP:
-    """Actor and critic evaluated as one MLP with block-diagonal weights (inference only).
+    r"""Actor and critic evaluated as one MLP with block-diagonal weights (inference only).
 
     Layer 0 stacks both networks' weights (they read the same input); later layers are
     block-diagonal, so each layer is one matmul for both networks. The fused copy is rebuilt
     whenever a parameter's version counter or storage changes (an optimizer step, a
     ``load_state_dict``, a move to another device).
+
+    ``tanh`` runs as a logistic sigmoid, which torch computes about 3× faster on CPU:
+    :math:`\tanh z = 2\sigma(2z) - 1`, with the factor 2 folded into the layer's weights and
+    the affine map :math:`s \mapsto 2s - 1` into the next layer's (:math:`W(2s - 1) + b =
+    2Ws + (b - W\mathbf 1)`), so each layer stays one matmul and one activation.
     """
 
-    def __init__(self, nets: Sequence[nn.Sequential], activation: Callable[[Tensor], Tensor]):
+    def __init__(self, nets: Sequence[nn.Sequential], activation: str):
         self.layers = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
         self.params = [p for net in nets for p in net.parameters()]
-        self.activation, self.key, self.weights = activation, None, []
+        self.sigmoid = activation == "tanh"
+        self.activation = torch.sigmoid if self.sigmoid else ACTIVATIONS[activation][1]
+        self.key: list[tuple[int, int]] | None = None
+        self.weights: list[tuple[Tensor, Tensor]] = []
 
     def _rebuild(self) -> None:
         with torch.no_grad():
@@ -82,7 +90,12 @@ class _FusedMLP:
             for i, layer in enumerate(zip(*self.layers)):
                 weights = [m.weight.detach() for m in layer]
                 weight = torch.cat(weights) if i == 0 else torch.block_diag(*weights)
-                self.weights.append((weight, torch.cat([m.bias.detach() for m in layer])))
+                bias = torch.cat([m.bias.detach() for m in layer])
+                if self.sigmoid and i > 0:  # the input is s = (h + 1) / 2: fold h = 2s - 1
+                    weight, bias = 2.0 * weight, bias - weight.sum(1)
+                if self.sigmoid and i < len(self.layers[0]) - 1:  # sigmoid(2z) for tanh(z)
+                    weight, bias = 2.0 * weight, 2.0 * bias
+                self.weights.append((weight, bias))
 
     def __call__(self, x: Tensor) -> Tensor:
         key = [(p._version, p.data_ptr()) for p in self.params]
@@ -189,7 +202,7 @@ class ActorCritic(nn.Module):
         self.critic = _mlp([*sizes, 1], activation, 1.0) if critic else None
         self._head_dim = _head_size(action_space)
         nets = [self.actor] if self.critic is None else [self.actor, self.critic]
-        self._fused = _FusedMLP(nets, ACTIVATIONS[activation][1])
+        self._fused = _FusedMLP(nets, activation)
         self.normalize_obs = bool(normalize_obs)
         self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
         self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))

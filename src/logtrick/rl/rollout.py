@@ -121,7 +121,10 @@ class Collector:
     Buffers ``(T, B, ...)`` are allocated once on the CPU and filled in place with numpy views
     (one numpy→torch conversion per step: none for observations, which the policy reads as a
     view of the buffer); :meth:`collect` returns *copies* on ``device``, so a rollout stays
-    valid after the next call. Episode returns and lengths are accumulated per env.
+    valid after the next call. Episode returns and lengths are accumulated per env. Rewards and
+    observations are checked for NaN and inf once per rollout, before anything uses them (a
+    ``ValueError`` names the first bad step and env): a check per step would cost about as much
+    as all the rest of the bookkeeping.
 
     The policy needs ``step(obs) -> (action, log_prob, value)``, ``value(obs)``,
     ``to_env(action) -> np.ndarray`` and ``update_obs_stats(obs)`` (see
@@ -217,6 +220,7 @@ class Collector:
             for t in range(self.num_steps):
                 self._step(t)
             rows = self._run_on() if self.whole_episodes else self.num_steps
+            self._check_outputs(rows)
             boot_obs, boot_index = self._bootstrap(rows)
             boot_values = self.policy.value(boot_obs.to(self.device)).cpu()
         self.global_step += rows * self.num_envs
@@ -228,8 +232,8 @@ class Collector:
     def _step(self, t: int) -> None:
         """One vector step: act on the current observations, store the transition in row t.
 
-        Only what must happen per step is here; validity masks, bootstrap values and episode
-        statistics are computed for all rows at once by :meth:`_assemble`.
+        Only what must happen per step is here; the finiteness check, validity masks, bootstrap
+        values and episode statistics are computed for all rows at once.
         """
         arr, policy = self._np, self.policy
         arr["obs"][t] = self._next_obs
@@ -250,10 +254,16 @@ class Collector:
         arr["rewards"][t] = reward
         arr["terminated"][t] = terminated
         arr["truncated"][t] = truncated
-        check_env_output(next_obs, reward, lambda: self._where(t))
         if self._same_step and truncated.any():  # V(final obs) bootstraps only truncations
             self._keep_finals(t, truncated & ~terminated, info)
         self._next_obs = next_obs
+
+    def _check_outputs(self, rows: int) -> None:
+        """The rollout's rewards and observations are finite: one vectorised check per rollout
+        (``ValueError`` naming the first bad step and env), before anything uses them."""
+        obs, rewards = self._np["obs"], self._np["rewards"]
+        check_env_output(obs[1:rows], rewards[: rows - 1], self._where)
+        check_env_output(self._next_obs, rewards[rows - 1], self._where(rows - 1))
 
     def _where(self, t: int) -> str:
         return f"at rollout step {t} (global step {self.global_step + t * self.num_envs})"
@@ -265,7 +275,7 @@ class Collector:
         index = np.flatnonzero(truncated & info["_final_obs"])
         if len(index):
             final = np.stack(info["final_obs"][index]).astype(np.float32)
-            check_env_output(final, np.zeros(len(index)), lambda: self._where(t), index)
+            check_env_output(final, np.zeros(len(index)), self._where(t), index)
             self._finals.append((t, index, final))
 
     def _run_on(self) -> int:
