@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_aligned",
     "check_bool",
     "check_bool_tensor",
     "check_choice",
@@ -319,3 +320,21 @@ def check_env_output(
     value = obs.reshape(reward.size, *obs.shape[reward.ndim :])[i] if bad_obs[i] else flat_reward[i]
     where = where(t) if callable(where) else where
     raise ValueError(f"env: NaN or inf {what} {where}, env index {index}: {value}")
+
+
+def check_aligned(
+    ref_name: str, ref: object, mask: object = None, what: str = "", **others: object
+) -> tuple[Tensor, Tensor | None]:
+    """Tensors that go together entry by entry (e.g. per time step and env).
+
+    ``ref`` is a tensor; ``mask`` is ``None`` or a bool tensor of its shape; each of ``others``
+    (``None`` skipped) is a tensor of its shape, finite where ``mask`` is True. ``what`` says
+    what an entry is, for the messages. Returns ``(ref, mask)``.
+    """
+    ref = check_tensor(ref_name, ref)
+    if mask is not None:
+        mask = check_same_shape("mask", check_bool_tensor("mask", mask), ref_name, ref, what)
+    for name, x in others.items():
+        if x is not None:
+            check_finite(name, check_same_shape(name, x, ref_name, ref, what), mask)
+    return ref, mask

@@ -22,13 +22,7 @@ import torch
 from torch import Tensor
 
 from logtrick.baselines import resolve_baseline
-from logtrick.checks import (
-    check_bool_tensor,
-    check_finite,
-    check_positive,
-    check_same_shape,
-    check_tensor,
-)
+from logtrick.checks import check_aligned, check_positive, check_same_shape, check_tensor
 from logtrick.rl.natural_gradient import (  # re-exported: DESIGN maps the idea to losses.py
     conjugate_gradient,
     fisher_vector_product,
@@ -53,30 +47,6 @@ __all__ = [
 _PER_STEP = "one entry per time step and env"
 
 
-def _like(name: str, x: object, ref_name: str, ref: Tensor) -> Tensor:
-    return check_same_shape(name, x, ref_name, ref, _PER_STEP)
-
-
-def _mask(mask: object, ref_name: str, ref: Tensor) -> Tensor | None:
-    """``mask`` is ``None`` or a bool tensor of the shape of ``ref``."""
-    if mask is None:
-        return None
-    return _like("mask", check_bool_tensor("mask", mask), ref_name, ref)
-
-
-def _arguments(
-    ref_name: str, ref: object, mask: object, **others: object
-) -> tuple[Tensor, Tensor | None]:
-    """A loss's arguments: ``ref`` a tensor, ``mask`` ``None`` or a bool tensor of its shape,
-    and each of ``others`` (``None`` skipped) a tensor of its shape, finite where ``mask``."""
-    ref = check_tensor(ref_name, ref)
-    mask = _mask(mask, ref_name, ref)
-    for name, x in others.items():
-        if x is not None:
-            check_finite(name, _like(name, x, ref_name, ref), mask)
-    return ref, mask
-
-
 def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     r"""Mean of ``x`` over the entries where ``mask`` is True.
 
@@ -92,8 +62,7 @@ def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     Returns:
         A 0-dim tensor.
     """
-    x = check_tensor("x", x)
-    mask = _mask(mask, "x", x)
+    x, mask = check_aligned("x", x, mask, _PER_STEP)
     if mask is None:
         return x.mean()
     total = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum()
@@ -142,8 +111,8 @@ def reinforce_loss(
         learning with function approximation. Foerster et al. (2018), DiCE.
     """
     if check:
-        log_probs, mask = _arguments("log_probs", log_probs, mask, returns=returns,
-                                     baseline=baseline)  # fmt: skip
+        log_probs, mask = check_aligned("log_probs", log_probs, mask, _PER_STEP,
+                                        returns=returns, baseline=baseline)  # fmt: skip
     base = resolve_baseline(None if baseline is None else -baseline.detach())
     terms = score_terms(-returns.detach(), log_probs, base, 0, None)
     loss = terms.mean() if mask is None else masked_mean(terms, mask)
@@ -192,8 +161,8 @@ def ppo_clip_loss(
         Approximating KL divergence (blog post; the k3 estimator).
     """
     if check:
-        log_probs, mask = _arguments("log_probs", log_probs, mask, old_log_probs=old_log_probs,
-                                     advantages=advantages)  # fmt: skip
+        others = {"old_log_probs": old_log_probs, "advantages": advantages}
+        log_probs, mask = check_aligned("log_probs", log_probs, mask, _PER_STEP, **others)
         clip_eps = check_positive("clip_eps", clip_eps)
     terms, ratio, log_ratio = clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps)
     loss = terms.mean() if mask is None else masked_mean(terms, mask)
@@ -245,7 +214,8 @@ def value_loss(
         Implementation Matters in Deep Policy Gradients (on value clipping).
     """
     if check:
-        values, mask = _arguments("values", values, mask, returns=returns, old_values=old_values)
+        values, mask = check_aligned("values", values, mask, _PER_STEP, returns=returns,
+                                     old_values=old_values)  # fmt: skip
         if clip_eps is not None:
             clip_eps = check_positive("clip_eps", clip_eps)
             if old_values is None:
@@ -330,7 +300,7 @@ def normalize_advantages(
         ``(T, B)`` normalised advantages.
     """
     if check:
-        adv, mask = _arguments("adv", adv, mask, adv=adv)
+        adv, mask = check_aligned("adv", adv, mask, _PER_STEP, adv=adv)
     mean, inverse_scale = advantage_moments(adv, mask, eps)
     out = (adv - mean) * inverse_scale
     return out if mask is None else torch.where(mask, out, torch.zeros_like(out))
@@ -352,9 +322,9 @@ def explained_variance(pred: Tensor, target: Tensor, mask: Tensor | None = None)
     Returns:
         A detached 0-dim tensor.
     """
-    pred = check_tensor("pred", pred).detach()
-    target = _like("target", target, "pred", pred).detach()
-    mask = _mask(mask, "pred", pred)
+    pred, mask = check_aligned("pred", pred, mask, _PER_STEP)
+    target = check_same_shape("target", target, "pred", pred, _PER_STEP).detach()
+    pred = pred.detach()
     if mask is not None:
         pred, target = pred[mask], target[mask]
     var_target = target.var(correction=0)

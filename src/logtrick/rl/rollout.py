@@ -44,6 +44,10 @@ from logtrick.rl.envs import autoreset_mode, make_env
 
 __all__ = ["Collector", "Rollout", "make_env", "next_values_of"]
 
+MAX_RUN_ON = 100_000
+"""``whole_episodes``: steps a rollout may run past ``num_steps`` before the episodes still
+running are an error (an env whose episodes never end would otherwise run on for ever)."""
+
 
 @dataclass
 class Rollout:
@@ -220,7 +224,9 @@ class Collector:
             for t in range(self.num_steps):
                 self._step(t)
             rows = self._run_on() if self.whole_episodes else self.num_steps
-            self._check_outputs(rows)
+            obs, rewards = self._np["obs"], self._np["rewards"]  # env outputs, once per rollout
+            check_env_output(obs[1:rows], rewards[: rows - 1], self._where)
+            check_env_output(self._next_obs, rewards[rows - 1], self._where(rows - 1))
             boot_obs, boot_index = self._bootstrap(rows)
             boot_values = self.policy.value(boot_obs.to(self.device)).cpu()
         self.global_step += rows * self.num_envs
@@ -258,13 +264,6 @@ class Collector:
             self._keep_finals(t, truncated & ~terminated, info)
         self._next_obs = next_obs
 
-    def _check_outputs(self, rows: int) -> None:
-        """The rollout's rewards and observations are finite: one vectorised check per rollout
-        (``ValueError`` naming the first bad step and env), before anything uses them."""
-        obs, rewards = self._np["obs"], self._np["rewards"]
-        check_env_output(obs[1:rows], rewards[: rows - 1], self._where)
-        check_env_output(self._next_obs, rewards[rows - 1], self._where(rows - 1))
-
     def _where(self, t: int) -> str:
         return f"at rollout step {t} (global step {self.global_step + t * self.num_envs})"
 
@@ -285,6 +284,12 @@ class Collector:
         pending = ~(arr["terminated"][t - 1] | arr["truncated"][t - 1])
         self._ended[:] = np.where(pending, -1, t - 1)
         while pending.any():
+            if t == self.num_steps + MAX_RUN_ON:
+                raise ValueError(
+                    f"env: whole_episodes: the episodes of envs {np.flatnonzero(pending).tolist()} "
+                    f"did not end within {MAX_RUN_ON:,} steps past the rollout; without a critic "
+                    "the episodes must end (add a time limit) or use a learned baseline"
+                )
             if t == self.capacity:
                 self._allocate(2 * t)
                 arr = self._np
