@@ -307,8 +307,9 @@ def check_env_output(
 
     obs, reward = np.asarray(obs), np.asarray(reward)
     flat_obs, flat_reward = obs.reshape(-1), reward.reshape(-1)
-    if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
-        return
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us below
+        if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
+            return
     bad_obs = ~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1)
     bad = ~np.isfinite(flat_reward.astype(np.float64)) | bad_obs
     if not bad.any():  # the sum of squares overflowed: the data is finite
