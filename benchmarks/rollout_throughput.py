@@ -15,7 +15,9 @@ script times, interleaved in the same run (``--steps`` vector steps each),
 
 and prints µs per vector step (medians over ``--repeats``), the limit (env + policy), and the
 ratios limit / collector and bare loop / collector (1.0 = the collector costs nothing beyond the
-env and the policy; medians of the per-repeat ratios). One torch thread.
+env and the policy; medians of the per-repeat ratios). One torch thread. Sync envs are timed
+by the process's CPU clock (``time.process_time``: on a shared machine, time spent waiting for
+a core is not counted), async envs by the wall clock (their work is in other processes).
 
 Usage::
 
@@ -35,44 +37,47 @@ from gymnasium.vector import VectorEnv
 from logtrick.rl import ActorCritic, Collector, make_env
 
 CASES = [("CartPole-v1", "sync"), ("LunarLander-v3", "sync"), ("LunarLander-v3", "async")]
+clock = time.perf_counter
 
 
 def _time_env(envs: VectorEnv, actions: list[np.ndarray]) -> float:
     """Seconds to step ``envs`` once per preallocated action batch."""
-    start = time.perf_counter()
+    start = clock()
     for action in actions:
         envs.step(action)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _time_policy(policy: ActorCritic, obs: torch.Tensor, steps: int) -> float:
     """Seconds for ``steps`` calls of the policy's forward pass and sampling."""
-    start = time.perf_counter()
+    start = clock()
     with torch.inference_mode():
         for _ in range(steps):
             policy.step(obs)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _time_bare(envs: VectorEnv, policy: ActorCritic, steps: int) -> float:
     """Seconds for ``steps`` vector steps of the bare loop (from a fresh reset)."""
     obs, _ = envs.reset(seed=1)
-    start = time.perf_counter()
+    start = clock()
     with torch.inference_mode():
         for _ in range(steps):
             action, _, _ = policy.step(torch.from_numpy(obs))
             obs, *_ = envs.step(action.numpy())
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _time_collect(collector: Collector) -> float:
-    start = time.perf_counter()
+    start = clock()
     collector.collect()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure(env_id: str, mode: str, num_envs: int, steps: int, repeats: int) -> dict:
     """Median µs per vector step of env, policy and collector, interleaved repeats."""
+    global clock
+    clock = time.process_time if mode == "sync" else time.perf_counter
     envs = make_env(env_id, num_envs=num_envs, vectorization_mode=mode, seed=0)
     try:
         torch.manual_seed(0)
