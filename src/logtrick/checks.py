@@ -28,6 +28,7 @@ __all__ = [
     "check_in_range",
     "check_instance",
     "check_int_tuple",
+    "check_json",
     "check_nonempty_str",
     "check_nonnegative",
     "check_nonnegative_int",
@@ -339,3 +340,14 @@ def check_aligned(
         if x is not None:
             check_finite(name, check_same_shape(name, x, ref_name, ref, what), mask)
     return ref, mask
+
+
+def check_json(name: str, value: object) -> object:
+    """``value`` can be written as JSON (dicts with string keys, lists, numbers, strings, ...)."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected values JSON can hold, got {value!r} ({err})") from None
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,7 @@ def test_every_field_refuses_a_value_of_the_wrong_kind(field: str) -> None:
         ("eval_every", -5), ("eval_episodes", 0), ("target_return", NAN),
         ("checkpoint_every", 0), ("out", ""), ("run_name", "a/b"), ("run_name", ".."),
         ("run_name", ""), ("torch_threads", 0), ("progress", 0), ("extra", [1]),
+        ("extra", {"f": object()}),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_field(field: str, value: object) -> None:
@@ -51,8 +53,10 @@ def test_more_minibatches_than_samples_is_refused() -> None:
 
 def test_good_values_are_accepted() -> None:
     config = rl.Config(max_grad_norm=INF, target_kl=None, clip_value=None, run_name=None,
-                       hidden=[32, 32], target_return=-100, lr=1, extra={"note": 1})  # fmt: skip
+                       hidden=[32, 32], target_return=-100, lr=1, extra={"note": 1},
+                       out=Path("runs"))  # fmt: skip
     assert config.hidden == (32, 32)  # a list is taken as the tuple it stands for
+    assert config.out == "runs"  # a Path is taken as its string
     assert rl.Config.from_dict(config.to_dict()) == config
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -195,6 +196,17 @@ def _rate(name: str, value: object) -> float:
     return checks.check_in_range(name, value, 0.0, 1.0)
 
 
+def _path(name: str, value: object) -> str:
+    """A non-empty string; a ``pathlib.Path`` is taken as its string."""
+    return checks.check_nonempty_str(
+        name, os.fspath(value) if isinstance(value, os.PathLike) else value
+    )
+
+
+def _json_dict(name: str, value: object) -> dict[str, Any]:
+    return checks.check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
+
+
 def _choice(*choices: object) -> Callable[[str, Any], Any]:
     return lambda name, value: checks.check_choice(name, value, choices)
 
@@ -219,10 +231,10 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "line_search": checks.check_bool, "eval_every": checks.check_nonnegative_int,
     "eval_episodes": checks.check_positive_int, "stop_at_threshold": checks.check_bool,
     "target_return": _optional(checks.check_finite_number),
-    "checkpoint_every": checks.check_positive_int, "out": checks.check_nonempty_str,
+    "checkpoint_every": checks.check_positive_int, "out": _path,
     "run_name": _optional(checks.check_path_name), "tensorboard": checks.check_bool,
     "torch_threads": checks.check_positive_int, "progress": checks.check_bool,
-    "plot": checks.check_bool, "extra": partial(checks.check_instance, cls=dict, what="a dict"),
+    "plot": checks.check_bool, "extra": _json_dict,
 }  # fmt: skip
 """The check of every Config field: ``check(name, value) -> value`` (converted, e.g. a list of
 hidden sizes to a tuple); ``TypeError`` / ``ValueError`` naming the field otherwise."""
