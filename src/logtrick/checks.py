@@ -17,18 +17,28 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 __all__ = [
+    "check_aligned",
+    "check_bool",
     "check_bool_tensor",
     "check_broadcasts_to",
     "check_choice",
     "check_distribution",
+    "check_env_id",
+    "check_env_output",
     "check_finite",
+    "check_finite_number",
     "check_floating",
     "check_in_range",
     "check_in_support",
+    "check_instance",
+    "check_int_tuple",
+    "check_json",
     "check_log_prob_differentiable",
+    "check_nonempty_str",
     "check_nonnegative",
     "check_nonnegative_int",
     "check_param_list",
+    "check_path_name",
     "check_positive",
     "check_positive_int",
     "check_same_shape",
@@ -295,3 +305,146 @@ def check_log_prob_differentiable(
                 f"depend on it differentiably (no autograd path: a .detach(), .item() or integer "
                 f"cast in dist_fn?), so its score is undefined; drop it from params"
             )
+
+
+# ------------------------------------------------------------- plain values (configs), envs
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` is a ``bool`` (``0``, ``1``, strings and tensors are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def check_finite_number(name: str, value: object) -> float:
+    """``value`` is a finite real number (``bool`` is refused)."""
+    if not (_is_number(value) and math.isfinite(value)):  # type: ignore[arg-type]
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_instance(name: str, value: object, cls: type | tuple[type, ...], what: str) -> object:
+    """``value`` is an instance of ``cls`` (``what`` names it for the message, e.g. "a dict")."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_nonempty_str(name: str, value: object) -> str:
+    """``value`` is a non-empty string."""
+    check_instance(name, value, str, "a string")
+    if not value:
+        raise ValueError(f"{name}: expected a non-empty string, got ''")
+    return value  # type: ignore[return-value]
+
+
+def check_int_tuple(name: str, value: object, what: str = "") -> tuple[int, ...]:
+    """``value`` is a tuple (or list) of positive ints; returned as a tuple (may be empty)."""
+    hint = f" ({what})" if what else ""
+    ok = isinstance(value, (tuple, list)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    )
+    if not ok:
+        raise ValueError(f"{name}: expected a tuple of positive ints{hint}, got {value!r}")
+    return tuple(value)  # type: ignore[arg-type]
+
+
+def check_path_name(name: str, value: object) -> str:
+    """``value`` can name one entry of a directory: non-empty, no path separator, not . or .."""
+    check_nonempty_str(name, value)
+    if "/" in value or "\\" in value or value in (".", "..") or "\0" in value:  # type: ignore[operator]
+        raise ValueError(
+            f"{name}: expected a file or directory name (no '/', not '.' or '..'), got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def check_env_id(name: str, value: object) -> object:
+    """``value`` is an id ``gymnasium.make`` accepts; returns its ``EnvSpec``.
+
+    ``"module:Env-v0"`` imports ``module`` first (which registers the env), as ``gymnasium.make``
+    does; ``"ns/Env-v0"`` is a namespaced id. An unknown id lists the closest registered ones.
+    """
+    import difflib
+    import importlib
+
+    import gymnasium as gym
+
+    env_id = check_nonempty_str(name, value)
+    module, sep, env_name = env_id.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"{name}: cannot import {module!r} for {env_id!r} ({err})") from None
+    try:
+        return gym.spec(env_name)
+    except gym.error.Error as err:
+        close = difflib.get_close_matches(env_name, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"{name}: unknown environment id {env_id!r} ({err}){hint}") from None
+
+
+def check_env_output(
+    obs: object,
+    reward: object,
+    where: str | Callable[[int], str],
+    env_index: Sequence[int] | None = None,
+) -> None:
+    """A vector env's observations and rewards are finite (numpy arrays).
+
+    ``reward`` is ``(B,)`` (one vector step) or ``(T, B)`` (T steps, time-major), ``obs`` the
+    same leading shape and then the observation's. Fast path: NaN and inf propagate through a
+    sum of squares, so one dot product per array clears the common case. Otherwise the error
+    names what is bad (observation or reward), where (``where``, or ``where(t)`` for the step
+    ``t`` of the first bad entry, called only on failure, e.g. "at rollout step 3 (global step
+    48)") and the env's index (``b``, or ``env_index[b]`` when given).
+    """
+    import numpy as np
+
+    obs, reward = np.asarray(obs), np.asarray(reward)
+    flat_obs, flat_reward = obs.reshape(-1), reward.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us below
+        if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
+            return
+    bad_obs = ~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1)
+    bad = ~np.isfinite(flat_reward.astype(np.float64)) | bad_obs
+    if not bad.any():  # the sum of squares overflowed: the data is finite
+        return
+    i = int(np.flatnonzero(bad)[0])
+    t, b = divmod(i, reward.shape[-1]) if reward.ndim else (0, 0)
+    index = int(env_index[b]) if env_index is not None else b
+    what = "observation" if bad_obs[i] else "reward"
+    value = obs.reshape(reward.size, *obs.shape[reward.ndim :])[i] if bad_obs[i] else flat_reward[i]
+    where = where(t) if callable(where) else where
+    raise ValueError(f"env: NaN or inf {what} {where}, env index {index}: {value}")
+
+
+def check_aligned(
+    ref_name: str, ref: object, mask: object = None, what: str = "", **others: object
+) -> tuple[Tensor, Tensor | None]:
+    """Tensors that go together entry by entry (e.g. per time step and env).
+
+    ``ref`` is a tensor; ``mask`` is ``None`` or a bool tensor of its shape; each of ``others``
+    (``None`` skipped) is a tensor of its shape, finite where ``mask`` is True. ``what`` says
+    what an entry is, for the messages. Returns ``(ref, mask)``.
+    """
+    ref = check_tensor(ref_name, ref)
+    if mask is not None:
+        mask = check_same_shape("mask", check_bool_tensor("mask", mask), ref_name, ref, what)
+    for name, x in others.items():
+        if x is not None:
+            check_finite(name, check_same_shape(name, x, ref_name, ref, what), mask)
+    return ref, mask
+
+
+def check_json(name: str, value: object) -> object:
+    """``value`` can be written as JSON (dicts with string keys, lists, numbers, strings, ...)."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected values JSON can hold, got {value!r} ({err})") from None
+    return value
