@@ -28,12 +28,15 @@ __all__ = [
     "check_finite",
     "check_finite_number",
     "check_floating",
+    "check_grouped_rewards",
     "check_in_range",
     "check_in_support",
     "check_instance",
     "check_int_tuple",
+    "check_integer_tensor",
     "check_json",
     "check_log_prob_differentiable",
+    "check_ndim",
     "check_nonempty_str",
     "check_nonnegative",
     "check_nonnegative_int",
@@ -44,6 +47,7 @@ __all__ = [
     "check_same_shape",
     "check_sample_dim",
     "check_shape",
+    "check_shape_in",
     "check_tensor",
 ]
 
@@ -448,3 +452,51 @@ def check_json(name: str, value: object) -> object:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name}: expected values JSON can hold, got {value!r} ({err})") from None
     return value
+
+
+def check_shape_in(name: str, x: object, shapes: Iterable[Sequence[int]], what: str = "") -> Tensor:
+    """``x`` is a tensor whose shape is one of ``shapes`` (e.g. ``(B,)`` or ``(B, L)``)."""
+    x = check_tensor(name, x)
+    allowed = [tuple(s) for s in shapes]
+    if tuple(x.shape) not in allowed:
+        hint = f" ({what})" if what else ""
+        want = " or ".join(str(s) for s in allowed)
+        raise ValueError(f"{name}: expected shape {want}{hint}, got {tuple(x.shape)}")
+    return x
+
+
+def check_ndim(name: str, x: object, ndim: int, layout: str) -> Tensor:
+    """``x`` is a tensor with ``ndim`` dimensions (``layout`` names them, e.g. "(B, L)")."""
+    x = check_tensor(name, x)
+    if x.dim() != ndim:
+        raise ValueError(f"{name}: expected shape {layout}, got {tuple(x.shape)}")
+    return x
+
+
+def check_grouped_rewards(name: str, rewards: object, min_k: int, what: str) -> Tensor:
+    """``rewards`` is a real ``(contexts, k)`` tensor, ``k >= min_k``, finite (``what`` needs k).
+
+    Integer and bool rewards are accepted (a 0/1 checker); complex ones are refused.
+    """
+    rewards = check_tensor(name, rewards)
+    if rewards.is_complex():
+        raise TypeError(f"{name}: expected real values, got dtype {rewards.dtype}")
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"{name}: expected shape (contexts, k) with k samples per context, got shape "
+            f"{tuple(rewards.shape)}; reshape flat rewards with {name}.view(contexts, k)"
+        )
+    if rewards.shape[1] < min_k:
+        raise ValueError(
+            f"{name}: {what} needs k >= {min_k} samples per context, got shape "
+            f"{tuple(rewards.shape)}"
+        )
+    return check_finite(name, rewards)
+
+
+def check_integer_tensor(name: str, x: object) -> Tensor:
+    """``x`` is a tensor of integers (token ids, indices): not floating, bool or complex."""
+    x = check_tensor(name, x)
+    if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name}: expected an integer tensor (ids), got dtype {x.dtype}")
+    return x
