@@ -50,10 +50,13 @@ def register(command: Command) -> Command:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered command."""
+    from logtrick import __version__
+
     parser = argparse.ArgumentParser(
         prog="logtrick",
         description="The log-derivative trick: gradient estimators and policy-gradient RL.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
         child = sub.add_parser(command.name, help=command.help, description=command.help)
