@@ -33,7 +33,7 @@ same way (two epochs of two minibatches, clipped ratio, eps = 0.2, Adam at 1e-4)
 warm start, for three seeds. Reported: greedy accuracy on 500 held-out problems before and after,
 training wall-clock (evaluation excluded), peak resident memory of the run's process, and the
 mean response length during training: the dots cost nothing, so the length is free, and GRPO's
-per-sequence 1/|o| favours short right and long wrong answers.
+per-sequence 1/\|o\| favours short right and long wrong answers.
 
 Run:  python examples/llm_grpo.py           (4 methods x 3 seeds, one process at a time: 52 min)
       python examples/llm_grpo.py --quick   (one-digit numbers, one seed, 60 steps: ~40 s)
@@ -43,7 +43,7 @@ benchmarks/results/llm_grpo.*): greedy accuracy from 0.004 (warm start, 1300-290
 to 0.901 (RLOO), 0.915 (GRPO), 0.907 (Dr. GRPO) and 0.939 (PPO; 0.92 / 0.98 / 0.92), in 196-234 s
 of RL per run; peak resident memory 405 MiB per run process (torch included). Accuracy rises to
 about 0.7 within the first 6,400 completions (the canonical form) and then slowly (the addition).
-Responses end up 0.1 token longer when wrong than when right under GRPO (1/|o|) and PPO, against
+Responses end up 0.1 token longer when wrong than when right under GRPO (1/\|o\|) and PPO, against
 0.03-0.05 under RLOO and Dr. GRPO. PPO shortens every response (5.5 -> 4.9 tokens), plausibly
 because whitening its token-level advantages subtracts their mean, positive while accuracy rises,
 from every token, so each extra dot costs.

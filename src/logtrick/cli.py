@@ -54,10 +54,13 @@ def register(command: Command) -> Command:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered command."""
+    from logtrick import __version__
+
     parser = argparse.ArgumentParser(
         prog="logtrick",
         description="The log-derivative trick: gradient estimators and policy-gradient RL.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--traceback", action="store_true", help="show the traceback of an error, not one line"
     )
