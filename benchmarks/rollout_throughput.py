@@ -1,11 +1,23 @@
-"""Rollout throughput: ``Collector.collect()`` against the raw vector env it steps.
+"""Rollout throughput: ``Collector.collect()`` against its limit, the env plus the policy alone.
 
-For each (env, vectorization mode) the script times, in alternation, one ``collect()`` of
-``--steps`` steps (random-init :class:`~logtrick.rl.ActorCritic`, sampling, storage, episode
-bookkeeping) and the same number of raw ``envs.step`` calls with random actions drawn
-beforehand, and prints env steps per second (medians over ``--repeats``) and their ratio (the
-median of the per-repeat ratios; goal ≥ 0.8), and the collector's time per vector step beyond
-the env's own. One torch thread.
+The limit of a collector is what it cannot avoid: stepping the vector env and running the
+policy's forward pass and sampling once per vector step. For each (env, vectorization mode) the
+script times, interleaved in the same run (``--steps`` vector steps each),
+
+* **env**: ``envs.step`` with random actions drawn beforehand;
+* **policy**: ``policy.step(obs)`` (forward pass and sampling, under ``torch.inference_mode``) on a
+  batch of observations of the env;
+* **bare loop**: the two in turn, the least code that collects (``a = policy.step(obs);
+  obs = envs.step(a)``), storing nothing: it pays for the two workloads evicting each other
+  from the CPU's caches, which neither pays when timed alone;
+* **collector**: one ``collect()`` (the same policy; storage, episode bookkeeping, autoreset
+  handling, finiteness checks, bootstrap values),
+
+and prints µs per vector step (medians over ``--repeats``), the limit (env + policy), and the
+ratios limit / collector and bare loop / collector (1.0 = the collector costs nothing beyond the
+env and the policy; medians of the per-repeat ratios). One torch thread. Sync envs are timed
+by the process's CPU clock (``time.process_time``: on a shared machine, time spent waiting for
+a core is not counted), async envs by the wall clock (their work is in other processes).
 
 Usage::
 
@@ -25,48 +37,72 @@ from gymnasium.vector import VectorEnv
 from logtrick.rl import ActorCritic, Collector, make_env
 
 CASES = [("CartPole-v1", "sync"), ("LunarLander-v3", "sync"), ("LunarLander-v3", "async")]
+clock = time.perf_counter
 
 
-def _time_raw(envs: VectorEnv, actions: list[np.ndarray]) -> float:
+def _time_env(envs: VectorEnv, actions: list[np.ndarray]) -> float:
     """Seconds to step ``envs`` once per preallocated action batch."""
-    start = time.perf_counter()
+    start = clock()
     for action in actions:
         envs.step(action)
-    return time.perf_counter() - start
+    return clock() - start
+
+
+def _time_policy(policy: ActorCritic, obs: torch.Tensor, steps: int) -> float:
+    """Seconds for ``steps`` calls of the policy's forward pass and sampling."""
+    start = clock()
+    with torch.inference_mode():
+        for _ in range(steps):
+            policy.step(obs)
+    return clock() - start
+
+
+def _time_bare(envs: VectorEnv, policy: ActorCritic, steps: int) -> float:
+    """Seconds for ``steps`` vector steps of the bare loop (from a fresh reset)."""
+    obs, _ = envs.reset(seed=1)
+    start = clock()
+    with torch.inference_mode():
+        for _ in range(steps):
+            action, _, _ = policy.step(torch.from_numpy(obs))
+            obs, *_ = envs.step(action.numpy())
+    return clock() - start
 
 
 def _time_collect(collector: Collector) -> float:
-    start = time.perf_counter()
+    start = clock()
     collector.collect()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure(env_id: str, mode: str, num_envs: int, steps: int, repeats: int) -> dict:
-    """Median env steps/s of the collector and of the raw env, interleaved repeats."""
+    """Median µs per vector step of env, policy and collector, interleaved repeats."""
+    global clock
+    clock = time.process_time if mode == "sync" else time.perf_counter
     envs = make_env(env_id, num_envs=num_envs, vectorization_mode=mode, seed=0)
     try:
         torch.manual_seed(0)
         policy = ActorCritic(envs.single_observation_space, envs.single_action_space)
         collector = Collector(envs, policy, steps, seed=0)
         actions = [envs.action_space.sample() for _ in range(steps)]
-        collector.collect()  # warm-up (first reset, buffer allocation)
-        _time_raw(envs, actions)
-        raw, coll = [], []
+        obs = collector.collect().obs[-1]  # warm-up (first reset, buffers), a real obs batch
+        _time_env(envs, actions)
+        _time_policy(policy, obs, steps)
+        times: dict[str, list[float]] = {"env": [], "policy": [], "bare": [], "collector": []}
         for _ in range(repeats):
-            coll.append(steps * num_envs / _time_collect(collector))
-            raw.append(steps * num_envs / _time_raw(envs, actions))
+            collector.reset(seed=1)
+            times["collector"].append(_time_collect(collector) / steps)
+            times["env"].append(_time_env(envs, actions) / steps)
+            times["policy"].append(_time_policy(policy, obs, steps) / steps)
+            times["bare"].append(_time_bare(envs, policy, steps) / steps)
     finally:
         envs.close()
-    return {
-        "env": env_id,
-        "mode": mode,
-        "envs": num_envs,
-        "raw": statistics.median(raw),
-        "collector": statistics.median(coll),
-        "ratio": statistics.median(c / r for c, r in zip(coll, raw)),
-        # collector time per vector step beyond the env's own (policy, storage, bookkeeping)
-        "overhead": 1e6 * num_envs * (1 / statistics.median(coll) - 1 / statistics.median(raw)),
-    }
+    t = times
+    ratio = [(e + p) / c for e, p, c in zip(t["env"], t["policy"], t["collector"])]
+    bare_ratio = [b / c for b, c in zip(t["bare"], t["collector"])]
+    us = {k: 1e6 * statistics.median(v) for k, v in times.items()}
+    return {"env_id": env_id, "mode": mode, "envs": num_envs, **us,
+            "limit": us["env"] + us["policy"], "ratio": statistics.median(ratio),
+            "bare_ratio": statistics.median(bare_ratio)}  # fmt: skip
 
 
 def main() -> None:
@@ -78,13 +114,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = CASES[:1] if args.quick else CASES
-    print("| env | mode | envs | raw env steps/s | collector steps/s | ratio | overhead µs/step |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("µs per vector step (medians); limit = env + policy, timed apart")
+    print("| env | mode | envs | env | policy | limit | bare loop | collector | "
+          "limit / collector | bare / collector | collector steps/s |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for env_id, mode in cases:
         r = measure(env_id, mode, args.envs, args.steps, args.repeats)
         print(
-            f"| {r['env']} | {r['mode']} | {r['envs']} | {r['raw']:,.0f} | "
-            f"{r['collector']:,.0f} | {r['ratio']:.2f} | {r['overhead']:.0f} |",
+            f"| {r['env_id']} | {r['mode']} | {r['envs']} | {r['env']:.0f} | {r['policy']:.0f} | "
+            f"{r['limit']:.0f} | {r['bare']:.0f} | {r['collector']:.0f} | {r['ratio']:.2f} | "
+            f"{r['bare_ratio']:.2f} | {1e6 * r['envs'] / r['collector']:,.0f} |",
             flush=True,
         )
 

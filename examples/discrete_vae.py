@@ -15,7 +15,7 @@ test -ELBO against wall-clock.
 Run:  python examples/discrete_vae.py            (about 2-3 minutes; --quick: ~15 s)
 
 Measured (seed 0, 2000 steps of batch 64): test -ELBO in nats (start 44.54; the best model without
-latents, independent pixels, 25.30) and training seconds:
+latents, independent pixels, 25.30) and training seconds::
 
     REINFORCE + moving average  20.96   8.0      DisARM            19.75   7.6
     NVIL (learned baseline)     20.97   9.2      REBAR             19.84  19.1

@@ -11,14 +11,17 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from logtrick.advantages import (
+    METHODS,
     GroupedAdvantages,
     MovingAverageState,
     baseline_advantages,
+    batch_normalized_advantages,
     group_mean_advantages,
     group_normalized_advantages,
     grouped_advantages,
     moving_average_advantages,
     rank_advantages,
+    reinforce_advantages,
     rloo_advantages,
 )
 
@@ -194,6 +197,39 @@ def test_known_answers() -> None:
     assert torch.equal(grouped_advantages(r, "mean_std").advantages[1], torch.zeros(4))
 
 
+def test_family_by_name_known_answers() -> None:
+    """Each named method on a hand-computed example (formula and paper in the docstrings)."""
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    by_name = {m: grouped_advantages(r, m).advantages for m in METHODS if m != "baseline"}
+    torch.testing.assert_close(by_name["reinforce"], r)  # Williams 1992: A = r
+    rloo = torch.tensor([[2, -2, -2, 2], [1, 1, 1, -3]], dtype=torch.float64) / 3
+    torch.testing.assert_close(by_name["rloo"], rloo)  # r_i - mean of the other three
+    mean = torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.25, 0.25, 0.25, -0.75]], dtype=torch.float64)
+    torch.testing.assert_close(by_name["dr_grpo"], mean)  # r_i - group mean (Dr. GRPO)
+    std = torch.tensor([[1 / 3], [0.25]], dtype=torch.float64).sqrt()  # sample std per group
+    torch.testing.assert_close(by_name["grpo"], mean / (std + 1e-6))  # (r - mean) / std (GRPO)
+    batch_std = math.sqrt((5 * (1 - 0.625) ** 2 + 3 * 0.625**2) / 7)  # mean 5/8 over 8
+    torch.testing.assert_close(by_name["reinforce_plus_plus"], (r - 0.625) / (batch_std + 1e-6))
+    torch.testing.assert_close(by_name["mean"], by_name["dr_grpo"], rtol=0, atol=0)
+    torch.testing.assert_close(by_name["mean_std"], by_name["grpo"], rtol=0, atol=0)
+    torch.testing.assert_close(reinforce_advantages(r).advantages, r, rtol=0, atol=0)
+    pp = batch_normalized_advantages(r, eps=0.0, unbiased=False).advantages
+    torch.testing.assert_close(pp, (r - 0.625) / math.sqrt(0.625 * 0.375))
+    group_mean_batch_std = grouped_advantages(r, "grpo", std="batch").advantages
+    torch.testing.assert_close(group_mean_batch_std, mean / (batch_std + 1e-6))  # ++-baseline
+
+
+def test_degenerate_groups_of_new_methods() -> None:
+    r = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.5], [0.0, 1.0]])
+    assert reinforce_advantages(r).degenerate_groups == 1  # all zero rewards only
+    out = batch_normalized_advantages(r)  # batch mean 0.5: the third group carries no signal
+    assert out.degenerate_groups == 1 and torch.equal(out.advantages[2], torch.zeros(2))
+    same = batch_normalized_advantages(torch.full((2, 3), 7.0), eps=0.0)
+    assert torch.equal(same.advantages, torch.zeros(2, 3)) and same.degenerate_groups == 2
+    with pytest.raises(ValueError, match="rewards"):
+        batch_normalized_advantages(torch.zeros(1, 1))
+
+
 def test_all_equal_groups_are_counted_for_every_method() -> None:
     r = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [7.0, 7.0, 7.0], [0.0, 0.0, 0.0]])
     for method in ("rloo", "mean", "mean_std", "rank"):
@@ -281,6 +317,9 @@ def test_validation_names_the_argument() -> None:
             moving_average_advantages(r)
         with pytest.raises(ValueError, match="baseline"):
             baseline_advantages(good, torch.tensor([0.0, bad]))
+        for method in ("reinforce", "grpo", "dr_grpo", "reinforce_plus_plus"):
+            with pytest.raises(ValueError, match=r"rewards.*NaN or inf"):
+                grouped_advantages(r, method)
     with pytest.raises(TypeError, match="rewards"):
         rloo_advantages([[1.0, 2.0]])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"baseline.*shape"):
@@ -290,9 +329,13 @@ def test_validation_names_the_argument() -> None:
     with pytest.raises(ValueError, match="baseline"):
         grouped_advantages(good, "rloo", baseline=torch.zeros(2))
     with pytest.raises(ValueError, match="method"):
-        grouped_advantages(good, "grpo")
+        grouped_advantages(good, "ppo")
     with pytest.raises(ValueError, match="std"):
         grouped_advantages(good, "rloo", std="batch")
+    with pytest.raises(ValueError, match="eps"):
+        batch_normalized_advantages(good, eps=-1.0)
+    with pytest.raises(TypeError, match="rewards"):
+        grouped_advantages(torch.zeros(2, 2, dtype=torch.complex64), "grpo")
     with pytest.raises(ValueError, match="std"):
         group_normalized_advantages(good, std="global")
     with pytest.raises(ValueError, match="eps"):
@@ -342,6 +385,7 @@ def test_grouped_estimators_are_unbiased() -> None:
         "rloo": (rloo_advantages(r), 1 / K),
         "mean": (group_mean_advantages(r), 1 / (K - 1)),  # E = (K-1)/K grad for 1/K
         "baseline": (baseline_advantages(r, greedy), 1 / K),
+        "reinforce": (reinforce_advantages(r), 1 / K),
     }
     checks = len(estimators) * C * V
     z = float(norm.ppf(1 - ALPHA / (2 * checks)))  # two-sided, Bonferroni over all components

@@ -107,13 +107,25 @@ def test_reduced_and_leading_batch_shapes() -> None:
     assert elementwise.shape == (5, 2, 3)
 
 
-def test_through_expectation() -> None:
-    theta = THETA.clone().requires_grad_(True)
-    for est in (ARM(), DisARM()):
-        value = expectation(quadratic, Bernoulli(logits=theta), 4, estimator=est)
-        assert value.shape == ()
+@pytest.mark.parametrize("name", ["arm", "disarm"])
+def test_through_expectation_equals_the_mean_of_the_terms(name: str) -> None:
+    """``expectation(..., estimator=name)`` and ``estimator=object`` give exactly the value and
+    gradient of ``object.terms(...).mean(0)`` on the same uniforms."""
+    results = []
+    for how in ("terms", "object", "name"):
+        theta = THETA.clone().requires_grad_(True)
+        torch.manual_seed(9)
+        est, dist = (ARM() if name == "arm" else DisARM()), Bernoulli(logits=theta)
+        if how == "terms":
+            value = est.terms(quadratic, dist, 4, None, None).mean(0)
+        else:
+            value = expectation(quadratic, dist, 4, estimator=est if how == "object" else name)
         (grad,) = torch.autograd.grad(value, theta)
-        assert grad.shape == (3,) and grad.isfinite().all()
+        results.append((value.detach(), grad))
+    assert results[0][1].abs().sum() > 0
+    for value, grad in results[1:]:
+        torch.testing.assert_close(value, results[0][0])
+        torch.testing.assert_close(grad, results[0][1])
 
 
 def test_rejects_non_bernoulli() -> None:

@@ -12,6 +12,7 @@ from torch.distributions import (
     Bernoulli,
     Categorical,
     Normal,
+    Poisson,
     TransformedDistribution,
 )
 
@@ -69,7 +70,7 @@ def test_samples_must_be_a_positive_int(samples: object) -> None:
 def test_learned_baseline_of_wrong_shape() -> None:
     learned = lt.Learned(nn.Linear(2, 5))  # 5 outputs per context, costs (4, 3)
     with pytest.raises(
-        ValueError, match=r"Learned baseline: the module's output has shape \(3, 5\)"
+        ValueError, match=r"Learned's module output\): shape \(3, 5\) does not broadcast to"
     ):
         lt.expectation(lambda x: x, _normal(), 4, "score_function", learned, torch.randn(3, 2))
     with pytest.raises(ValueError, match="context: a Learned baseline needs the context"):
@@ -148,3 +149,63 @@ def test_score_arguments() -> None:
         lt.score(lambda p: Normal(p[0], 1.0), [theta], torch.zeros(5, 2))
     with pytest.raises(TypeError, match="dist_fn: expected it to return a Distribution"):
         lt.score(lambda p: p[0], [theta], torch.zeros(5, 3))
+
+
+# --- issue 11 ----------------------------------------------------------------------------------
+
+
+def test_a_baseline_that_would_enlarge_the_estimate_is_refused() -> None:
+    """A (1, 1) baseline against costs (K,) would broadcast the estimate to (K, K) and multiply
+    the gradient by K: a ValueError names both shapes (issue 11, defect 5)."""
+    cost, log_prob = torch.ones(4), torch.zeros(4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"shape \(1, 1\) does not broadcast to the cost's shape "
+                                         r"\(4,\)"):  # fmt: skip
+        lt.surrogate(cost, log_prob, torch.zeros(1, 1))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) does not broadcast.*\(4, 3\)"):
+        lt.expectation(lambda x: x, _normal(), 4, "score_function", torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"baselines\[0\] \(FromFunction's b\): shape \(1, 4\)"):
+        lt.dice_surrogate([cost], [log_prob], [[0]], [lambda c, d, x: c[None]])
+    for good in (torch.zeros(()), torch.zeros(1), torch.zeros(4)):  # these fit: no error
+        assert lt.surrogate(cost, log_prob, good).shape == (4,)
+
+
+def test_a_non_finite_baseline_is_refused() -> None:
+    cost, log_prob = torch.ones(4), torch.zeros(4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"baseline \(Constant's b\): 1 of 4 entries are NaN"):
+        lt.surrogate(cost, log_prob, torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+    with pytest.raises(ValueError, match="baseline: expected a finite number, got inf"):
+        lt.surrogate(cost, log_prob, float("inf"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Normal(torch.tensor([0, 1]), 1.0),
+        lambda: Bernoulli(logits=torch.tensor([0, 1])),
+        lambda: Poisson(torch.tensor([1, 2])),
+    ],
+    ids=["normal", "bernoulli", "poisson"],
+)
+def test_integer_parameters_are_named(make: object) -> None:
+    """Integer parameters: a TypeError that names them, not torch's NotImplementedError and a
+    warning about requires_grad (issue 11, defect 13)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match=r"dist: \w+ has integer parameters .*torch\.int64"):
+            lt.expectation(lambda x: x.float(), make(), 3, "score_function")  # type: ignore[operator]
+
+
+def test_pathwise_with_a_detached_f_is_named() -> None:
+    """f(x) detached from x: the pathwise estimator says so (issue 11, defect 13)."""
+    with pytest.raises(ValueError, match=r"f: the pathwise estimator differentiates f\(x\)"):
+        lt.expectation(lambda x: x.detach() ** 2, _normal(), 3, "pathwise")
+    with torch.no_grad():  # no gradient wanted: the value is fine
+        lt.expectation(lambda x: x.detach() ** 2, _normal(), 3, "pathwise")
+
+
+@pytest.mark.parametrize("baseline", [1.0, "leave_one_out", "moving_average", lt.MovingAverage()])
+def test_pathwise_refuses_a_baseline(baseline: object) -> None:
+    """The pathwise estimator has no score term: a baseline would be ignored (defect 9)."""
+    with pytest.raises(ValueError, match="baseline: the pathwise estimator has no score term"):
+        lt.expectation(lambda x: x**2, _normal(), 4, "pathwise", baseline)
+    lt.expectation(lambda x: x**2, _normal(), 4, "pathwise", None)  # no baseline: fine

@@ -10,7 +10,9 @@ measured ratio (``pytest -s``) and asserts it is below 1.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from torch.distributions import Bernoulli, Distribution, Normal
 
 import logtrick as lt
 from logtrick.baselines import resolve_baseline
+from stats import assert_mean
 
 DT = torch.float64
 R, K = 2000, 4
@@ -51,8 +54,26 @@ def test_moving_average_is_bias_corrected_and_uses_only_past_calls() -> None:
     torch.testing.assert_close(ma(c2), m1)
     torch.testing.assert_close(ma(c3), (beta * (1 - beta) * m1 + (1 - beta) * m2) / (1 - beta**2))
     assert ma.steps == 3
-    ma(torch.randn(5, 7, dtype=DT))  # a new shape starts a new average
-    assert ma.steps == 1
+
+
+def test_moving_average_keeps_its_state_when_the_batch_shape_changes() -> None:
+    """A smaller last batch gets the scalar mean of the averages as b and changes no state;
+    the next full batch continues from the same per-element average (issue 11, defect 11)."""
+    beta = 0.5
+    ma = lt.MovingAverage(decay=beta)
+    c1, c2 = torch.randn(2, 4, 3, dtype=DT).unbind(0)
+    ma(c1)
+    b2 = ma(c2)
+    expected = (beta * (1 - beta) * c1.mean(0) + (1 - beta) * c2.mean(0)) / (1 - beta**2)
+    small = ma(torch.randn(4, 2, dtype=DT))  # last batch of 2 elements
+    torch.testing.assert_close(small, expected.mean())
+    assert small.shape == () and ma.steps == 2
+    torch.testing.assert_close(ma(c1), expected[None])  # the full batch continues unchanged
+    assert ma.steps == 3 and torch.equal(b2, c1.mean(0, keepdim=True))
+    scalar = lt.MovingAverage(decay=beta, per_element=False)  # one average: every batch updates
+    scalar(c1)
+    assert float(scalar(torch.randn(4, 2, dtype=DT))) == pytest.approx(float(c1.mean()))
+    assert scalar.steps == 2
 
 
 def test_leave_one_out_matches_loop() -> None:
@@ -187,3 +208,69 @@ def test_moving_average_can_keep_one_scalar_for_shuffled_minibatches() -> None:
     assert float(b) == float(first.mean())  # (1 - 0.5) * 4 / (1 - 0.5)
     b = bl(torch.zeros(2, 2))
     assert float(b) == pytest.approx((0.5 * 0.5 * 4.0) / (1 - 0.25), rel=1e-6)  # float32
+
+
+# --- issue 11: one baseline path, and the learned baseline's context ------------------------------
+
+
+def test_learned_baseline_with_a_theta_dependent_context_is_unbiased() -> None:
+    r"""(b) Independent(Normal(μ, 1)), f = Σx², context = 2μ (an encoder's output, say): the
+    mean of R estimates of ∇μ E[f] = 2μ is within z·SE; the regression loss trains only the
+    network, never μ through the context (issue 11, defect 1: 2.43 against 1.40 before).
+
+    Failure rate 1e-3, Bonferroni over the 2 entries of μ.
+    """
+    torch.manual_seed(11)
+    r, k = 4000, 2
+    mu = t(0.7, -0.3).expand(r, 2).clone().requires_grad_()
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).to(DT)
+    dist = torch.distributions.Independent(Normal(mu, 1.0), 1)
+    value = lt.expectation(lambda x: (x**2).sum(-1), dist, k, "score_function",
+                           lt.Learned(net), context=mu * 2)  # fmt: skip
+    value.sum().backward()
+    assert_mean(mu.grad, t(1.4, -0.6), 1e-3, what="Learned baseline, context 2μ")
+    assert all(p.grad is not None for p in net.parameters())  # the network is still trained
+
+
+def test_learned_loss_gradient_reaches_only_the_network() -> None:
+    """(a) The folded loss's gradient: ∇φ ½ mean (g(ctx) − c)², and nothing into the context."""
+    torch.manual_seed(12)
+    theta = t(0.3, -0.2).requires_grad_()
+    net = nn.Linear(2, 1).to(DT)
+    x = torch.randn(5, dtype=DT)
+    cost = x**2
+    ctx = theta * 3  # depends on θ
+    log_prob = Normal(t(0.1).requires_grad_(), 1.0).log_prob(x)
+    out = lt.surrogate(cost, log_prob, lt.Learned(net), context=ctx).mean()
+    (g_theta,) = torch.autograd.grad(out, theta, retain_graph=True, allow_unused=True)
+    assert g_theta is None
+    (g_w,) = torch.autograd.grad(out, net.weight)
+    expected = torch.autograd.grad(lt.Learned(net).loss(cost, ctx.detach()), net.weight)[0]
+    torch.testing.assert_close(g_w, expected)
+
+
+def test_no_module_outside_baselines_tests_a_baseline_class() -> None:
+    """One baseline path: only baselines.py looks at a baseline's class."""
+    src = Path(lt.__file__).parent
+    pattern = re.compile(
+        r"isinstance\(.*\b(Learned|NoBaseline|OptimalScale|LeaveOneOut|MovingAverage|Constant)\b"
+    )
+    hits = [
+        f"{p.relative_to(src)}:{i}"
+        for p in src.rglob("*.py")
+        if p.name != "baselines.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits, f"baseline classes tested outside baselines.py: {hits}"
+
+
+def test_a_function_is_a_baseline() -> None:
+    """(a) Any callable (cost, sample_dim, context) -> b satisfies the protocol through
+    resolve_baseline, and gives the hand formula."""
+    bl = resolve_baseline(lambda cost, dim, ctx: torch.full_like(cost, 0.25))
+    assert isinstance(bl, lt.baselines.Baseline) and bl.active
+    mu = t(0.4).requires_grad_()
+    x = t(1.1, -0.3)
+    lt.surrogate(x**2, Normal(mu, 1.0).log_prob(x), bl).sum().backward()
+    torch.testing.assert_close(mu.grad, ((x**2 - 0.25) * (x - 0.4)).sum())

@@ -31,7 +31,7 @@ def test_resume_from_cli_extends_the_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["train", "--algo", "a2c", "--steps", "400", "--out", str(tmp_path), "--no-progress",
-            "--eval-every", "0", "--set", "tensorboard=False"]  # fmt: skip
+            "--eval-every", "0", "--set", "tensorboard=False", "anneal_lr=False"]  # fmt: skip
     assert main(args) == 0
     run_dir = tmp_path / "CartPole-v1-a2c-0"
     assert main(["train", "--resume", str(run_dir), "--steps", "800", "--no-progress"]) == 0

@@ -188,7 +188,7 @@ def test_trace_and_derived_quantities() -> None:
 def test_errors_name_the_argument() -> None:
     problem = gaussian_problem()
     mu = torch.tensor(1.0)
-    with pytest.raises(TypeError, match="params"):
+    with pytest.raises(ValueError, match=r"params\[0\]: expected requires_grad=True"):
         per_sample_gradients(problem.f, Normal(mu, 1.0), [mu], 3)
     with pytest.raises(ValueError, match="repeats"):
         gradient_variance(problem.f, problem.dist_fn, problem.params, repeats=2)
@@ -247,3 +247,28 @@ def test_compare_and_format_table() -> None:
         params=[mu],
     )
     assert rows[0].bias_z is None and format_table(rows).splitlines()[2].endswith("-")
+
+
+# --- check_pathwise (issue 11, defect 8) ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_check_pathwise_flags_a_step_and_passes_a_smooth_f() -> None:
+    """f = x + 1[x > 0] under Normal(μ, σ): d/dμ E[f] = 1 + φ(μ/σ)/σ, but the pathwise estimator
+    sees only the 1 (autograd cannot see the jump); f = x² is smooth. The check's own failure
+    rate for the smooth f is 1e-3 (fixed seed)."""
+    mu, sigma = torch.tensor(0.3, requires_grad=True), torch.tensor(1.0, requires_grad=True)
+
+    def dist_fn(p: list) -> Normal:
+        return Normal(p[0], p[1])
+
+    step = lt.diagnostics.check_pathwise(lambda x: x + (x > 0).float(), dist_fn, [mu, sigma],
+                                         alpha=1e-3, seed=0)  # fmt: skip
+    assert step.biased and float(step.z[0]) > 6, step
+    assert float(step.score_function[0]) == pytest.approx(1.0 + 0.3814, abs=0.1)
+    assert float(step.pathwise[0]) == pytest.approx(1.0, abs=1e-6)
+    smooth = lt.diagnostics.check_pathwise(lambda x: x**2, dist_fn, [mu, sigma], seed=0)
+    assert not smooth.biased, smooth
+    assert smooth.threshold == pytest.approx(_z(1e-3, 2))
+    with pytest.raises(ValueError, match="samples: expected at least 2"):
+        lt.diagnostics.check_pathwise(lambda x: x**2, dist_fn, [mu, sigma], samples=1)

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
+from logtrick.language import token_log_probs
 from logtrick.sequence import sequence_surrogate
 
 torch.set_num_threads(1)
 
-REDUCTIONS = ("sequence_sum", "token_mean", "constant")
+REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean", "constant")
 
 
 def _batch(
@@ -26,11 +27,15 @@ def _batch(
     return lp.requires_grad_(), mask, adv
 
 
-def _weight(mask: torch.Tensor, reduction: str, constant: float | None = None) -> float:
-    """The factor the reduction puts on each valid token's term."""
+def _weight(
+    mask: torch.Tensor, reduction: str, constant: float | None = None
+) -> float | torch.Tensor:
+    """The factor the reduction puts on each valid token's term (``(B, 1)`` for sequence_mean)."""
     b, length = mask.shape
     if reduction == "sequence_sum":
         return 1.0 / b
+    if reduction == "sequence_mean":
+        return 1.0 / (b * mask.sum(1, keepdim=True).clamp_min(1).double())
     if reduction == "token_mean":
         return 1.0 / max(int(mask.sum()), 1)
     return 1.0 / (b * (length if constant is None else constant))
@@ -43,10 +48,16 @@ def test_known_answer_values_for_each_reduction() -> None:
     lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]], requires_grad=True)
     mask = torch.tensor([[True, True, True], [True, False, False]])
     adv = torch.tensor([2.0, -1.0])
-    # ratio = 1 on-policy: per-token loss -A; sums per sequence -6 and +1 over 4 tokens
-    expected = {"sequence_sum": -2.5, "token_mean": -5.0 / 4, "constant": -5.0 / 2 / 3}
+    # ratio = 1 on-policy: per-token loss -A; sums per sequence -6 (3 tokens) and +1 (1 token)
+    expected = {
+        "sequence_sum": -2.5,
+        "sequence_mean": (-6.0 / 3 + 1.0 / 1) / 2,
+        "token_mean": -5.0 / 4,
+        "constant": -5.0 / 2 / 3,
+    }
     for reduction, value in expected.items():
         loss, info = sequence_surrogate(lp, mask, adv, reduction=reduction)
+        assert loss.item() == pytest.approx(value, rel=1e-6), reduction
         assert loss.item() == pytest.approx(value, rel=1e-6)
         assert int(info["tokens"]) == 4 and float(info["ratio_mean"]) == 1.0
         assert float(info["clip_fraction"]) == 0.0 and float(info["kl"]) == 0.0
@@ -138,6 +149,63 @@ def test_masked_tokens_contribute_nothing(reduction: str) -> None:
         assert all(torch.equal(info[key], info2[key]) for key in info)
 
 
+@pytest.mark.parametrize("kl_in_reward", [False, True])
+def test_nonleaf_input_masked_nan_gets_exactly_zero_gradient(kl_in_reward: bool) -> None:
+    # a non-leaf input whose masked entries are NaN/inf: its gradient is 0 there, never NaN
+    lp, mask, adv = _batch(7)
+    junk = torch.tensor([math.nan, math.inf, -math.inf], dtype=lp.dtype)
+    fill = junk[torch.arange(int((~mask).sum())) % 3]
+    kw = {"clip_eps": 0.2, "kl_coef": 0.1, "kl_in_reward": kl_in_reward}
+    for reduction in REDUCTIONS:
+        base = lp.detach().clone().requires_grad_()
+        x = base * 1.0  # non-leaf
+        x = x.masked_scatter(~mask, fill)
+        old = (lp.detach() + 0.3).masked_scatter(~mask, fill)
+        ref = (lp.detach() - 0.5).masked_scatter(~mask, fill)
+        loss, info = sequence_surrogate(x, mask, adv, reduction, old_token_log_probs=old,
+                                        ref_token_log_probs=ref, **kw)  # fmt: skip
+        (grad,) = torch.autograd.grad(loss, base)
+        assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask])), reduction
+        assert grad.isfinite().all() and loss.isfinite()
+        assert all(bool(v.isfinite().all()) for v in info.values())
+
+
+def test_masked_positions_upstream_get_finite_gradient_through_token_log_probs() -> None:
+    """Defect 12 of issue 11: the docstring promised NaN-safety that an upstream graph breaks.
+
+    Padded positions of a model's logits often hold -inf (or NaN) and padding ids out of the
+    vocabulary. ``log_softmax(...).gather(...)`` turns a row of -inf into NaN, and its backward
+    multiplies the zero gradient from ``sequence_surrogate`` by NaN: the model's gradient is NaN.
+    ``token_log_probs`` never evaluates masked positions, so the gradient stays finite and equals
+    the one computed from the valid positions alone.
+    """
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False], [True] * 4])
+    tokens = torch.tensor([[1, 2, 3, -100], [0, 4, -100, -100], [4, 3, 2, 1]])
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    padded_nan = torch.zeros_like(mask)
+    padded_nan[0, 3] = True  # one padded position holds NaN logits, the others -inf
+
+    def logits_of_model() -> torch.Tensor:  # an additive mask, as attention masks are applied
+        additive = torch.where(mask, 0.0, -math.inf).masked_fill(padded_nan, math.nan)
+        return hidden @ weight + additive[..., None].double()
+
+    for reduction in REDUCTIONS:
+        lp = token_log_probs(logits_of_model(), tokens, mask)
+        loss, _ = sequence_surrogate(lp, mask, adv, reduction)
+        (grad,) = torch.autograd.grad(loss, weight)
+        assert grad.isfinite().all(), reduction
+        valid = (hidden[mask] @ weight).log_softmax(-1).gather(-1, tokens[mask][:, None])[:, 0]
+        expected_lp = torch.zeros(3, 4, dtype=torch.float64).masked_scatter(mask, valid)
+        expected, _ = sequence_surrogate(expected_lp, mask, adv, reduction)
+        torch.testing.assert_close(grad, torch.autograd.grad(expected, weight)[0])
+    naive = logits_of_model().log_softmax(-1).gather(-1, tokens.clamp_min(0)[..., None])[..., 0]
+    loss, _ = sequence_surrogate(naive, mask, adv)
+    assert torch.autograd.grad(loss, weight)[0].isnan().any()  # why the docstring says so
+
+
 def test_empty_batch_of_tokens_gives_zero() -> None:
     lp = torch.randn(2, 3, requires_grad=True)
     for reduction in REDUCTIONS:
@@ -167,11 +235,12 @@ def test_clipping_matches_loop(reduction: str, seed: int) -> None:
             if not mask[i, t]:
                 continue
             rho, a = math.exp(float(lp.detach()[i, t] - old[i, t])), float(adv[i])
+            wi = float(w[i]) if isinstance(w, torch.Tensor) else w
             unclipped, clipped = rho * a, min(max(rho, 1 - eps), 1 + eps) * a
-            total -= min(unclipped, clipped) * w
+            total -= min(unclipped, clipped) * wi
             n_clipped += abs(rho - 1) > eps
             if clipped >= unclipped:
-                exp_grad[i, t] = -a * rho * w  # d(rho A)/d log pi = rho A
+                exp_grad[i, t] = -a * rho * wi  # d(rho A)/d log pi = rho A
     assert loss.item() == pytest.approx(total, rel=1e-12, abs=1e-12)
     torch.testing.assert_close(grad, exp_grad, rtol=1e-12, atol=1e-12)
     assert float(info["clip_fraction"]) == pytest.approx(n_clipped / int(mask.sum()))
@@ -187,7 +256,16 @@ def test_clip_is_inactive_on_policy() -> None:
 # ---------------------------------------------------------------- KL penalty
 
 
-@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def _hand_kl(estimator: str, x: float) -> tuple[float, float]:
+    """Per-token k and its derivative in log pi, at x = log(pi_ref / pi)."""
+    if estimator == "k1":
+        return -x, 1.0
+    if estimator == "k2":
+        return 0.5 * x * x, -x
+    return math.exp(x) - x - 1, 1.0 - math.exp(x)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_kl_values_and_gradient_match_hand(estimator: str) -> None:
     lp, mask, _ = _batch(4)
     ref = lp.detach() + torch.randn(
@@ -200,9 +278,9 @@ def test_kl_values_and_gradient_match_hand(estimator: str) -> None:
     (grad,) = torch.autograd.grad(loss, lp)
     kl, d_kl = [], torch.zeros_like(grad)
     for i, t in mask.nonzero().tolist():
-        x = float(ref[i, t] - lp.detach()[i, t])  # log(pi_ref / pi)
-        kl.append(-x if estimator == "k1" else math.exp(x) - x - 1)
-        d_kl[i, t] = 1.0 if estimator == "k1" else 1.0 - math.exp(x)
+        k, dk = _hand_kl(estimator, float(ref[i, t] - lp.detach()[i, t]))
+        kl.append(k)
+        d_kl[i, t] = dk
     n = len(kl)
     assert float(info["kl"]) == pytest.approx(sum(kl) / n, rel=1e-12)
     assert loss.item() == pytest.approx(beta * sum(kl) / n, rel=1e-12)
@@ -210,13 +288,76 @@ def test_kl_values_and_gradient_match_hand(estimator: str) -> None:
     torch.testing.assert_close(grad, beta * d_kl / n, rtol=1e-12, atol=1e-12)
 
 
-def test_k3_is_nonnegative_per_token() -> None:
-    x = torch.linspace(-25.0, 25.0, 501)  # log(pi_ref / pi), beyond the clamp on both sides
-    lp, one = torch.full((1, 1), -3.0), torch.ones(1, 1, dtype=torch.bool)
-    for i in range(0, 501, 5):
-        kw = {"ref_token_log_probs": lp + x[i], "kl_coef": 1.0}
-        loss, _ = sequence_surrogate(lp, one, torch.zeros(1), **kw)
-        assert loss.item() >= 0.0 and math.isfinite(loss.item())
+def test_kl_estimators_known_values_and_expectations() -> None:
+    """k1, k2, k3 against closed forms: per-token values, and expectations by enumeration.
+
+    Under pi, E[k1] = E[k3] = KL(pi || ref) and E[k2] = E[x^2] / 2; as loss terms their mean
+    gradients are 0 (k1), grad KL(pi || ref) (k2) and grad KL(ref || pi) (k3). Each estimator
+    is evaluated through ``sequence_surrogate`` (one length-1 sequence per category).
+    """
+    ln2 = math.log(2.0)
+    known = {  # x = log(pi_ref / pi) -> (k1, k2, k3)
+        0.0: (0.0, 0.0, 0.0),
+        ln2: (-ln2, ln2**2 / 2, 1.0 - ln2),
+        -ln2: (ln2, ln2**2 / 2, ln2 - 0.5),
+        -30.0: (30.0, 450.0, math.exp(-20.0) + 20.0 - 1.0),  # k3 clamped at x = -20
+    }
+    one = torch.ones(1, 1, dtype=torch.bool)
+    for x, values in known.items():
+        for estimator, value in zip(("k1", "k2", "k3"), values):
+            lp = torch.full((1, 1), -2.0, dtype=torch.float64)
+            kw = {"ref_token_log_probs": lp + x, "kl_coef": 1.0, "kl_estimator": estimator}
+            loss, _ = sequence_surrogate(lp, one, torch.zeros(1, dtype=torch.float64), **kw)
+            assert loss.item() == pytest.approx(value, rel=1e-12, abs=1e-12), (estimator, x)
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(5, generator=g, dtype=torch.float64).log_softmax(0)
+    logp = theta.log_softmax(0)
+    p = logp.exp().detach()  # enumeration weights: the expectation under pi
+    mask = torch.ones(5, 1, dtype=torch.bool)
+    forward = (p * (logp - ref)).sum()  # KL(pi || ref)
+    kl_forward = (logp.exp() * (logp - ref)).sum()
+    (d_forward,) = torch.autograd.grad(kl_forward, theta, retain_graph=True)
+    (d_reverse,) = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta, retain_graph=True)
+    expected = {
+        "k1": (forward, torch.zeros(5, dtype=torch.float64)),
+        "k2": (0.5 * (p * (logp - ref).pow(2)).sum(), d_forward),
+        "k3": (forward, d_reverse),
+    }
+    for estimator, (value, grad) in expected.items():
+        weights = torch.zeros(5, dtype=torch.float64)  # advantages 0; weight by pi via kl_coef
+        mean, total_grad = 0.0, torch.zeros(5, dtype=torch.float64)
+        for y in range(5):  # E_pi[k] = sum_y pi(y) k(y): one call per category
+            kw = {"ref_token_log_probs": ref[y].reshape(1, 1), "kl_coef": float(p[y])}
+            kw["kl_estimator"] = estimator
+            loss, _ = sequence_surrogate(logp[y].reshape(1, 1), mask[:1], weights[:1], **kw)
+            mean += loss.item()
+            total_grad += torch.autograd.grad(loss, theta, retain_graph=True)[0]
+        assert mean == pytest.approx(float(value.detach()), rel=1e-10), estimator
+        torch.testing.assert_close(total_grad, grad, rtol=1e-10, atol=1e-12)
+    assert float(expected["k2"][0].detach()) != pytest.approx(float(forward.detach()), rel=1e-3)
+
+
+def test_kl_in_reward_matches_hand() -> None:
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -9.0, -9.0]], dtype=torch.float64)
+    lp.requires_grad_()
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.1, math.nan, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    adv, beta = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5
+    kw = {"ref_token_log_probs": ref, "kl_coef": beta, "kl_estimator": "k1", "kl_in_reward": True}
+    loss, info = sequence_surrogate(lp, mask, adv, "sequence_sum", **kw)
+    (grad,) = torch.autograd.grad(loss, lp)
+    # k1 = log pi - log pi_ref: row 0 (0.5, -1.0, 0.0), row 1 (-0.2); rewards-to-go
+    # row 0: 0.5 - 1 + 0 = -0.5, -1.0, 0.0 -> A_t = 1 - beta * that = 1.25, 1.5, 1.0
+    # row 1: -0.2 -> A_t = -2 + 0.1 = -1.9
+    token_adv = torch.tensor([[1.25, 1.5, 1.0], [-1.9, 0.0, 0.0]], dtype=torch.float64)
+    assert loss.item() == pytest.approx(-(1.25 + 1.5 + 1.0 - 1.9) / 2, rel=1e-12)
+    torch.testing.assert_close(grad, -token_adv / 2, rtol=1e-12, atol=1e-12)
+    assert float(info["kl"]) == pytest.approx((0.5 - 1.0 + 0.0 - 0.2) / 4, rel=1e-12)
+    same, _ = sequence_surrogate(lp, mask, token_adv, "sequence_sum")  # per-token advantages
+    torch.testing.assert_close(same, loss)
+    plain, _ = sequence_surrogate(lp, mask, adv, "sequence_sum", **{**kw, "kl_coef": 0.0})
+    assert plain.item() == pytest.approx(-(3 * 1.0 - 2.0) / 2, rel=1e-12)
 
 
 def test_kl_only_reported_when_coefficient_is_zero() -> None:
@@ -270,7 +411,13 @@ def test_errors_name_the_argument() -> None:
         (ValueError, "constant", {"reduction": "constant", "constant": 0.0}),
         (ValueError, "clip_eps", {"clip_eps": 0.0}),
         (ValueError, "kl_coef", {"kl_coef": -1.0}),
-        (ValueError, "kl_estimator", {"kl_estimator": "k2", "ref_token_log_probs": lp.detach()}),
+        (ValueError, "kl_estimator", {"kl_estimator": "k4", "ref_token_log_probs": lp.detach()}),
+        (ValueError, "advantages", {"advantages": torch.zeros(4, 5)}),
+        (
+            ValueError,
+            "advantages",
+            {"advantages": torch.zeros(4, 6).index_fill_(1, torch.tensor([0]), math.nan)},
+        ),
     ]
     for error, name, change in cases:
         kwargs = {"token_log_probs": lp, "mask": mask, "advantages": adv, **change}

@@ -371,3 +371,30 @@ def test_two_stage_hessian_is_unbiased_and_one_box_per_node_is_not() -> None:
     z = z_scores(wrong, exact).nan_to_num(nan=0.0, posinf=float("inf")).max()
     print(f"\none box per node: largest |z| = {float(z):.3g}")
     assert z > z_bonferroni(1e-3, 2 * exact.numel()), float(z)
+
+
+@pytest.mark.parametrize("baseline", ["leave_one_out", 0.8, "learned", "optimal_scale"])
+def test_one_node_equals_the_surrogate(baseline: str | float) -> None:
+    """(a) One node, one cost: dice_surrogate's baseline term is the one baseline path of
+    lt.surrogate, the same value and gradients (θ and a learned baseline's network)."""
+    torch.manual_seed(9)
+    x = torch.randn(6, dtype=DT)
+    ctx = torch.randn(6, 2, dtype=DT)
+    net = torch.nn.Linear(2, 1).to(DT)
+    grads = []
+    for use_dice in (True, False):
+        mu = t(0.3).requires_grad_()
+        spec = {"learned": lt.Learned(net), "optimal_scale": lt.OptimalScale([mu])}.get(
+            baseline, baseline
+        )
+        lp, cost = Normal(mu, 1.0).log_prob(x), x**2 + 1.0
+        if use_dice:
+            out = dice_surrogate([cost], [lp], [[0]], [spec], context=ctx)
+        else:
+            out = lt.surrogate(cost, lp, spec, context=ctx)
+        assert torch.equal(out.detach(), cost)
+        grads.append(torch.autograd.grad(out.sum(), [mu, *net.parameters()], allow_unused=True))
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

@@ -200,3 +200,86 @@ def test_integer_and_bool_costs_equal_float_costs(baseline: object) -> None:
         grads.append(theta.grad)
     torch.testing.assert_close(grads[0], grads[1])
     torch.testing.assert_close(grads[2], grads[3])
+
+
+def test_baseline_enters_as_a_constant_in_every_derivative() -> None:
+    """(a) b = g(θ) (critic values sharing parameters with the policy, say) changes no
+    derivative's dependence on θ through b: first and second derivatives equal those with
+    b.detach() (issue 11: b enters the score term detached)."""
+    theta = t(0.4, -0.2).requires_grad_()
+    x = t([[1.1, -0.3], [0.2, 0.9], [-0.5, 0.4]])
+    results = []
+    for detach in (False, True):
+        b = (theta**2 + 1.0).expand(3, 2)
+        b = b.detach() if detach else b
+        out = lt.surrogate(x**2, Normal(theta, 1.0).log_prob(x), b).sum()
+        (g,) = torch.autograd.grad(out, theta, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), theta)
+        results.append((g.detach(), h))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    c = x**2 - (theta.detach() ** 2 + 1.0)  # and the first derivative is the hand formula
+    torch.testing.assert_close(results[1][0], (c * (x - theta.detach())).sum(0))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3,), (1, 3), ()])
+def test_tensor_baseline_of_critic_values_matches_hand_formula(shape: tuple[int, ...]) -> None:
+    """(a) A tensor baseline (K, B), (B,), (1, B) or () gives (c − b)∇log p per element."""
+    torch.manual_seed(4)
+    mu = torch.randn(3, dtype=DT, requires_grad=True)
+    x = torch.randn(5, 3, dtype=DT)
+    b = torch.randn(shape, dtype=DT)
+    out = lt.surrogate(x**2, Normal(mu, 1.0).log_prob(x), b)
+    assert torch.equal(out.detach(), x**2)
+    out.sum().backward()
+    torch.testing.assert_close(mu.grad, ((x**2 - b) * (x - mu.detach())).sum(0))
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+@pytest.mark.parametrize("baseline", [None, 0.7, "tensor"])
+def test_fused_score_term_equals_the_magic_box(
+    baseline: object, reduce: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(c) dice.score_term, fused (ScoreTerm) and native, against DiCE written out with the
+    magic box, c ⊡(l) + (1 − ⊡(l)) b: the same value, first and second derivatives, in θ and in
+    a parameter w of the cost."""
+    from logtrick import dice
+
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, dtype=DT)
+    b = torch.randn(3, dtype=DT) if baseline == "tensor" else baseline
+
+    def written_out(cost: Tensor, log_prob: Tensor, *_: object) -> Tensor:
+        box = lt.magic_box(log_prob)
+        out = cost * box if b is None else cost * box + (1.0 - box) * b
+        return out.mean(0) if reduce else out
+
+    results = []
+    for threshold in (None, 0, 1 << 62):  # written out, fused, native (fused if b is given)
+        if threshold is not None:
+            monkeypatch.setattr(dice, "FUSED_MIN_NUMEL", threshold)
+        build = written_out if threshold is None else dice.score_term
+        mu, w = t(0.4, -0.1, 0.3).requires_grad_(), t(1.5).requires_grad_()
+        out = build(w * x**3, Normal(mu, 1.0).log_prob(x), b, reduce)
+        g = torch.autograd.grad(out.sum(), [mu, w], create_graph=True)
+        h = torch.autograd.grad(g[0].sum() + g[1], [mu, w])
+        results.append([out.detach(), *(v.detach() for v in g), *h])
+    for reference, fused, native in zip(*results):
+        torch.testing.assert_close(fused, reference)
+        torch.testing.assert_close(native, reference)
+    assert torch.equal(results[1][0], results[0][0])  # values bit for bit
+    assert torch.equal(results[2][0], results[0][0])
+
+
+def test_fused_score_term_refuses_an_input_modified_in_place() -> None:
+    """Like a saved tensor: modifying the cost after building the term is an error."""
+    from logtrick.dice import ScoreTerm
+
+    mu = t(0.4).requires_grad_()
+    x = t(1.1, -0.3)
+    for reduce in (True, False):  # not reduced, the output is a view: torch refuses the change
+        cost = x**2
+        out = ScoreTerm.apply(cost, Normal(mu, 1.0).log_prob(x), None, reduce)
+        with pytest.raises(RuntimeError, match=r"modified in ?place"):
+            cost.add_(1.0)
+            out.sum().backward()

@@ -9,11 +9,13 @@ from logtrick.advantages import (
     GroupedAdvantages,
     MovingAverageState,
     baseline_advantages,
+    batch_normalized_advantages,
     group_mean_advantages,
     group_normalized_advantages,
     grouped_advantages,
     moving_average_advantages,
     rank_advantages,
+    reinforce_advantages,
     rloo_advantages,
 )
 from logtrick.arm import ARM, DisARM
@@ -26,12 +28,26 @@ from logtrick.baselines import (
     OptimalScale,
 )
 from logtrick.enumeration import enumerate_expectation
-from logtrick.estimators import ESTIMATORS, Auto, Pathwise, ScoreFunction, expectation
+from logtrick.estimators import (
+    ESTIMATORS,
+    Auto,
+    Pathwise,
+    ScoreFunction,
+    estimator_table,
+    expectation,
+)
+from logtrick.language import (
+    Completions,
+    logits_of,
+    sample_completions,
+    sequence_log_probs,
+    token_log_probs,
+)
 from logtrick.measure_valued import DeltaMethod, MeasureValued
 from logtrick.relax import Rebar, Relax, variance_backward
 from logtrick.relaxations import GumbelSoftmax, StraightThrough
 from logtrick.score import fisher, score
-from logtrick.sequence import sequence_surrogate
+from logtrick.sequence import sequence_surrogate, token_kl
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
 from logtrick.surrogate import magic_box, surrogate
 from logtrick.vimco import vimco_signals, vimco_surrogate
@@ -51,6 +67,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARM",
     "Auto",
+    "Completions",
     "Constant",
     "DeltaMethod",
     "DisARM",
@@ -70,23 +87,31 @@ __all__ = [
     "StraightThrough",
     "__version__",
     "baseline_advantages",
+    "batch_normalized_advantages",
     "chain_dependencies",
     "diagnostics",
     "dice_surrogate",
     "enumerate_expectation",
+    "estimator_table",
     "expectation",
     "fisher",
     "group_mean_advantages",
     "group_normalized_advantages",
     "grouped_advantages",
+    "logits_of",
     "magic_box",
     "moving_average_advantages",
     "problems",
     "rank_advantages",
+    "reinforce_advantages",
     "rloo_advantages",
+    "sample_completions",
     "score",
+    "sequence_log_probs",
     "sequence_surrogate",
     "surrogate",
+    "token_kl",
+    "token_log_probs",
     "variance_backward",
     "vimco_signals",
     "vimco_surrogate",

@@ -6,12 +6,13 @@ score them, ``rewards[c, i]``. The score-function gradient of the expected rewar
 .. math::  \hat g = \frac{1}{C} \sum_c \frac{1}{k} \sum_i A_{c,i}\,
            \nabla_\theta \log \pi(y_{c,i} \mid x_c),
 
-and the functions here compute the advantages :math:`A_{c,i}` from the rewards of the group.
-:math:`\hat g` is unbiased whenever :math:`A_{c,i} = r_{c,i} - b_{c,i}` with :math:`b_{c,i}`
-independent of :math:`y_{c,i}` (leave-one-out, a given baseline, a moving average of earlier
-calls). The group mean includes :math:`r_{c,i}` itself, so it scales the expected gradient by
-:math:`(k-1)/k` (direction unbiased); dividing by a standard deviation or using ranks changes the
-objective being optimised (a per-group rescaling / a rank transform of the reward).
+and the functions here compute the advantages :math:`A_{c,i}` from the rewards, by name in
+:func:`grouped_advantages`: REINFORCE (:math:`r`), RLOO (leave-one-out mean), Dr. GRPO (group
+mean), GRPO (group mean and standard deviation), REINFORCE++ (batch mean and standard
+deviation), centred ranks, a given baseline, and a moving average of earlier calls. :math:`\hat g`
+is unbiased whenever :math:`A_{c,i} = r_{c,i} - b_{c,i}` with :math:`b_{c,i}` independent of
+:math:`y_{c,i}`; a mean that includes :math:`r_{c,i}` shrinks it by :math:`(k-1)/k` (direction
+kept), while dividing by a group's standard deviation or using ranks changes the objective.
 
 Every function returns a :class:`GroupedAdvantages`: the ``(contexts, k)`` advantages, detached,
 in the rewards' floating dtype (``float32`` for integer or bool rewards), and the number of
@@ -29,21 +30,34 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from logtrick.surrogate import check_finite
+from logtrick.checks import (
+    check_choice,
+    check_finite,
+    check_grouped_rewards,
+    check_in_range,
+    check_nonnegative,
+    check_shape_in,
+)
 
 __all__ = [
+    "METHODS",
     "GroupedAdvantages",
     "MovingAverageState",
     "baseline_advantages",
+    "batch_normalized_advantages",
     "group_mean_advantages",
     "group_normalized_advantages",
     "grouped_advantages",
     "moving_average_advantages",
     "rank_advantages",
+    "reinforce_advantages",
     "rloo_advantages",
 ]
 
-METHODS = ("rloo", "mean", "mean_std", "rank", "baseline")
+METHODS = ("reinforce", "rloo", "grpo", "dr_grpo", "reinforce_plus_plus",
+           "mean", "mean_std", "rank", "baseline")  # fmt: skip
+"""Names accepted by :func:`grouped_advantages`; ``"mean"``, ``"mean_std"`` are ``"dr_grpo"``,
+``"grpo"`` by their descriptive names."""
 STDS = ("group", "batch", "none")
 
 
@@ -67,32 +81,14 @@ class MovingAverageState:
     """Number of calls folded into ``average``."""
 
 
-def _accumulator(rewards: Tensor) -> torch.dtype:
-    return torch.float32 if rewards.device.type == "mps" else torch.float64
-
-
 def _out_dtype(rewards: Tensor) -> torch.dtype:
     return rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
 
 
-def _check_rewards(rewards: object, min_k: int, what: str) -> Tensor:
-    """Validate ``rewards`` (2-D, ``k >= min_k``, real, finite) and return it in float64."""
-    if not isinstance(rewards, Tensor):
-        raise TypeError(f"rewards: expected a tensor of shape (contexts, k), got {type(rewards)}")
-    if rewards.is_complex():
-        raise TypeError(f"rewards: expected real values, got dtype {rewards.dtype}")
-    if rewards.dim() != 2:
-        raise ValueError(
-            f"rewards: expected shape (contexts, k) with k samples per context, got shape "
-            f"{tuple(rewards.shape)}; reshape flat rewards with rewards.view(contexts, k)"
-        )
-    if rewards.shape[1] < min_k:
-        raise ValueError(
-            f"rewards: {what} needs k >= {min_k} samples per context, got shape "
-            f"{tuple(rewards.shape)}"
-        )
-    check_finite("rewards", rewards)
-    return rewards.detach().to(_accumulator(rewards))
+def _as_accumulator(rewards: object, min_k: int, what: str) -> Tensor:
+    """Validated ``(contexts, k)`` rewards (``k >= min_k``, real, finite) in the accumulator."""
+    rewards = check_grouped_rewards("rewards", rewards, min_k, what)
+    return rewards.detach().to(torch.float32 if rewards.device.type == "mps" else torch.float64)
 
 
 def _deviations(x: Tensor) -> Tensor:
@@ -101,12 +97,40 @@ def _deviations(x: Tensor) -> Tensor:
     return shifted - shifted.mean(1, keepdim=True)
 
 
+def _batch_deviations(x: Tensor, unbiased: bool) -> tuple[Tensor, Tensor]:
+    r""":math:`r - \bar r` over the whole batch and its standard deviation (shifted, two-pass)."""
+    shifted = x - x[:1, :1]
+    dev = shifted - shifted.mean()
+    return dev, (dev.pow(2).sum() / (x.numel() - int(unbiased))).sqrt()
+
+
 def _n_equal(x: Tensor, to: Tensor | None = None) -> int:
     """Number of rows whose entries are all equal (and equal to ``to`` when given)."""
     same = x.amax(1) == x.amin(1)
     if to is not None:
         same = same & (x[:, 0] == to)
     return int(same.sum())
+
+
+def reinforce_advantages(rewards: Tensor) -> GroupedAdvantages:
+    r"""The rewards themselves, no baseline (REINFORCE): :math:`A_{c,i} = r_{c,i}`.
+
+    Unbiased, and the highest-variance choice: every sample's score is weighted by its raw
+    reward, so a constant offset of the reward adds noise without signal. A group is degenerate
+    when all of its rewards are 0.
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite, ``k >= 1``.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Williams (1992), Simple Statistical Gradient-Following Algorithms for Connectionist
+        Reinforcement Learning.
+    """
+    x = _as_accumulator(rewards, 1, "reinforce")
+    return GroupedAdvantages(x.to(_out_dtype(rewards)), _n_equal(x, torch.zeros_like(x[:, 0])))
 
 
 def rloo_advantages(rewards: Tensor) -> GroupedAdvantages:
@@ -128,7 +152,7 @@ def rloo_advantages(rewards: Tensor) -> GroupedAdvantages:
         Ahmadian et al. (2024), Back to Basics: Revisiting REINFORCE Style Optimization for
         Learning from Human Feedback in LLMs.
     """
-    x = _check_rewards(rewards, 2, "rloo")
+    x = _as_accumulator(rewards, 2, "rloo")
     k = x.shape[1]
     adv = _deviations(x) * (k / (k - 1))
     return GroupedAdvantages(adv.to(_out_dtype(rewards)), _n_equal(x))
@@ -150,7 +174,7 @@ def group_mean_advantages(rewards: Tensor) -> GroupedAdvantages:
     References:
         Liu et al. (2025), Understanding R1-Zero-Like Training: A Critical Perspective (Dr. GRPO).
     """
-    x = _check_rewards(rewards, 1, "mean")
+    x = _as_accumulator(rewards, 1, "mean")
     return GroupedAdvantages(_deviations(x).to(_out_dtype(rewards)), _n_equal(x))
 
 
@@ -163,12 +187,11 @@ def group_normalized_advantages(
                \sigma^2 = \frac{1}{n - u} \sum (r - \mu)^2
 
     with :math:`u = 1` for the sample (``unbiased=True``, as ``torch.std`` in common GRPO code)
-    and :math:`u = 0` for the population standard deviation. ``std="group"``: over the ``k``
-    rewards of each context (:math:`\mu = \bar r_c`, :math:`n = k`; GRPO); ``"batch"``: over all
-    rewards (:math:`\mu` the overall mean, :math:`n = C k`), which does not up-weight groups with
-    a small spread; ``"none"``: no division (Dr. GRPO). Dividing by a per-group :math:`\sigma`
-    rescales each context's gradient, so it optimises a different objective. The variance is
-    computed in two passes (mean, then mean squared deviation), in float64.
+    and :math:`u = 0` for the population deviation. ``std="group"``: over the ``k`` rewards of
+    each context (:math:`\mu = \bar r_c`, :math:`n = k`; GRPO), which rescales each context's
+    gradient (a different objective: very easy and very hard contexts weigh more); ``"batch"``:
+    over all rewards (:math:`n = C k`; REINFORCE++-baseline); ``"none"``: no division (Dr. GRPO).
+    Two-pass variance (mean, then mean squared deviation) in float64.
 
     Args:
         rewards: ``(contexts, k)`` rewards, finite; ``k >= 2`` unless ``std="none"``.
@@ -184,21 +207,52 @@ def group_normalized_advantages(
         Training (Dr. GRPO). Liu et al. (2025), Tricks or Traps? A Deep Dive into RL for LLM
         Reasoning (group mean with batch standard deviation).
     """
-    if std not in STDS:
-        raise ValueError(f"std: unknown choice {std!r}; expected one of {STDS}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
-    x = _check_rewards(rewards, 1 if std == "none" else 2, f"std={std!r}")
+    check_choice("std", std, STDS)
+    check_nonnegative("eps", eps)
+    x = _as_accumulator(rewards, 1 if std == "none" else 2, f"std={std!r}")
     dev = _deviations(x)
     if std == "group":
         sigma = (dev.pow(2).sum(1, keepdim=True) / (x.shape[1] - int(unbiased))).sqrt()
         dev = dev / (sigma + eps)
     elif std == "batch":
-        shifted = x - x[:1, :1]
-        batch_dev = shifted - shifted.mean()
-        sigma = (batch_dev.pow(2).sum() / (x.numel() - int(unbiased))).sqrt()
-        dev = dev / (sigma + eps)
+        dev = dev / (_batch_deviations(x, unbiased)[1] + eps)
     return GroupedAdvantages(dev.to(_out_dtype(rewards)), _n_equal(x))
+
+
+def batch_normalized_advantages(
+    rewards: Tensor, eps: float = 1e-6, unbiased: bool = True
+) -> GroupedAdvantages:
+    r"""Rewards normalised over the whole batch, not per group (REINFORCE++).
+
+    .. math::  A_{c,i} = \frac{r_{c,i} - \bar r}{\sigma + \epsilon},\qquad
+               \bar r = \frac{1}{Ck} \sum_{c,i} r_{c,i},\quad
+               \sigma^2 = \frac{1}{Ck - u} \sum_{c,i} (r_{c,i} - \bar r)^2
+
+    One baseline and one scale for the whole batch, so no context is up-weighted for being easy
+    or hard. :math:`\bar r` includes each sample's own reward, which shrinks the expected
+    gradient by :math:`1 - 1/(Ck)`; :math:`1/\sigma` is a batch-wide step size. A group is
+    degenerate when all of its rewards equal the batch mean. With the group mean as baseline:
+    ``group_normalized_advantages(rewards, std="batch")`` (REINFORCE++-baseline).
+
+    Args:
+        rewards: ``(contexts, k)`` rewards, finite, ``C k >= 2``.
+        eps: added to :math:`\sigma`; must be ``>= 0``.
+        unbiased: sample (``True``, :math:`u = 1`) or population (:math:`u = 0`) deviation.
+
+    Returns:
+        :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Hu (2025), REINFORCE++: A Simple and Efficient Approach for Aligning Large Language
+        Models (global advantage normalisation).
+    """
+    check_nonnegative("eps", eps)
+    x = _as_accumulator(rewards, 1, "reinforce_plus_plus")
+    if x.numel() < 2:
+        raise ValueError(f"rewards: a batch standard deviation needs >= 2 rewards, got {x.numel()}")
+    dev, sigma = _batch_deviations(x, unbiased)
+    adv = dev / (sigma + eps) if bool(sigma + eps > 0) else dev  # all equal: dev is 0
+    return GroupedAdvantages(adv.to(_out_dtype(rewards)), int((adv == 0).all(1).sum()))
 
 
 def rank_advantages(rewards: Tensor) -> GroupedAdvantages:
@@ -222,28 +276,13 @@ def rank_advantages(rewards: Tensor) -> GroupedAdvantages:
         Learning (centred rank transformation). Wierstra et al. (2014), Natural Evolution
         Strategies (fitness shaping).
     """
-    x = _check_rewards(rewards, 2, "rank")
+    x = _as_accumulator(rewards, 2, "rank")
     srt = x.sort(1).values.contiguous()
     below = torch.searchsorted(srt, x.contiguous(), side="left")
     at_most = torch.searchsorted(srt, x.contiguous(), side="right")
     rank = (below + at_most - 1).to(x.dtype) / 2
     adv = rank / (x.shape[1] - 1) - 0.5
     return GroupedAdvantages(adv.to(_out_dtype(rewards)), _n_equal(x))
-
-
-def _check_baseline(baseline: object, contexts: int) -> Tensor:
-    if not isinstance(baseline, Tensor):
-        raise TypeError(
-            f"baseline: expected a tensor of shape ({contexts},) or ({contexts}, 1), "
-            f"got {type(baseline).__name__}"
-        )
-    if tuple(baseline.shape) not in ((contexts,), (contexts, 1)):
-        raise ValueError(
-            f"baseline: expected shape ({contexts},) or ({contexts}, 1), one value per context "
-            f"of rewards, got shape {tuple(baseline.shape)}"
-        )
-    check_finite("baseline", baseline)
-    return baseline.detach().reshape(contexts)
 
 
 def baseline_advantages(rewards: Tensor, baseline: Tensor) -> GroupedAdvantages:
@@ -265,8 +304,10 @@ def baseline_advantages(rewards: Tensor, baseline: Tensor) -> GroupedAdvantages:
     References:
         Rennie et al. (2017), Self-critical Sequence Training for Image Captioning.
     """
-    x = _check_rewards(rewards, 1, "baseline")
-    b = _check_baseline(baseline, x.shape[0]).to(x.dtype)
+    x = _as_accumulator(rewards, 1, "baseline")
+    c = x.shape[0]
+    check_shape_in("baseline", baseline, [(c,), (c, 1)], "one value per context of rewards")
+    b = check_finite("baseline", baseline).detach().reshape(c).to(x.dtype)
     adv = x - b[:, None]
     return GroupedAdvantages(adv.to(_out_dtype(rewards)), _n_equal(x, b))
 
@@ -296,11 +337,10 @@ def moving_average_advantages(
         Reinforcement Learning (reinforcement baseline). Kingma & Ba (2015), Adam (bias
         correction).
     """
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"decay: expected a float in [0, 1), got {decay!r}")
+    check_in_range("decay", decay, 0.0, 1.0, high_open=True)
     if state is not None and not isinstance(state, MovingAverageState):
         raise TypeError(f"state: expected a MovingAverageState or None, got {type(state)}")
-    x = _check_rewards(rewards, 1, "moving_average")
+    x = _as_accumulator(rewards, 1, "moving_average")
     if state is None or state.steps == 0:
         avg, steps = torch.zeros((), dtype=x.dtype, device=x.device), 0
         b = avg
@@ -320,44 +360,57 @@ def grouped_advantages(
     eps: float = 1e-6,
     unbiased: bool = True,
 ) -> GroupedAdvantages:
-    r"""Advantages of ``k`` samples per context by ``method``; one entry point for the above.
+    r"""Advantages of ``k`` samples per context by ``method``: the one entry point, by name.
 
-    .. math::  \text{rloo: } r_i - \tfrac{1}{k-1}\textstyle\sum_{j\ne i} r_j \quad
-               \text{mean: } r_i - \bar r \quad
-               \text{mean\_std: } (r_i - \bar r)/(\sigma + \epsilon) \quad
-               \text{baseline: } r_i - b
+    .. math::  \text{reinforce: } r_i \quad
+               \text{rloo: } r_i - \tfrac{1}{k-1}\textstyle\sum_{j\ne i} r_j \quad
+               \text{dr\_grpo: } r_i - \bar r_c \quad
+               \text{grpo: } \frac{r_i - \bar r_c}{\sigma_c + \epsilon} \quad
+               \text{reinforce\_plus\_plus: } \frac{r_i - \bar r}{\sigma + \epsilon}
 
-    and ``rank``: centred ranks in :math:`[-\tfrac12, \tfrac12]`. See :func:`rloo_advantages`,
-    :func:`group_mean_advantages`, :func:`group_normalized_advantages`,
-    :func:`rank_advantages` and :func:`baseline_advantages` for the details and references.
-    The stateful moving average is :func:`moving_average_advantages`.
+    (:math:`\bar r_c, \sigma_c`: the group's mean and standard deviation; :math:`\bar r,
+    \sigma`: the batch's), ``baseline``: :math:`r_i - b_c`, and ``rank``: centred ranks in
+    :math:`[-\tfrac12, \tfrac12]`. ``"mean"`` is ``"dr_grpo"`` and ``"mean_std"`` is
+    ``"grpo"`` under their descriptive names. Only ``reinforce``, ``rloo`` and ``baseline`` give
+    an unbiased gradient as they stand (``dr_grpo`` up to the factor :math:`(k-1)/k`); GRPO's
+    :math:`1/\sigma_c` reweighs contexts by difficulty. Details and references: the function
+    of each method above; the stateful moving average is :func:`moving_average_advantages`.
 
     Args:
         rewards: ``(contexts, k)`` rewards, finite.
-        method: ``"rloo"``, ``"mean"``, ``"mean_std"``, ``"rank"`` or ``"baseline"``.
-        std: for ``"mean_std"`` only: ``"group"`` (default), ``"batch"`` or ``"none"``.
+        method: one of :data:`METHODS`.
+        std: for ``"grpo"``/``"mean_std"`` only: ``"group"`` (default), ``"batch"`` (the group
+            mean over the batch's deviation: REINFORCE++-baseline) or ``"none"``.
         baseline: for ``"baseline"`` only (required): ``(contexts,)`` or ``(contexts, 1)``.
-        eps: for ``"mean_std"``: added to the standard deviation.
-        unbiased: for ``"mean_std"``: sample (``True``) or population standard deviation.
+        eps: for the normalised methods: added to the standard deviation.
+        unbiased: for the normalised methods: sample (``True``) or population deviation.
 
     Returns:
         :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
+
+    References:
+        Williams (1992), REINFORCE. Ahmadian et al. (2024), Back to Basics (RLOO). Shao et al.
+        (2024), DeepSeekMath (GRPO). Liu et al. (2025), Understanding R1-Zero-Like Training
+        (Dr. GRPO). Hu (2025), REINFORCE++.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {METHODS}")
-    if std is not None and method != "mean_std":
-        raise ValueError(f"std: only used by method='mean_std', got std={std!r} with {method=}")
+    check_choice("method", method, METHODS)
+    if std is not None and method not in ("grpo", "mean_std"):
+        raise ValueError(
+            f"std: only used by method='grpo' or 'mean_std', got {std=} with {method=}"
+        )
     if (baseline is None) == (method == "baseline"):
         raise ValueError(
             f"baseline: method='baseline' needs a baseline tensor and other methods take none; "
             f"got {method=} and baseline {'None' if baseline is None else 'given'}"
         )
-    if method == "rloo":
-        return rloo_advantages(rewards)
-    if method == "mean":
-        return group_mean_advantages(rewards)
-    if method == "mean_std":
+    if method in ("grpo", "mean_std"):
         return group_normalized_advantages(rewards, std or "group", eps, unbiased)
-    if method == "rank":
-        return rank_advantages(rewards)
-    return baseline_advantages(rewards, baseline)  # type: ignore[arg-type]
+    if method == "reinforce_plus_plus":
+        return batch_normalized_advantages(rewards, eps, unbiased)
+    if method == "baseline":
+        return baseline_advantages(rewards, baseline)  # type: ignore[arg-type]
+    return _PLAIN[method](rewards)
+
+
+_PLAIN = {"reinforce": reinforce_advantages, "rloo": rloo_advantages, "rank": rank_advantages,
+          "dr_grpo": group_mean_advantages, "mean": group_mean_advantages}  # fmt: skip

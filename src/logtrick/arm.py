@@ -6,8 +6,10 @@ Both draw one uniform vector :math:`u` per pair and evaluate f at the two antith
 
 each marginally Bernoulli(:math:`\sigma(\theta)`) but negatively correlated. ``samples = K``
 means K pairs, i.e. **2K evaluations of f**. Both are unbiased, need no derivative of f (a black
-box is fine), and work with Bernoulli logits of any batch shape; f may reduce trailing batch
-dimensions (the components of one multivariate sample).
+box is fine), and work with Bernoulli logits of any batch shape, also inside ``Independent``
+(torch's vector form ``Independent(Bernoulli(logits), 1)``); f may reduce trailing batch
+dimensions (the components of one multivariate sample) and maps samples to
+``(K,) + dist.batch_shape[:j]``.
 """
 
 from __future__ import annotations
@@ -17,21 +19,19 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution
+from torch.distributions import Distribution
 
+from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
+from logtrick.relaxations import discrete_base
 
 __all__ = ["ARM", "DisARM"]
 
 
 def _pair(f: CostFn, dist: Distribution, samples: int, who: str) -> tuple[Tensor, ...]:
     """Logits θ, uniforms u, the antithetic samples b, b̃ and their costs f(b), f(b̃)."""
-    if not isinstance(dist, Bernoulli):
-        raise TypeError(
-            f"dist: {who} needs a Bernoulli, got {type(dist).__name__}; use "
-            f"estimator='score_function' for other distributions"
-        )
-    theta = dist.logits
+    base, _ = discrete_base(dist, who, ("bernoulli",))
+    theta = base.logits
     eps = torch.finfo(theta.dtype).eps
     with torch.no_grad():
         u = torch.rand((samples, *theta.shape), dtype=theta.dtype, device=theta.device)
@@ -75,14 +75,16 @@ class ARM:
     """
 
     name: ClassVar[str] = "arm"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Bernoulli; f may be a black box (2 evaluations per pair)"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
         theta, u, _, _, cost, cost_anti = _pair(f, dist, samples, "ARM")
         grad = _expand(cost_anti - cost, u).detach() * (u - 0.5)
-        return _terms(0.5 * (cost + cost_anti), grad, theta)
+        return first_order_only(_terms(0.5 * (cost + cost_anti), grad, theta), "ARM")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class DisARM:
     """
 
     name: ClassVar[str] = "disarm"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Bernoulli; f may be a black box (2 evaluations per pair)"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -113,4 +117,4 @@ class DisARM:
         sign = 1.0 - 2.0 * b_anti  # (-1)^{b̃}
         weight = sign * (b != b_anti).to(b.dtype) * torch.sigmoid(theta.detach().abs())
         grad = 0.5 * _expand(cost - cost_anti, b).detach() * weight
-        return _terms(0.5 * (cost + cost_anti), grad, theta)
+        return first_order_only(_terms(0.5 * (cost + cost_anti), grad, theta), "DisARM")

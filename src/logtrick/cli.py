@@ -4,6 +4,10 @@
 problem and writes a plot of the variance per estimator. A subcommand is a :class:`Command`
 (name, help, a function adding its arguments, a function running it) passed to :func:`register`;
 ``main`` builds one ``argparse`` subparser per registered command.
+
+Errors the user can act on (``ValueError``, ``OSError`` and :mod:`logtrick.errors`) are printed
+as one line with exit code 2; ``logtrick --traceback ...`` shows their traceback instead. Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -50,9 +54,15 @@ def register(command: Command) -> Command:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered command."""
+    from logtrick import __version__
+
     parser = argparse.ArgumentParser(
         prog="logtrick",
         description="The log-derivative trick: gradient estimators and policy-gradient RL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the traceback of an error, not one line"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
@@ -69,10 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
+    from logtrick.errors import LogtrickError
+
     try:
         return int(args.run(args))
-    except ValueError as err:  # bad input named by the library: a message, not a traceback
-        parser.exit(2, f"logtrick {args.command}: error: {err}\n")
+    except (LogtrickError, ValueError, OSError) as err:  # the user's to fix: a message
+        if args.traceback:
+            raise
+        message = " ".join(line.strip() for line in str(err).splitlines()) or repr(err)
+        parser.exit(2, f"logtrick {args.command}: error: {message}\n")
 
 
 # --------------------------------------------------------------------------- compare
@@ -246,37 +261,29 @@ def _presets_table() -> str:
     return "\n".join(lines)
 
 
-def _parse_value(text: str) -> object:
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from logtrick.rl.config import ALGOS
+    from logtrick.rl.config import ALGOS, RESUME_FIELDS
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = (
         "Train a policy-gradient agent on a Gymnasium environment. Defaults come from the "
-        "per-environment presets below, then Config's defaults; flags and --set override them."
+        "per-environment presets below, then Config's defaults; flags and --set override them. "
+        f"--resume continues a run with its saved settings; it may change only "
+        f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
     )
     p.epilog = "presets (env: common to every algo; then per algo):\n" + _presets_table()
-    p.add_argument("env", nargs="?", default="CartPole-v1", help="Gymnasium env id")
-    p.add_argument("--algo", choices=ALGOS, default="ppo")
-    p.add_argument("--steps", type=int, help="env-step budget (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--envs", type=int, help="parallel environments (default: the preset's)")
-    p.add_argument("--out", default="runs", help="parent directory of the run directory")
+    p.add_argument("env", nargs="?", help="Gymnasium env id (default: CartPole-v1)")
+    p.add_argument("--algo", choices=ALGOS, help="default: ppo")
+    p.add_argument("--steps", help="env-step budget, e.g. 200000 or 2e5 (default: the preset's)")
+    p.add_argument("--seed", help="default: 0")
+    p.add_argument("--envs", help="parallel environments (default: the preset's)")
+    p.add_argument("--out", help="parent directory of the run directory (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--async-envs", action="store_true", help="one process per environment")
     p.add_argument(
         "--eval-every",
-        type=int,
-        default=5_000,
-        help="evaluate 20 deterministic episodes every N env steps; 0: never",
+        help=f"evaluate 20 deterministic episodes every N env steps; 0: never "
+        f"(default: {_NEW_RUN['eval_every']})",
     )
     p.add_argument(
         "--no-stop",
@@ -293,42 +300,46 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+_NEW_RUN = {"eval_every": 5_000, "stop_at_threshold": True, "out": "runs"}
+"""The command line's defaults for a new run where they differ from Config's."""
+_FLAG_FIELDS = {"steps": "total_steps", "seed": "seed", "envs": "num_envs",
+                "eval_every": "eval_every", "out": "out"}  # fmt: skip
+
+
 def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
-    overrides: dict[str, object] = {
-        "seed": args.seed,
-        "out": args.out,
-        "eval_every": args.eval_every,
-        "stop_at_threshold": not args.no_stop,
-        "progress": not args.no_progress,
-    }
-    if args.steps:
-        overrides["total_steps"] = args.steps
-    if args.envs:
-        overrides["num_envs"] = args.envs
-    if args.async_envs:
-        overrides["vectorization_mode"] = "async"
+    """The Config fields set by the flags given (and ``--set``), parsed to their types."""
+    from logtrick.rl.config import parse_field
+
+    overrides: dict[str, object] = {}
+    for flag, name in _FLAG_FIELDS.items():
+        if getattr(args, flag) is not None:
+            overrides[name] = parse_field(name, getattr(args, flag))
+    flags = {"env": args.env, "algo": args.algo,
+             "vectorization_mode": "async" if args.async_envs else None,
+             "stop_at_threshold": False if args.no_stop else None,
+             "progress": False if args.no_progress else None}  # fmt: skip
+    overrides.update({k: v for k, v in flags.items() if v is not None})
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
-        overrides[key] = _parse_value(value)
+        overrides[key] = parse_field(key, value)
     return overrides
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from logtrick import rl
-    from logtrick.rl.config import Config
+    import dataclasses
 
+    from logtrick import rl
+
+    overrides = _train_overrides(args)
     if args.resume:
-        extend = Config(total_steps=args.steps) if args.steps else None
-        result = rl.train(extend, resume=args.resume)
+        config = dataclasses.replace(rl.load_config(args.resume), **overrides)
+        result = rl.train(config, resume=args.resume)
     else:
-        fields = {f for f in Config.__dataclass_fields__}
-        overrides = _train_overrides(args)
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"--set: unknown Config fields {unknown}; see logtrick train --help")
-        result = rl.train(rl.preset(args.env, args.algo, **overrides))
+        env = overrides.pop("env", "CartPole-v1")
+        algo = overrides.pop("algo", "ppo")
+        result = rl.train(rl.preset(env, algo, **{**_NEW_RUN, **overrides}))
     last = result.history[-1] if result.history else {}
     print(f"run directory: {result.run_dir}")
     print(
@@ -355,9 +366,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from logtrick import rl
-    from logtrick.logging import read_config
 
-    env = read_config(args.run_dir)["env"]
+    env = rl.load_config(args.run_dir).env
     policy = rl.load(args.run_dir)
     mean, std = rl.evaluate(
         policy, env, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic

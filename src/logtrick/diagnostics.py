@@ -20,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,162 +28,24 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from logtrick.baselines import OptimalScale, resolve_baseline
-from logtrick.estimators import CostFn, check_samples, resolve_estimator
+from logtrick.baselines import resolve_baseline
+from logtrick.checks import check_in_range, check_param_list, check_positive_int
+from logtrick.estimators import CostFn, resolve_estimator
+from logtrick.gradient_stats import GradientStats, flat, per_sample_gradients, summarise
 from logtrick.problems import Problem
 from logtrick.score import DistFn
 
 __all__ = [
     "ComparisonRow",
     "GradientStats",
+    "PathwiseCheck",
+    "check_pathwise",
     "compare",
     "format_table",
     "gradient_variance",
     "per_sample_gradients",
     "table_cells",
 ]
-
-
-def _check_params(params: Sequence[Tensor]) -> list[Tensor]:
-    if isinstance(params, Tensor):
-        raise TypeError("params: expected a list of tensors, got a single Tensor; wrap it: [theta]")
-    params = list(params)
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor) or not p.requires_grad:
-            raise TypeError(f"params[{i}]: expected a tensor with requires_grad=True, got {p!r}")
-    return params
-
-
-def _flat(grads: Sequence[Tensor], rows: int) -> Tensor:
-    return torch.cat([g.reshape(rows, -1) for g in grads], dim=1)
-
-
-def _jacobian_rows(values: Tensor, params: list[Tensor], chunk: int) -> Tensor:
-    """``d values[k] / d params`` for every k, as ``(K, P)``: batched backward over one-hot rows."""
-    k = values.shape[0]
-    eye = torch.eye(k, dtype=values.dtype, device=values.device)
-    out = []
-    for start in range(0, k, chunk):
-        rows = eye[start : start + chunk]
-        grads = torch.autograd.grad(
-            values, params, grad_outputs=rows, is_grads_batched=True,
-            retain_graph=True, allow_unused=True, materialize_grads=True,
-        )  # fmt: skip
-        out.append(_flat(grads, rows.shape[0]))
-    return torch.cat(out)
-
-
-def per_sample_gradients(
-    f: CostFn,
-    dist: Distribution,
-    params: Sequence[Tensor],
-    samples: int,
-    estimator: object = "score_function",
-    baseline: object = None,
-    context: Tensor | None = None,
-    chunk: int = 1024,
-) -> Tensor:
-    r"""Per-sample gradient contributions :math:`g_k` of one estimate, flattened over ``params``.
-
-    .. math::  g_k = \nabla_\theta \textstyle\sum_{\text{batch}} L_k,\qquad
-               \hat g = \frac1K \sum_{k=1}^K g_k
-
-    Takes the gradient of each per-sample surrogate term (summed over batch dimensions) with a
-    vectorised backward (``is_grads_batched``, one-hot rows in chunks): no Python loop over
-    samples, but time and memory grow as :math:`K \cdot \min(K, \text{chunk})`, so keep K to a few
-    thousand.
-
-    Args:
-        f: cost, samples ``(K,) + batch_shape + event_shape`` -> ``(K,) + batch_shape``.
-        dist: the distribution, built from ``params`` (so gradients flow to them).
-        params: tensors that require grad; the result's columns are their elements, flattened
-            and concatenated in order.
-        samples: K > 0 draws.
-        estimator: a name or an estimator object (see :func:`logtrick.expectation`).
-        baseline: a baseline spec (see :func:`logtrick.surrogate`).
-        context: input of a ``Learned`` baseline.
-        chunk: rows per batched backward.
-
-    Returns:
-        ``(K, P)`` with ``P = sum(p.numel() for p in params)``; its mean over rows is the
-        estimator's gradient.
-
-    References:
-        Mohamed et al. (2020), JMLR 21(132), section 3 (variance of per-sample estimators).
-    """
-    params = _check_params(params)
-    check_samples(samples)
-    terms = resolve_estimator(estimator).terms(f, dist, samples, baseline, context)
-    if terms.dim() == 0 or terms.shape[0] != samples:
-        raise ValueError(
-            f"estimator: expected terms of shape (samples={samples},) + batch, got "
-            f"{tuple(terms.shape)}"
-        )
-    per_term = terms.reshape(samples, -1).sum(1)
-    return _jacobian_rows(per_term, params, chunk)
-
-
-@dataclass(frozen=True)
-class GradientStats:
-    """Statistics of R independent gradient estimates over P parameter elements."""
-
-    mean: Tensor
-    """``(P,)`` mean of the estimates."""
-    variance: Tensor
-    """``(P,)`` variance of one K-sample estimate (unbiased sample variance over the repeats)."""
-    variance_se: Tensor
-    """``(P,)`` standard error of ``variance`` (from the fourth central moment)."""
-    total_variance: float
-    """Trace of the estimate's covariance: ``variance.sum()``."""
-    total_variance_se: float
-    """Standard error of ``total_variance``."""
-    samples: int
-    """K, the draws per estimate."""
-    repeats: int
-    """R, the number of estimates."""
-    f_evals: float
-    """Evaluations of f per estimate (per batch element)."""
-    seconds: float
-    """Wall time per estimate, forward and backward."""
-
-    @property
-    def stderr(self) -> Tensor:
-        """``(P,)`` standard error of ``mean``."""
-        return (self.variance / self.repeats).sqrt()
-
-    @property
-    def per_sample_variance(self) -> Tensor:
-        """``(P,)`` ``K * variance``: the variance of one sample's contribution."""
-        return self.samples * self.variance
-
-    @property
-    def per_sample_variance_se(self) -> Tensor:
-        """``(P,)`` standard error of ``per_sample_variance``."""
-        return self.samples * self.variance_se
-
-    @property
-    def variance_times_evals(self) -> Tensor:
-        """``(P,)`` ``variance * f_evals``: variance per unit of work (lower is better)."""
-        return self.variance * self.f_evals
-
-    @property
-    def snr(self) -> Tensor:
-        """``(P,)`` signal-to-noise ratio ``|mean| / sqrt(variance)``."""
-        return self.mean.abs() / self.variance.sqrt()
-
-
-def _summarise(grads: Tensor, samples: int, f_evals: float, seconds: float) -> GradientStats:
-    g = grads.double()
-    r = g.shape[0]
-    mean = g.mean(0)
-    dev = g - mean
-    var = dev.pow(2).sum(0) / (r - 1)
-    m4 = dev.pow(4).mean(0)
-    var_se = ((m4 - (r - 3) / (r - 1) * var.pow(2)).clamp_min(0.0) / r).sqrt()
-    sq = dev.pow(2).sum(1)  # per-repeat squared deviation: its mean estimates the trace
-    total_se = float(sq.std() / math.sqrt(r)) * r / (r - 1)
-    return GradientStats(mean, var, var_se, float(var.sum()), total_se, samples, r, f_evals,
-                         seconds)  # fmt: skip
 
 
 class _CountingCost:
@@ -254,15 +115,18 @@ def gradient_variance(
     References:
         Mohamed et al. (2020), JMLR 21(132), sections 3 and 7 (comparing estimators).
     """
-    params = _check_params(params)
-    check_samples(samples)
+    params = check_param_list("params", params, requires_grad=True)
+    check_positive_int("samples", samples, "the number of draws K")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 4:
         raise ValueError(
             f"repeats: expected an int >= 4 (the number of estimates), got {repeats!r}"
         )
     est, baseline = resolve_estimator(estimator), resolve_baseline(baseline)
-    if vectorize and isinstance(baseline, OptimalScale):
-        raise TypeError("baseline: OptimalScale is tied to its params; use vectorize=False")
+    if vectorize and getattr(baseline, "params", None) is not None:
+        raise TypeError(
+            f"baseline: {type(baseline).__name__} is tied to the tensors it was built with (its "
+            f"params), not to the replicas of vectorize=True; use vectorize=False"
+        )
     counted = _CountingCost(f)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -274,7 +138,7 @@ def gradient_variance(
                            vectorize)  # fmt: skip
         seconds = (time.perf_counter() - start) / repeats
     calls = 1 if vectorize else repeats
-    return _summarise(grads, samples, counted.count / calls, seconds)
+    return summarise(grads, samples, counted.count / calls, seconds)
 
 
 def _estimates(
@@ -284,7 +148,7 @@ def _estimates(
     """``(R, P)`` estimates: R calls in a loop, or one pass with a leading replica dimension."""
     if not vectorize:
         return torch.cat([
-            _flat(_estimate(f, dist_fn(params), params, samples, est, baseline, context), 1)
+            flat(_estimate(f, dist_fn(params), params, samples, est, baseline, context), 1)
             for _ in range(repeats)
         ])  # fmt: skip
     replicas = [p.detach().expand(repeats, *p.shape).clone().requires_grad_(True) for p in params]
@@ -295,7 +159,89 @@ def _estimates(
             f"R={repeats} to batch shape (R,) + batch_shape, got batch shape "
             f"{tuple(dist.batch_shape)}"
         )
-    return _flat(_estimate(f, dist, replicas, samples, est, baseline, context), repeats)
+    return flat(_estimate(f, dist, replicas, samples, est, baseline, context), repeats)
+
+
+@dataclass(frozen=True)
+class PathwiseCheck:
+    """The pathwise and score-function gradients of one f compared (see :func:`check_pathwise`)."""
+
+    pathwise: Tensor
+    """``(P,)`` mean pathwise gradient."""
+    score_function: Tensor
+    """``(P,)`` mean score-function gradient (unbiased for every f)."""
+    stderr: Tensor
+    """``(P,)`` standard error of their difference."""
+    z: Tensor
+    """``(P,)`` ``|pathwise - score_function| / stderr``."""
+    threshold: float
+    """The critical z: Bonferroni over the P entries at the stated failure rate."""
+
+    @property
+    def biased(self) -> bool:
+        """Whether some entry's z exceeds the threshold: the pathwise gradient is biased for f."""
+        return bool((self.z > self.threshold).any())
+
+
+def check_pathwise(
+    f: CostFn,
+    dist_fn: DistFn,
+    params: Sequence[Tensor],
+    samples: int = 2048,
+    alpha: float = 1e-3,
+    *,
+    seed: int | None = None,
+) -> PathwiseCheck:
+    r"""Test whether the pathwise estimator is unbiased for ``f``: compare it with the score
+    function on independent draws.
+
+    .. math::  z_i = \frac{|\bar g^{\mathrm{pw}}_i - \bar g^{\mathrm{sf}}_i|}
+               {\sqrt{(s^2_{\mathrm{pw},i} + s^2_{\mathrm{sf},i}) / N}}
+
+    The pathwise estimator is unbiased only if f is continuous in x and differentiable almost
+    everywhere along the path; a step (``x + (x > 0)``) is invisible to autograd and biases it,
+    while the score function is unbiased for every f. Each estimator gets ``samples``
+    independent per-sample gradients (:func:`per_sample_gradients`; the score function with a
+    constant baseline from a separate pilot draw), so the check costs about ``3 * samples``
+    evaluations of f and per-sample backward passes that grow as ``samples**2`` (keep the
+    batch small). It flags a bias larger than a few standard errors; it cannot prove there is
+    none.
+
+    Args:
+        f: cost, samples ``(N,) + batch_shape + event_shape`` -> ``(N,) + batch_shape[:j]``,
+            differentiable in x (the pathwise estimator differentiates it).
+        dist_fn: maps the list ``params`` to a distribution with ``rsample``.
+        params: tensors that require grad (P elements in all).
+        samples: N >= 2 draws per estimator.
+        alpha: the failure rate of the check for an f that is fine (Bonferroni over P).
+        seed: if given, the draws use this seed and the global RNG state is restored after.
+
+    Returns:
+        A :class:`PathwiseCheck`; ``result.biased`` says whether to use the score function.
+
+    References:
+        Mohamed et al. (2020), JMLR 21(132), section 5.3 (the pathwise estimator's requirements).
+    """
+    params = check_param_list("params", params, requires_grad=True, nonempty=True)
+    check_positive_int("samples", samples, "the number of draws per estimator")
+    if samples < 2:
+        raise ValueError(f"samples: expected at least 2 draws (a standard error), got {samples}")
+    check_in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        pathwise = per_sample_gradients(f, dist_fn(params), params, samples, "pathwise").double()
+        with torch.no_grad():
+            pilot = torch.as_tensor(f(dist_fn(params).sample((samples,)))).mean(0)
+        score = per_sample_gradients(
+            f, dist_fn(params), params, samples, "score_function", pilot
+        ).double()
+    diff = pathwise.mean(0) - score.mean(0)
+    stderr = ((pathwise.var(0) + score.var(0)) / samples).sqrt()
+    z = torch.where(diff == 0, torch.zeros_like(diff), diff.abs() / stderr)
+    p = torch.tensor(1.0 - alpha / (2 * diff.numel()), dtype=torch.float64)
+    threshold = float(torch.special.ndtri(p))
+    return PathwiseCheck(pathwise.mean(0), score.mean(0), stderr, z, threshold)
 
 
 @dataclass(frozen=True)
@@ -354,7 +300,7 @@ def compare(
                 f"problem: expected a logtrick.problems.Problem, or a cost f with dist_fn= and "
                 f"params=, got {problem!r}"
             )
-        params = tuple(_check_params(params))
+        params = tuple(check_param_list("params", params, requires_grad=True))
         names = tuple(f"params[{i}]" for i in range(len(params)))
         problem = Problem(getattr(problem, "__name__", "f"), problem, dist_fn, params, names)
     exact, rows = problem.exact_gradient(), []

@@ -12,19 +12,13 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution
 
+from logtrick.checks import check_distribution
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
+from logtrick.relaxations import unwrap_independent
 
 __all__ = ["enumerate_expectation"]
-
-
-def _base(dist: Distribution) -> tuple[Distribution, int]:
-    """The distribution whose support is enumerated and how many of its trailing batch dimensions
-    ``Independent`` reinterpreted as event dimensions."""
-    if isinstance(dist, Independent):
-        return dist.base_dist, dist.reinterpreted_batch_ndims
-    return dist, 0
 
 
 def _support(base: Distribution) -> Tensor:
@@ -112,11 +106,8 @@ def enumerate_expectation(
         Mohamed et al. (2020), Monte Carlo Gradient Estimation in Machine Learning, JMLR, section
         2 (the expectation being estimated).
     """  # noqa: E501
-    if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}"
-        )
-    base, reinterpreted = _base(dist)
+    check_distribution("dist", dist)
+    base, reinterpreted = unwrap_independent(dist)
     x = _product_samples(base, reinterpreted, max_configurations)
     cost = evaluate_cost(f, x, dist, x.shape[0])
     reduced = len(base.batch_shape) - (cost.dim() - 1)

@@ -3,13 +3,16 @@ r"""Gradient estimators of :math:`\nabla_\theta \mathbb{E}_{p(x;\theta)}[f(x)]` 
 Every estimator is a small object with ``terms(f, dist, samples, baseline, context)`` returning
 per-sample surrogate terms of shape ``(K,) + batch_shape``: their mean over the first dimension has
 the Monte Carlo estimate as its value and the estimator as its gradient, and each term's gradient
-is that sample's contribution (what :mod:`logtrick.diagnostics` measures).
+is that sample's contribution (what :mod:`logtrick.diagnostics` measures). Each estimator class
+states what it assumes as metadata (``unbiased``, ``requires``, ``max_order``);
+:func:`estimator_table` renders them as one table.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -18,8 +21,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
-from logtrick.baselines import LeaveOneOut, resolve_baseline
-from logtrick.surrogate import check_finite, score_terms
+from logtrick.baselines import Baseline, resolve_baseline, score_terms
+from logtrick.checks import check_finite, check_positive_int
 
 __all__ = [
     "ESTIMATORS",
@@ -27,6 +30,7 @@ __all__ = [
     "Estimator",
     "Pathwise",
     "ScoreFunction",
+    "estimator_table",
     "evaluate_cost",
     "expectation",
     "joint_log_prob",
@@ -35,11 +39,26 @@ __all__ = [
 
 CostFn = Callable[[Tensor], Tensor]
 
+PATHWISE_CONDITION = "if f is continuous in x and differentiable almost everywhere along the path"
+"""When the pathwise estimator is unbiased: a step in f (``x + (x > 0)``) biases it."""
+
 
 class Estimator(Protocol):
-    """The estimator protocol: per-sample surrogate terms, ``(K,) + batch_shape``."""
+    """The estimator protocol: per-sample surrogate terms, ``(K,) + batch_shape``, and metadata.
+
+    An estimator may also define ``estimate(...)`` (same arguments), the mean of its terms over
+    the samples computed in one step; :func:`expectation` uses it when present.
+    """
 
     name: ClassVar[str]
+    """Its short name in :data:`ESTIMATORS`."""
+    unbiased: ClassVar[str]
+    """``"yes"`` (for every f that meets ``requires``), the condition on f, or ``"no"``."""
+    requires: ClassVar[str]
+    """What it needs: distribution families, ``rsample``, derivatives of f."""
+    max_order: ClassVar[float]
+    """The highest derivative order it estimates (``math.inf``: any, by repeated
+    differentiation; 1: a second derivative through it raises or is not unbiased)."""
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -56,9 +75,9 @@ def evaluate_cost(f: CostFn, x: Tensor, dist: Distribution, samples: int) -> Ten
     out = f(x)
     if not isinstance(out, Tensor):
         out = torch.as_tensor(out, dtype=torch.get_default_dtype())
-    batch = tuple(dist.batch_shape)
-    allowed = [(samples, *batch[:j]) for j in range(len(batch), -1, -1)]
-    if tuple(out.shape) not in allowed:
+    shape, batch = out.shape, dist.batch_shape
+    if not shape or shape[0] != samples or shape[1:] != batch[: len(shape) - 1]:
+        allowed = [(samples, *batch[:j]) for j in range(len(batch), -1, -1)]
         raise ValueError(
             f"f: expected f(x) of shape (samples,) + batch_shape = {allowed[0]} (or with trailing "
             f"batch dimensions reduced: {allowed[1:]}) for x of shape {tuple(x.shape)}, got "
@@ -68,35 +87,35 @@ def evaluate_cost(f: CostFn, x: Tensor, dist: Distribution, samples: int) -> Ten
     return out
 
 
-def checked_score_terms(
-    cost: Tensor, log_prob: Tensor, baseline: object, context: Tensor | None
-) -> Tensor:
-    """:func:`~logtrick.surrogate.surrogate` for a cost that :func:`evaluate_cost` already checked
-    (shape and finiteness) and its :func:`joint_log_prob`: the checks are not paid twice."""
-    if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
-        cost = cost.to(log_prob.dtype)
-    return score_terms(cost, log_prob, resolve_baseline(baseline), 0, context)
-
-
-def _log_prob_of_own_samples(dist: Distribution, x: Tensor) -> Tensor:
-    if not dist._validate_args:
-        return dist.log_prob(x)
-    dist._validate_args = False
-    try:
-        return dist.log_prob(x)
-    finally:
-        dist._validate_args = True
-
-
 def joint_log_prob(dist: Distribution, x: Tensor, cost: Tensor) -> Tensor:
     """``dist.log_prob(x)`` summed over the trailing batch dimensions that ``cost`` reduced.
 
     ``x`` was drawn from ``dist`` itself, so it lies in the support: the distribution's sample
     validation (a support check per call) is skipped as redundant.
     """
-    log_prob = _log_prob_of_own_samples(dist, x)
+    validate = dist._validate_args
+    dist._validate_args = False
+    try:
+        log_prob = dist.log_prob(x)
+    finally:
+        dist._validate_args = validate
     extra = log_prob.dim() - cost.dim()
     return log_prob.sum(tuple(range(-extra, 0))) if extra else log_prob
+
+
+def _score_function(
+    f: CostFn, dist: Distribution, x: Tensor, baseline: object, context: Tensor | None,
+    reduce: bool, cost: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """The score-function terms (their mean if ``reduce``) at samples ``x`` drawn without
+    gradient; ``cost`` if f was already evaluated there."""
+    if cost is None:
+        cost = evaluate_cost(f, x, dist, x.shape[0])
+    log_prob = joint_log_prob(dist, x, cost)
+    if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
+        cost = cost.to(log_prob.dtype)
+    bl = resolve_baseline(baseline)
+    return score_terms(cost, log_prob, bl, 0, context, reduce=reduce)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -108,27 +127,35 @@ class ScoreFunction:
 
     Requires: ``log_prob`` only. f may be a black box, non-differentiable, discrete. Unbiased for
     any baseline independent of the sample it multiplies; the variance grows with the magnitude of
-    ``f - b`` and the dimension.
+    ``f - b`` and the dimension. Derivatives of every order (DiCE's magic box).
 
     References: Williams (1992); Glynn (1990); Mohamed et al. (2020), section 4.
     """
 
     name: ClassVar[str] = "score_function"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "log_prob; f may be a black box"
+    max_order: ClassVar[float] = math.inf
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
-        with torch.no_grad():
-            x = dist.sample((samples,))
-        return self.terms_at(f, dist, x, baseline, context)
+        x = dist.sample((samples,))  # torch's sample() runs without gradient
+        return _score_function(f, dist, x.detach(), baseline, context, False)
+
+    def estimate(
+        self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
+    ) -> Tensor:
+        """``terms(...).mean(0)``, with the mean fused into the score term."""
+        x = dist.sample((samples,))
+        return _score_function(f, dist, x.detach() if x.requires_grad else x, baseline, context,
+                               True)  # fmt: skip
 
     def terms_at(
         self, f: CostFn, dist: Distribution, x: Tensor, baseline: object, context: Tensor | None
     ) -> Tensor:
         """The terms for given samples ``x`` (drawn without gradient)."""
-        cost = evaluate_cost(f, x, dist, x.shape[0])
-        return checked_score_terms(cost, joint_log_prob(dist, x, cost), baseline, context)
+        return _score_function(f, dist, x, baseline, context, False)
 
 
 @dataclass(frozen=True)
@@ -138,14 +165,19 @@ class Pathwise:
     .. math::  \nabla_\theta \mathbb{E}_p[f] \approx \frac1K \sum_k
                \nabla_x f(x)\big|_{x = g(\epsilon_k;\theta)}\, \nabla_\theta g(\epsilon_k;\theta)
 
-    Requires: ``dist.has_rsample`` and f differentiable in x. Unbiased; usually far lower variance
-    than the score function. The baseline is ignored (it would add nothing in expectation).
+    Requires: ``dist.has_rsample`` and f differentiable in x. Unbiased *if f is continuous in x
+    and differentiable almost everywhere along the path* (then the derivative and the expectation
+    commute); a jump in f (``x + (x > 0)``, ``round``) is invisible to autograd and biases it:
+    check your f with :func:`logtrick.diagnostics.check_pathwise`. Usually far lower variance than
+    the score function. It has no score term, so it refuses a baseline.
 
     References: Kingma & Welling (2014); Rezende et al. (2014); Mohamed et al. (2020), section 5.
     """
 
     name: ClassVar[str] = "pathwise"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = PATHWISE_CONDITION
+    requires: ClassVar[str] = "rsample; f differentiable in x"
+    max_order: ClassVar[float] = math.inf
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -155,7 +187,20 @@ class Pathwise:
                 f"Pathwise: {type(dist).__name__} has no rsample (not reparameterisable); use "
                 f"estimator='score_function' (lt.ScoreFunction()) instead"
             )
-        return evaluate_cost(f, dist.rsample((samples,)), dist, samples)
+        if resolve_baseline(baseline).active:
+            raise ValueError(
+                f"baseline: the pathwise estimator has no score term, so the baseline {baseline!r} "
+                f"would be ignored; pass baseline=None, or estimator='score_function' to use it"
+            )
+        x = dist.rsample((samples,))
+        cost = evaluate_cost(f, x, dist, samples)
+        if x.requires_grad and not cost.requires_grad:
+            raise ValueError(
+                "f: the pathwise estimator differentiates f(x) through x, but f(x) carries no "
+                "gradient (f detaches x, or leaves torch: numpy, .item(), round); use "
+                "estimator='score_function' for a black-box f"
+            )
+        return cost
 
 
 def _depends_on(out: Tensor, x: Tensor) -> bool:
@@ -177,11 +222,20 @@ def _depends_on(out: Tensor, x: Tensor) -> bool:
 @dataclass(frozen=True)
 class Auto:
     """Pathwise when ``dist`` has ``rsample`` and f(x) is connected to x in the autograd graph,
-    else the score function on the same samples. A piecewise-constant f (``round``, ``argmax``) is
-    connected yet has zero derivative: name ``"score_function"`` for it."""
+    else the score function on the same samples.
+
+    Connected is not enough for the pathwise estimator to be unbiased: f must be continuous in x
+    and differentiable almost everywhere along the path. A piecewise-constant f (``round``,
+    ``argmax``) is connected yet has zero derivative, and a step added to a smooth f
+    (``x + (x > 0)``) is connected yet biased: name ``"score_function"`` for such f, and check a
+    doubtful f with :func:`logtrick.diagnostics.check_pathwise`. A baseline is used only when the
+    score function is picked (a warning says when it goes unused).
+    """
 
     name: ClassVar[str] = "auto"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "as the estimator it picks: pathwise " + PATHWISE_CONDITION
+    requires: ClassVar[str] = "log_prob; rsample and f differentiable in x for pathwise"
+    max_order: ClassVar[float] = math.inf
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -191,10 +245,15 @@ class Auto:
         x = dist.rsample((samples,))
         cost = evaluate_cost(f, x, dist, samples)
         if _depends_on(cost, x):
+            if resolve_baseline(baseline).active:
+                warnings.warn(
+                    "baseline: estimator='auto' picked the pathwise estimator (f is "
+                    "differentiable in x), which has no score term: the baseline is unused",
+                    stacklevel=3,
+                )
             return cost
         # f(x) does not reach x: reuse it (f is called once) with the score-function terms
-        log_prob = joint_log_prob(dist, x.detach(), cost)
-        return checked_score_terms(cost, log_prob, baseline, context)
+        return _score_function(f, dist, x.detach(), baseline, context, False, cost)
 
 
 ESTIMATORS: dict[str, type] = {"score_function": ScoreFunction, "pathwise": Pathwise, "auto": Auto}
@@ -215,25 +274,48 @@ def resolve_estimator(spec: object) -> Estimator:
     return spec  # type: ignore[return-value]
 
 
-def _has_grad_params(obj: object, depth: int = 0) -> bool:
-    """Whether a tensor that requires grad is among the attributes of ``obj``, searching nested
+def estimator_table() -> str:
+    """The estimators by short name with what they assume, as a Markdown table (one row each,
+    from the ``unbiased``, ``requires`` and ``max_order`` metadata of the classes)."""
+    rows = ["| name | class | unbiased | requires | derivative orders |", "|---|---|---|---|---|"]
+    for name, cls in sorted(ESTIMATORS.items()):
+        order = getattr(cls, "max_order", 1)
+        orders = "any" if order == math.inf else ("first only" if order == 1 else f"up to {order}")
+        rows.append(f"| `{name}` | `{cls.__name__}` | {getattr(cls, 'unbiased', '?')} | "
+                    f"{getattr(cls, 'requires', '?')} | {orders} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def _tensors_of(obj: object, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Tensor]]:
+    """``(name, tensor)`` for the tensors among the attributes of ``obj``, searching nested
     distributions (``Independent.base_dist``) and transforms (``AffineTransform.loc``)."""
-    values = obj if isinstance(obj, (list, tuple)) else vars(obj).values()
-    for value in values:
-        if isinstance(value, Tensor) and value.requires_grad:
-            return True
-        nested = isinstance(value, (Distribution, Transform, list, tuple))
-        if nested and depth < 4 and _has_grad_params(value, depth + 1):
-            return True
-    return False
-
-
-def check_samples(samples: object) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
-        raise ValueError(
-            f"samples: expected a positive int (the number of draws K), got {samples!r}"
+    items = enumerate(obj) if isinstance(obj, (list, tuple)) else vars(obj).items()
+    for key, value in items:
+        name = (
+            f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}{'.' if prefix else ''}{key}"
         )
-    return samples
+        if isinstance(value, Tensor):
+            yield name, value
+        elif isinstance(value, (Distribution, Transform, list, tuple)) and depth < 4:
+            yield from _tensors_of(value, name, depth + 1)
+
+
+def _integer_parameters(dist: Distribution) -> list[str]:
+    return [f"{name} ({t.dtype})" for name, t in _tensors_of(dist)
+            if not (t.is_floating_point() or t.is_complex())]  # fmt: skip
+
+
+def _warn_no_gradient(dist: Distribution) -> None:
+    """The estimate carries no gradient: say why (no parameter requires grad, or an integer one)."""
+    if any(t.requires_grad for _, t in _tensors_of(dist)):
+        return
+    ints = _integer_parameters(dist)
+    why = f"; integer parameters cannot: {', '.join(ints)}" if ints else ""
+    warnings.warn(
+        f"dist: no parameter of this {type(dist).__name__} requires grad, so the estimate "
+        f"carries no gradient for it (fine if you only want the value){why}",
+        stacklevel=3,
+    )
 
 
 def expectation(
@@ -252,11 +334,13 @@ def expectation(
     Args:
         f: maps samples ``(K,) + batch_shape + event_shape`` to costs ``(K,) + batch_shape``; may
             be a black box, or a network whose own parameters get their ordinary gradient.
-        dist: any ``torch.distributions.Distribution`` (``log_prob`` for the score function,
-            ``rsample`` for the pathwise estimator).
+        dist: any ``torch.distributions.Distribution`` with floating-point parameters
+            (``log_prob`` for the score function, ``rsample`` for the pathwise estimator).
         samples: K > 0 draws.
-        estimator: ``"auto"``, ``"score_function"``, ``"pathwise"`` or an estimator object.
-        baseline: see :func:`logtrick.surrogate` (ignored by the pathwise estimator).
+        estimator: ``"auto"``, ``"score_function"``, ``"pathwise"``, another name in
+            :data:`ESTIMATORS` or an estimator object. ``"auto"`` picks pathwise when f is
+            differentiable in x, which is unbiased only if f is also continuous along the path.
+        baseline: see :func:`logtrick.surrogate` (refused by the pathwise estimator).
         context: input of a ``Learned`` baseline.
 
     Returns:
@@ -273,22 +357,31 @@ def expectation(
         >>> theta.grad.shape
         torch.Size([3])
     """
-    check_samples(samples)
+    check_positive_int("samples", samples, "the number of draws K")
     if not isinstance(dist, Distribution):
         raise TypeError(
             f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}"
         )
-    if torch.is_grad_enabled() and not _has_grad_params(dist):
-        warnings.warn(
-            f"dist: no parameter of this {type(dist).__name__} requires grad, so the estimate "
-            f"carries no gradient for it (fine if you only want the value)",
-            stacklevel=2,
-        )
     est = resolve_estimator(estimator)
-    baseline = resolve_baseline(baseline)  # bad names fail here, even where b goes unused
-    if isinstance(baseline, LeaveOneOut) and samples < 2:
+    bl: Baseline = resolve_baseline(baseline)  # bad names fail here, even where b goes unused
+    if samples < bl.min_samples:
         raise ValueError(
-            f"LeaveOneOut: needs at least 2 samples, got samples={samples}; use samples >= 2 "
-            f"or another baseline"
+            f"{type(bl).__name__}: needs at least {bl.min_samples} samples, got "
+            f"samples={samples}; use samples >= {bl.min_samples} or another baseline"
         )
-    return est.terms(f, dist, samples, baseline, context).mean(0)
+    estimate = getattr(est, "estimate", None)
+    try:
+        out = (estimate(f, dist, samples, bl, context) if estimate is not None
+               else est.terms(f, dist, samples, bl, context).mean(0))  # fmt: skip
+    except (NotImplementedError, RuntimeError) as err:  # e.g. sampling with integer parameters
+        ints = _integer_parameters(dist)
+        if ints:
+            raise TypeError(
+                f"dist: {type(dist).__name__} has integer parameters {', '.join(ints)}; "
+                f"distribution parameters must be floating point (e.g. torch.tensor(0.0) or "
+                f".float()) to be sampled and to carry gradients"
+            ) from err
+        raise
+    if not out.requires_grad and torch.is_grad_enabled():
+        _warn_no_gradient(dist)
+    return out

@@ -8,7 +8,8 @@ a signed difference of two densities (a weak derivative),
 
 and ``DeltaMethod`` uses the second-order Taylor expansion of f around the mean, whose
 expectation and gradient are known in closed form, as a control variate for the score function.
-Both handle ``Normal(loc, scale)`` (any batch shape) and ``Independent(Normal, r)``; f may
+Both handle ``Normal(loc, scale)`` (any batch shape) and ``Independent(Normal, r)`` (nested
+too); f may
 reduce trailing batch dimensions, which then form one joint sample.
 """
 
@@ -20,16 +21,18 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Normal
 
+from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
+from logtrick.relaxations import unwrap_independent
 
 __all__ = ["DeltaMethod", "MeasureValued"]
 
 
 def _normal(dist: Distribution, who: str) -> tuple[Normal, Tensor, Tensor]:
     """The ``Normal`` inside ``dist`` and its loc, scale broadcast to its batch shape."""
-    base = dist.base_dist if isinstance(dist, Independent) else dist
+    base, _ = unwrap_independent(dist)
     if type(base) is not Normal:
         raise TypeError(
             f"dist: {who} needs a Normal or Independent(Normal), got {type(dist).__name__}; use "
@@ -100,7 +103,9 @@ class MeasureValued:
     coupling: bool = True
 
     name: ClassVar[str] = "measure_valued"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Normal or Independent(Normal); f may be a black box"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -111,7 +116,7 @@ class MeasureValued:
         cost = evaluate_cost(f, x, dist, samples)
         reduced = len(base.batch_shape) - (cost.dim() - 1)
         grads = self._weak_derivatives(f, x, mu.detach(), sigma.detach(), reduced, dist)
-        return _chain(cost, grads, [mu, sigma])
+        return first_order_only(_chain(cost, grads, [mu, sigma]), "MeasureValued")
 
     def _weak_derivatives(
         self, f: CostFn, x: Tensor, mu: Tensor, sigma: Tensor, reduced: int, dist: Distribution
@@ -199,7 +204,9 @@ class DeltaMethod:
     coefficient: str | float = "optimal"
 
     name: ClassVar[str] = "delta_method"
-    unbiased: ClassVar[bool] = True
+    unbiased: ClassVar[str] = "yes"
+    requires: ClassVar[str] = "Normal or Independent(Normal); f twice differentiable at the mean"
+    max_order: ClassVar[float] = 1
 
     def __post_init__(self) -> None:
         if self.coefficient != "optimal" and not isinstance(self.coefficient, (int, float)):
@@ -226,7 +233,7 @@ class DeltaMethod:
         scores = [delta / s**2, (delta**2 - s**2) / s**3]
         expect = [grad, s * hess.diagonal(0, -2, -1).reshape(m.shape)]
         grads = [self._controlled(c_b * sc, h_b * sc - e) for sc, e in zip(scores, expect)]
-        return _chain(cost, grads, [mu, sigma])
+        return first_order_only(_chain(cost, grads, [mu, sigma]), "DeltaMethod")
 
     def _controlled(self, a_term: Tensor, b_term: Tensor) -> Tensor:
         """``A_k - a^{(-k)} B_k`` per sample, ``a^{(-k)} = sum_{j!=k} A_j B_j / sum_{j!=k} B_j^2``

@@ -16,6 +16,12 @@ Conventions: for ``Bernoulli`` f receives ``(K,) + batch_shape`` tensors of 0/1 
 in (0, 1)); for ``Categorical`` and ``OneHotCategorical`` f receives **one-hot vectors**
 ``(K,) + batch_shape + (n,)`` (relaxed: points of the simplex), also for ``Categorical``, since an
 index cannot be relaxed. Both estimators need f differentiable in its input.
+
+``Independent(Bernoulli(logits), r)`` (torch's vector form; nested ``Independent`` too) and
+``Independent(Categorical(...), r)`` are unwrapped by :func:`unwrap_independent`: the samples are
+those of the distribution inside, and f maps them to ``(K,) + dist.batch_shape[:j]``, the
+*outer* batch shape (the reinterpreted dimensions are reduced by f). A masked category (logit
+−inf) is never sampled and gets gradient 0.
 """
 
 from __future__ import annotations
@@ -27,28 +33,65 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 
+from logtrick.checks import check_positive
 from logtrick.estimators import CostFn, evaluate_cost
 
 __all__ = [
     "GumbelSoftmax",
     "StraightThrough",
+    "discrete_base",
     "hard_sample",
     "perturbed_logits",
     "relax_sample",
+    "unwrap_independent",
 ]
 
 
-def relaxation_kind(dist: Distribution, who: str) -> str:
-    """``"bernoulli"`` or ``"categorical"`` (one-hot inputs to f), else a ``TypeError``."""
-    if isinstance(dist, Bernoulli):
-        return "bernoulli"
-    if isinstance(dist, (Categorical, OneHotCategorical)):
-        return "categorical"
+KINDS: dict[str, tuple[type, ...]] = {
+    "bernoulli": (Bernoulli,),
+    "categorical": (Categorical, OneHotCategorical),
+}
+
+
+def unwrap_independent(dist: Distribution) -> tuple[Distribution, int]:
+    r"""The distribution inside any nesting of ``Independent``, and how many of its trailing batch
+    dimensions the ``Independent`` wrappers reinterpreted as event dimensions in all.
+
+    ``Independent(base, r)`` samples exactly like ``base``; only its shapes differ: batch shape
+    ``base.batch_shape[:-r]``, and ``log_prob`` summed over the last r batch dimensions. An
+    estimator that works per component of ``base`` (a Bernoulli logit, a Gaussian loc) draws from
+    ``base`` and treats the reinterpreted dimensions like batch dimensions that f reduces: f's
+    output follows the *outer* batch shape, ``(K,) + dist.batch_shape[:j]``.
+
+    Returns:
+        ``(base, r)`` with ``r`` the sum of the ``reinterpreted_batch_ndims`` (0 for a
+        distribution that is not an ``Independent``).
+    """
+    reinterpreted = 0
+    while isinstance(dist, Independent):
+        reinterpreted += dist.reinterpreted_batch_ndims
+        dist = dist.base_dist
+    return dist, reinterpreted
+
+
+def discrete_base(
+    dist: Distribution, who: str, kinds: tuple[str, ...] = ("bernoulli", "categorical")
+) -> tuple[Distribution, str]:
+    """The Bernoulli or categorical distribution inside ``dist`` (unwrapping ``Independent``) and
+    its kind, ``"bernoulli"`` or ``"categorical"`` (f takes one-hot vectors); else a ``TypeError``
+    naming the estimator ``who`` and the supported families."""
+    base, _ = unwrap_independent(dist)
+    for kind in kinds:
+        if isinstance(base, KINDS[kind]):
+            return base, kind
+    names = [cls.__name__ for kind in kinds for cls in KINDS[kind]]
+    wanted = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    got = type(dist).__name__ if base is dist else f"{type(dist).__name__}({type(base).__name__})"
     raise TypeError(
-        f"dist: {who} needs a Bernoulli, Categorical or OneHotCategorical, got "
-        f"{type(dist).__name__}; use estimator='score_function' for other distributions"
+        f"dist: {who} needs a {wanted} (optionally inside Independent), got {got}; use "
+        f"estimator='score_function' for other distributions"
     )
 
 
@@ -68,18 +111,25 @@ def perturbed_logits(dist: Distribution, samples: int) -> Tensor:
         ``(K,) + batch_shape`` (Bernoulli) or ``(K,) + batch_shape + (n,)`` (categorical),
         differentiable in the distribution's logits.
     """
-    theta = dist.logits
+    base, kind = discrete_base(dist, "perturbed_logits")
+    theta = base.logits
     u = open_uniform((samples, *theta.shape), theta)
-    if relaxation_kind(dist, "perturbed_logits") == "bernoulli":
+    if kind == "bernoulli":
         return theta + u.log() - (-u).log1p()
     return theta - (-u.log()).log()
 
 
 def relax_sample(z: Tensor, kind: str, temperature: Tensor | float) -> Tensor:
-    r"""The relaxed sample :math:`\sigma_\lambda(z)`: ``sigmoid(z / λ)`` or ``softmax(z / λ)``."""
+    r"""The relaxed sample :math:`\sigma_\lambda(z)`: ``sigmoid(z / λ)`` or ``softmax(z / λ)``.
+
+    An infinite z (a masked category's logit, −inf) stays infinite and passes no gradient, also
+    to a learnable temperature (``z / λ`` alone would give ``0 · ∞ = NaN`` there).
+    """
+    inf = z.isinf()
+    scaled = torch.where(inf, z, z.masked_fill(inf, 0.0) / temperature)
     if kind == "bernoulli":
-        return torch.sigmoid(z / temperature)
-    return torch.softmax(z / temperature, dim=-1)
+        return torch.sigmoid(scaled)
+    return torch.softmax(scaled, dim=-1)
 
 
 def hard_sample(z: Tensor, kind: str) -> Tensor:
@@ -87,13 +137,6 @@ def hard_sample(z: Tensor, kind: str) -> Tensor:
     if kind == "bernoulli":
         return (z > 0).to(z.dtype)
     return F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)
-
-
-def check_temperature(temperature: float) -> None:
-    """Raise ``ValueError`` unless ``temperature`` is a positive finite number."""
-    ok = isinstance(temperature, (int, float)) and math.isfinite(temperature)
-    if not (ok and temperature > 0):
-        raise ValueError(f"temperature: expected a positive finite float, got {temperature!r}")
 
 
 @dataclass(frozen=True)
@@ -111,9 +154,10 @@ class GumbelSoftmax:
     evaluated at the discrete sample :math:`H(z)` and differentiated as if at
     :math:`\sigma_\tau(z)`.
 
-    Requires: ``Bernoulli`` (binary Concrete), ``Categorical`` or ``OneHotCategorical``; f
-    differentiable in its input and defined on relaxed values (see the module docstring for
-    shapes: categorical f always takes one-hot vectors). The baseline is ignored.
+    Requires: ``Bernoulli`` (binary Concrete), ``Categorical`` or ``OneHotCategorical``,
+    optionally inside ``Independent``; f differentiable in its input and defined on relaxed
+    values (see the module docstring for shapes: categorical f always takes one-hot vectors).
+    The baseline is ignored.
 
     Value: the mean of f at the relaxed samples (``hard=False``) or exactly the mean of f at the
     discrete samples (``hard=True``).
@@ -131,15 +175,17 @@ class GumbelSoftmax:
     hard: bool = False
 
     name: ClassVar[str] = "gumbel_softmax"
-    unbiased: ClassVar[bool] = False
+    unbiased: ClassVar[str] = "no (exact for the relaxed objective only)"
+    requires: ClassVar[str] = "Bernoulli or categorical; f differentiable on relaxed inputs"
+    max_order: ClassVar[float] = math.inf
 
     def __post_init__(self) -> None:
-        check_temperature(self.temperature)
+        check_positive("temperature", self.temperature)
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
-        kind = relaxation_kind(dist, "GumbelSoftmax")
+        _, kind = discrete_base(dist, "GumbelSoftmax")
         z = perturbed_logits(dist, samples)
         y = relax_sample(z, kind, self.temperature)
         if self.hard:
@@ -161,9 +207,9 @@ class StraightThrough:
     straight-through *Gumbel* variant is ``GumbelSoftmax(hard=True)``. Biased unless f is affine
     in each Bernoulli component separately (multilinear) or linear in the one-hot vector.
 
-    Requires: ``Bernoulli``, ``Categorical`` or ``OneHotCategorical``; f differentiable in its
-    input (categorical f takes one-hot vectors). The baseline is ignored. Value: exactly the mean
-    of f at the discrete samples.
+    Requires: ``Bernoulli``, ``Categorical`` or ``OneHotCategorical``, optionally inside
+    ``Independent``; f differentiable in its input (categorical f takes one-hot vectors). The
+    baseline is ignored. Value: exactly the mean of f at the discrete samples.
 
     References:
         Bengio, Léonard & Courville (2013), Estimating or Propagating Gradients Through Stochastic
@@ -171,18 +217,20 @@ class StraightThrough:
     """
 
     name: ClassVar[str] = "straight_through"
-    unbiased: ClassVar[bool] = False
+    unbiased: ClassVar[str] = "no (unless f is multilinear in the Bernoulli components)"
+    requires: ClassVar[str] = "Bernoulli or categorical; f differentiable in its input"
+    max_order: ClassVar[float] = 1
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
-        kind = relaxation_kind(dist, "StraightThrough")
+        base, kind = discrete_base(dist, "StraightThrough")
         with torch.no_grad():
-            x = dist.sample((samples,))
+            x = base.sample((samples,))
         if kind == "bernoulli":
-            p = dist.probs
+            p = base.probs
         else:
-            p = torch.softmax(dist.logits, -1)
-            if isinstance(dist, Categorical):
+            p = torch.softmax(base.logits, -1)
+            if isinstance(base, Categorical):
                 x = F.one_hot(x, p.shape[-1]).to(p.dtype)
         return evaluate_cost(f, x + (p - p.detach()), dist, samples)

@@ -5,22 +5,38 @@ For a distribution :math:`p(x;\theta)` the *score* is
 .. math::  s(x;\theta) = \nabla_\theta \log p(x;\theta),
 
 with :math:`\mathbb{E}_p[s] = 0` and :math:`\operatorname{Cov}_p[s] = F(\theta)`, the Fisher
-information. Both are computed per sample with ``torch.func`` (``vmap`` over ``grad``): no Python
-loop over samples.
+information, wherever the support does not depend on :math:`\theta`. Both are computed per sample
+with ``torch.func`` (``vmap`` over ``grad``): no Python loop over samples. A ``log_prob`` that
+``vmap`` cannot run (``Geometric`` and ``Multinomial`` index with a boolean mask in place) gets
+the same result from one backward pass through a copy of the parameters per sample, or, where
+``dist_fn`` cannot take such copies, from a loop of ``torch.autograd.grad`` over the samples.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from logtrick.checks import (
+    check_finite,
+    check_in_support,
+    check_log_prob_differentiable,
+    check_param_list,
+    check_positive_int,
+    check_tensor,
+)
+
 __all__ = ["fisher", "flatten_scores", "score"]
 
 DistFn = Callable[[list[Tensor]], Distribution]
+
+# rl/natural_gradient.py imports this name; it is checks.check_param_list for "params"
+_check_params = functools.partial(check_param_list, "params")
 
 
 @contextlib.contextmanager
@@ -34,16 +50,62 @@ def _no_validation() -> Iterator[None]:
         Distribution.set_default_validate_args(previous)
 
 
-def _check_params(params: Sequence[Tensor]) -> list[Tensor]:
-    if isinstance(params, Tensor):
-        raise TypeError("params: expected a list of tensors, got a single Tensor; wrap it: [theta]")
-    params = list(params)
-    for i, p in enumerate(params):
-        if not isinstance(p, Tensor):
-            raise TypeError(f"params[{i}]: expected a Tensor, got {type(p).__name__}")
-        if not p.is_floating_point():
-            raise TypeError(f"params[{i}]: expected a floating-point tensor, got dtype {p.dtype}")
-    return params
+def _looped_grads(dist_fn: DistFn, params: list[Tensor], flat: Tensor) -> list[Tensor]:
+    """Per-sample gradients by a loop of ``torch.autograd.grad``, one backward pass per sample:
+    slow, but needs nothing of ``log_prob`` beyond autograd (the reference and last resort)."""
+    ps = [p.clone().requires_grad_(True) for p in params]
+    with torch.enable_grad():
+        dist = dist_fn(ps)
+        rows = [torch.autograd.grad(dist.log_prob(xi).sum(), ps, retain_graph=True) for xi in flat]
+    return [torch.stack([row[j] for row in rows]) for j in range(len(ps))]
+
+
+def _copied_params_grads(
+    dist_fn: DistFn, params: list[Tensor], flat: Tensor
+) -> list[Tensor] | None:
+    r"""Per-sample gradients from one backward pass: sample i gets its own copy
+    :math:`\theta_i = \theta + 0` of the parameters (expanded to ``(N,) + θ.shape``), so that
+    :math:`\partial_{\theta_i} \sum_j \log p(x_j;\theta_j) = s(x_i)`.
+
+    Needs ``dist_fn`` to treat a leading parameter dimension as a batch dimension; ``None`` where
+    it does not (an error, or log-probabilities, or the first and last samples' gradients, that
+    differ from the plain evaluation).
+    """
+    n = flat.shape[0]
+    copies = [
+        torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device, requires_grad=True)
+        for p in params
+    ]
+    with torch.enable_grad():
+        try:
+            log_prob = dist_fn([p + c for p, c in zip(params, copies)]).log_prob(flat)
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            return None
+        reference = dist_fn(params).log_prob(flat)
+        if log_prob.shape != reference.shape or not torch.allclose(log_prob, reference):
+            return None
+        grads = torch.autograd.grad(log_prob.sum(), copies)
+    ends = _looped_grads(dist_fn, params, flat[[0, -1]])
+    return list(grads) if all(torch.allclose(g[[0, -1]], e) for g, e in zip(grads, ends)) else None
+
+
+def _per_sample_grads(dist_fn: DistFn, params: list[Tensor], flat: Tensor) -> list[Tensor]:
+    """Gradients of ``log_prob(flat[i]).sum()`` in ``params``, one row per sample: ``vmap`` over
+    ``grad`` where ``log_prob`` allows it, else one copy of the parameters per sample, else a
+    loop over the samples."""
+
+    def log_prob(ps: list[Tensor], xi: Tensor) -> Tensor:
+        return dist_fn(ps).log_prob(xi).sum()
+
+    with _no_validation():
+        check_log_prob_differentiable(dist_fn, params, flat[0])
+        try:
+            with torch.enable_grad():
+                vmapped = torch.func.vmap(torch.func.grad(log_prob), in_dims=(None, 0))
+                return list(vmapped(params, flat))
+        except RuntimeError:  # e.g. in-place indexing with a boolean mask (Geometric, Multinomial)
+            grads = _copied_params_grads(dist_fn, params, flat)
+            return grads if grads is not None else _looped_grads(dist_fn, params, flat)
 
 
 def score(dist_fn: DistFn, params: Sequence[Tensor], x: Tensor) -> list[Tensor]:
@@ -55,13 +117,22 @@ def score(dist_fn: DistFn, params: Sequence[Tensor], x: Tensor) -> list[Tensor]:
     log-density of one sample is summed over the batch dimensions (independent components), so
     each returned tensor has shape ``sample_shape + param.shape``.
 
+    Works for every torch.distributions family whose ``log_prob`` is differentiable in the
+    parameters: through ``vmap`` when ``log_prob`` allows it, else through per-sample copies
+    of the parameters (``Geometric``, ``Multinomial``), else through a loop over the samples
+    (slow; same values). :math:`\mathbb{E}[s] = 0`
+    needs a support independent of :math:`\theta`: not so for ``Uniform``'s bounds or
+    ``Pareto``'s scale, whose score is still the derivative of ``log_prob``.
+
     Args:
         dist_fn: maps the list ``params`` to a ``torch.distributions.Distribution``.
-        params: parameter tensors (need not require grad).
-        x: samples, shape ``sample_shape + batch_shape + event_shape``.
+        params: parameter tensors (need not require grad); each must enter ``log_prob``
+            differentiably (a ``ValueError`` names one that does not).
+        x: samples in the support, shape ``sample_shape + batch_shape + event_shape``.
 
     Returns:
-        One tensor per parameter, shape ``sample_shape + param.shape``.
+        One tensor per parameter, shape ``sample_shape + param.shape``; finite (a ``ValueError``
+        otherwise, e.g. at a boundary of the support where the density is 0 or infinite).
 
     Example:
         >>> import torch, logtrick as lt
@@ -71,7 +142,8 @@ def score(dist_fn: DistFn, params: Sequence[Tensor], x: Tensor) -> list[Tensor]:
         >>> s
         tensor([ 1., -2.])
     """
-    params = [p.detach() for p in _check_params(params)]
+    params = [p.detach() for p in check_param_list("params", params)]
+    x = check_tensor("x", x)
     with torch.no_grad():
         dist = dist_fn(params)
     if not isinstance(dist, Distribution):
@@ -83,14 +155,12 @@ def score(dist_fn: DistFn, params: Sequence[Tensor], x: Tensor) -> list[Tensor]:
             f"x: expected shape sample_shape + {expected} (batch_shape + event_shape), "
             f"got {tuple(x.shape)}"
         )
+    check_in_support("x", x, dist)
     sample_shape = x.shape[: x.dim() - tail]
     flat = x.reshape((-1, *expected))
-
-    def log_prob(ps: list[Tensor], xi: Tensor) -> Tensor:
-        return dist_fn(ps).log_prob(xi).sum()
-
-    with _no_validation(), torch.enable_grad():
-        grads = torch.func.vmap(torch.func.grad(log_prob), in_dims=(None, 0))(params, flat)
+    grads = _per_sample_grads(dist_fn, params, flat)
+    for i, g in enumerate(grads):
+        check_finite(f"score of params[{i}]", g)
     return [g.reshape(sample_shape + p.shape) for g, p in zip(grads, params)]
 
 
@@ -120,15 +190,20 @@ def fisher(
         dist_fn: maps the list ``params`` to a distribution.
         params: parameter tensors; the result is over their elements, flattened and concatenated
             in order.
-        samples: number of draws N (> 0). Seed with ``torch.manual_seed`` for reproducibility.
+        samples: number of draws N (> 0; >= 2 with ``centered``). Seed with
+            ``torch.manual_seed`` for reproducibility.
         centered: use the sample covariance instead of the second moment.
 
     Returns:
         ``(P, P)`` with ``P = sum(p.numel() for p in params)``.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
-        raise ValueError(f"samples: expected a positive int, got {samples!r}")
-    params = _check_params(params)
+    check_positive_int("samples", samples, "the number of draws N")
+    if centered and samples < 2:
+        raise ValueError(
+            f"samples: centered=True needs at least 2 draws (the sample covariance divides by "
+            f"N - 1), got samples={samples}"
+        )
+    params = check_param_list("params", params)
     with torch.no_grad():
         x = dist_fn([p.detach() for p in params]).sample((samples,))
     s = flatten_scores(score(dist_fn, params, x))

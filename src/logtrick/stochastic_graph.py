@@ -35,8 +35,9 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from logtrick.baselines import Learned, OptimalScale, resolve_baseline
-from logtrick.surrogate import check_finite, magic_box
+from logtrick.baselines import resolve_baseline, score_terms
+from logtrick.checks import check_broadcasts_to, check_finite, check_nonnegative_int
+from logtrick.dice import magic_box
 
 __all__ = ["chain_dependencies", "dice_surrogate"]
 
@@ -56,8 +57,7 @@ def chain_dependencies(num_costs: int) -> list[list[int]]:
     Returns:
         ``depends_on`` for :func:`dice_surrogate`.
     """
-    if isinstance(num_costs, bool) or not isinstance(num_costs, int) or num_costs < 0:
-        raise ValueError(f"num_costs: expected a non-negative int, got {num_costs!r}")
+    check_nonnegative_int("num_costs", num_costs)
     return [list(range(t + 1)) for t in range(num_costs)]
 
 
@@ -117,26 +117,18 @@ def _dependencies(
     return out
 
 
-def _check_shapes(costs: Mapping[Hashable, Tensor], nodes: Mapping[Hashable, Tensor]) -> None:
-    """Costs share one shape; every log-probability broadcasts to it without enlarging it."""
+def _common_shape(costs: Mapping[Hashable, Tensor], nodes: Mapping[Hashable, Tensor]) -> torch.Size:
+    """The costs' one shape; every log-probability broadcasts to it without enlarging it."""
     shapes = {tuple(c.shape) for c in costs.values()}
     if len(shapes) > 1:
         raise ValueError(
             f"costs: expected one shape for all costs, e.g. (K,) or (K, B), got "
             f"{ {k: tuple(c.shape) for k, c in costs.items()} }"
         )
-    shape = shapes.pop() if shapes else ()
-    for key, lp in nodes.items():
-        try:
-            ok = torch.broadcast_shapes(lp.shape, shape) == shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"log_probs[{key!r}]: shape {tuple(lp.shape)} does not broadcast to the costs' "
-                f"shape {shape}; give one log-probability per sample (summed over its event "
-                f"dimensions), with size-1 dimensions where the sample is shared"
-            )
+    shape = torch.Size(shapes.pop() if shapes else ())
+    for key, lp in nodes.items():  # one log-probability per sample, size 1 where it is shared
+        check_broadcasts_to(f"log_probs[{key!r}]", lp, shape, "the costs' shape")
+    return shape
 
 
 def _baseline_terms(
@@ -148,7 +140,7 @@ def _baseline_terms(
     context: Tensor | None,
 ) -> list[Tensor]:
     r"""The terms :math:`(1 - \boxdot(\log p_i))\, b_i`, value 0, one per node with a baseline;
-    :math:`b_i` is computed from the sum of the costs downstream of node i."""
+    :math:`b_i` is computed from the sum of the costs downstream of node i (detached)."""
     specs = _as_dict("baselines", baselines)
     unknown = [i for i in specs if i not in nodes]
     if unknown:
@@ -156,19 +148,14 @@ def _baseline_terms(
     out = []
     for node, spec in specs.items():
         baseline = resolve_baseline(spec)
-        if isinstance(baseline, OptimalScale):
-            raise TypeError(f"baselines[{node!r}]: OptimalScale is not supported here")
         downstream = [costs[j].detach() for j, up in deps.items() if node in up]
         if not downstream:
             continue  # no cost downstream: the node's score multiplies nothing
         total = torch.stack(downstream).sum(0)
-        b = baseline(total, sample_dim, context)
-        check_finite(f"baselines[{node!r}]", b.detach())
-        box = magic_box(nodes[node])
-        out.append((1.0 - box) * b.detach())
-        if isinstance(baseline, Learned) and baseline.fold_loss:
-            sq = 0.5 * (b - total).pow(2)
-            out.append(sq - sq.detach())
+        part = score_terms(total, nodes[node], baseline, sample_dim, context, with_cost=False,
+                           name=f"baselines[{node!r}]")  # fmt: skip
+        if part is not None:
+            out.append(part)
     return out
 
 
@@ -242,8 +229,7 @@ def dice_surrogate(
     costs_ = _tensors("costs", costs)
     nodes = _tensors("log_probs", log_probs)
     deps = _dependencies(depends_on, costs_, nodes)
-    _check_shapes(costs_, nodes)
-    shape = next(iter(costs_.values())).shape if costs_ else torch.Size()
+    shape = _common_shape(costs_, nodes)
     if len(shape) and not -len(shape) <= sample_dim < len(shape):
         raise ValueError(f"sample_dim: {sample_dim} is out of range for costs of shape {shape}")
     dtype = next(iter(nodes.values())).dtype if nodes else torch.get_default_dtype()

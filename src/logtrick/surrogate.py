@@ -9,7 +9,10 @@ Built with the magic box of DiCE (Foerster et al., 2018),
            \nabla_\theta L = (c - b)\,\nabla_\theta \log p + \nabla_\theta c .
 
 Because the magic box differentiates to itself, repeated differentiation also gives unbiased
-estimates of higher derivatives of :math:`\mathbb{E}[c]` (for the ``b = 0`` part).
+estimates of higher derivatives of :math:`\mathbb{E}[c]` (``b`` enters as a constant, so it
+changes no expectation). The construction is one fused autograd node
+(:class:`logtrick.dice.ScoreTerm`); the baseline is applied by
+:func:`logtrick.baselines.score_terms`, the one path every estimator shares.
 """
 
 from __future__ import annotations
@@ -17,32 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from logtrick.baselines import Learned, NoBaseline, OptimalScale, resolve_baseline
+from logtrick.baselines import resolve_baseline, score_terms
+from logtrick.checks import check_finite
+from logtrick.dice import magic_box
 
-__all__ = ["check_finite", "clipped_surrogate", "magic_box", "score_terms", "surrogate"]
-
-
-def magic_box(log_prob: Tensor) -> Tensor:
-    r""":math:`\exp(\ell - \bot(\ell))`: value exactly 1, gradient :math:`\nabla \ell`."""
-    return (log_prob - log_prob.detach()).exp()
-
-
-def check_finite(name: str, x: Tensor) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or inf.
-
-    Fast path: NaN and inf propagate through a sum, so one reduction clears the common case;
-    only a non-finite sum (a bad entry, or an overflow of finite ones) pays for the exact scan.
-    """
-    x = x.detach()
-    if bool(torch.isfinite(x.sum())):
-        return
-    bad = ~x.isfinite()
-    if bad.any():
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{name}: {int(bad.sum())} of {x.numel()} entries are NaN or inf "
-            f"(first at index {idx}, shape {tuple(x.shape)}); costs and rewards must be finite"
-        )
+__all__ = ["check_finite", "clipped_surrogate", "magic_box", "surrogate"]
 
 
 def surrogate(
@@ -60,14 +42,16 @@ def surrogate(
     Requires: ``log_prob`` differentiable in the parameters; the samples themselves are not
     differentiated (draw them with ``sample()``). ``cost`` may carry its own gradient (a network
     that scores the sample gets its ordinary gradient). Unbiased for any baseline independent of
-    the sample it multiplies.
+    the sample it multiplies; ``b`` enters as a constant (a tensor of critic values gets no
+    gradient from here: train the critic with its own loss). Higher derivatives are DiCE's.
 
     Args:
         cost: ``(..., K, ...)`` cost of each sample, e.g. ``(K, B)``.
         log_prob: log-probability of each sample, the same shape as ``cost``.
-        baseline: ``None``, a number, a tensor, a short name (``"moving_average"``,
-            ``"leave_one_out"``) or a baseline object (``lt.MovingAverage()``,
-            ``lt.Learned(net)``, ``lt.OptimalScale(params)``).
+        baseline: ``None``, a number, a tensor that broadcasts to ``cost`` without enlarging it
+            (e.g. critic values ``(K, B)`` or ``(B,)``), a short name (``"moving_average"``,
+            ``"leave_one_out"``), a function ``(cost, sample_dim, context) -> b`` or a baseline
+            object (``lt.MovingAverage()``, ``lt.Learned(net)``, ``lt.OptimalScale(params)``).
         sample_dim: the dimension that indexes the samples (used by leave-one-out and moving
             averages).
         context: input of a ``Learned`` baseline.
@@ -94,24 +78,8 @@ def surrogate(
     if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
         cost = cost.to(log_prob.dtype)
     check_finite("cost", cost)
-    return score_terms(cost, log_prob, resolve_baseline(baseline), sample_dim, context)
-
-
-def score_terms(
-    cost: Tensor, log_prob: Tensor, baseline: object, sample_dim: int, context: Tensor | None
-) -> Tensor:
-    """The body of :func:`surrogate` for checked inputs and a resolved baseline object."""
-    if isinstance(baseline, OptimalScale):
-        return cost + baseline.terms(cost, log_prob)
-    box = magic_box(log_prob)
-    if isinstance(baseline, NoBaseline):
-        return cost * box
-    b = baseline(cost, sample_dim, context)
-    out = cost * box + (1.0 - box) * b.detach()
-    if isinstance(baseline, Learned) and baseline.fold_loss:
-        sq = 0.5 * (b - cost.detach()).pow(2)
-        out = out + (sq - sq.detach())
-    return out
+    out = score_terms(cost, log_prob, resolve_baseline(baseline), sample_dim, context)
+    return out  # type: ignore[return-value]
 
 
 def clipped_surrogate(

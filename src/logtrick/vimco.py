@@ -19,25 +19,10 @@ import math
 import torch
 from torch import Tensor
 
-from logtrick.surrogate import check_finite, magic_box
+from logtrick.checks import check_finite, check_same_shape, check_sample_dim
+from logtrick.surrogate import magic_box
 
 __all__ = ["vimco_signals", "vimco_surrogate"]
-
-
-def _check(log_weights: Tensor, log_q: Tensor | None = None) -> None:
-    if not isinstance(log_weights, Tensor):
-        raise TypeError(f"log_weights: expected a Tensor, got {type(log_weights).__name__}")
-    if log_weights.dim() == 0 or log_weights.shape[0] < 2:
-        raise ValueError(
-            f"log_weights: expected shape (K, ...) with K >= 2 samples along dim 0, got "
-            f"{tuple(log_weights.shape)}"
-        )
-    if log_q is not None and log_q.shape != log_weights.shape:
-        raise ValueError(
-            f"log_q: expected the shape of log_weights {tuple(log_weights.shape)} (one "
-            f"log q(h_k) per sample), got {tuple(log_q.shape)}"
-        )
-    check_finite("log_weights", log_weights)
 
 
 def vimco_signals(log_weights: Tensor) -> Tensor:
@@ -55,7 +40,8 @@ def vimco_signals(log_weights: Tensor) -> Tensor:
     References:
         Mnih & Rezende (2016), Variational Inference for Monte Carlo Objectives, eq. (10).
     """
-    _check(log_weights)
+    check_sample_dim("log_weights", log_weights, 2)
+    check_finite("log_weights", log_weights)
     lw = log_weights.detach()
     k = lw.shape[0]
     others_mean = (lw.sum(0, keepdim=True) - lw) / (k - 1)  # (K, ...)
@@ -93,9 +79,10 @@ def vimco_surrogate(log_weights: Tensor, log_q: Tensor) -> tuple[Tensor, Tensor]
         Mnih & Rezende (2016), Variational Inference for Monte Carlo Objectives; Burda, Grosse &
         Salakhutdinov (2016), Importance Weighted Autoencoders.
     """
-    _check(log_weights, log_q)
+    signals = vimco_signals(log_weights)  # checks log_weights: (K, ...), K >= 2, finite
+    check_same_shape("log_q", log_q, "log_weights", log_weights, "one log q(h_k) per sample")
+    check_finite("log_q", log_q)
     k = log_weights.shape[0]
     bound = torch.logsumexp(log_weights, 0) - math.log(k)
-    signals = vimco_signals(log_weights)
     surrogate = bound + (signals * (magic_box(log_q) - 1.0)).sum(0)
     return bound.detach(), surrogate

@@ -108,3 +108,18 @@ def test_default_algorithm_per_env() -> None:
     assert rl.preset("CartPole-v1").num_steps == rl.PRESETS["CartPole-v1"]["npg"]["num_steps"]
     assert rl.preset("Acrobot-v1").algo == "ppo"
     assert rl.preset("CartPole-v0").algo == "ppo"
+
+
+def test_a_smaller_rollout_keeps_the_minibatch_size() -> None:
+    """Shrinking the rollout of a preset or of the defaults (``--envs 2 --steps 8``) scales the
+    number of minibatches with it, so the config stays valid; an explicit count is kept."""
+    base = rl.preset("InvertedPendulum-v5", "ppo")
+    size = base.num_envs * base.num_steps // base.num_minibatches
+    small = rl.preset("InvertedPendulum-v5", "ppo", num_envs=2, num_steps=8)
+    assert small.num_minibatches == max(1, round(16 / size))
+    assert rl.preset("InvertedPendulum-v5", "ppo", num_steps=512).num_minibatches == 2 * (
+        base.num_minibatches
+    )
+    assert (
+        rl.preset("InvertedPendulum-v5", "ppo", num_steps=8, num_minibatches=4).num_minibatches == 4
+    )

@@ -175,16 +175,16 @@ def _inputs() -> dict:
     ("name", "bad", "error", "match"),
     [
         ("rewards", torch.tensor([[math.nan, 0.0]] * 3), ValueError, "rewards: .*NaN or inf"),
-        ("rewards", torch.tensor([[0.0, math.inf]] * 3), ValueError, r"rewards: .*t=0, b=1"),
+        ("rewards", torch.tensor([[0.0, math.inf]] * 3), ValueError, r"rewards: .*index \(0, 1\)"),
         ("values", torch.full((3, 2), math.nan), ValueError, "values: .*NaN"),
         ("next_values", torch.zeros(3, 3), ValueError, r"next_values: expected shape \(3, 2\)"),
         ("rewards", torch.zeros(3), ValueError, r"rewards: expected shape \(T, B\)"),
         ("rewards", torch.zeros(3, 2, dtype=torch.long), TypeError, "rewards: .*floating"),
         ("terminated", torch.zeros(3, 2), TypeError, "terminated: expected a bool"),
         ("truncated", torch.zeros(2, 2, dtype=torch.bool), ValueError, "truncated: .*shape"),
-        ("gamma", 1.5, ValueError, r"gamma: expected a float in \[0, 1\]"),
-        ("lam", -0.1, ValueError, r"lam: expected a float in \[0, 1\]"),
-        ("gamma", "0.9", TypeError, "gamma"),
+        ("gamma", 1.5, ValueError, r"gamma: expected a number in \[0.0, 1.0\]"),
+        ("lam", -0.1, ValueError, r"lam: expected a number in \[0.0, 1.0\]"),
+        ("gamma", "0.9", ValueError, "gamma"),
     ],
 )
 def test_bad_inputs_name_the_argument(name: str, bad: object, error: type, match: str) -> None:

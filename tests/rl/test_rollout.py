@@ -207,3 +207,32 @@ def test_async_cartpole() -> None:
         envs.close()
     assert ro.obs.shape == (50, 2, 4) and bool(ro.valid.any())
     assert ro.episode_returns, "CartPole episodes under a random policy end within 50 steps"
+
+
+def test_whole_episodes_run_on_to_the_end_of_every_episode() -> None:
+    """Rollouts of T = 4 over episodes of 3 (env 0) and 6 (env 1) steps, NEXT_STEP, γ = 1.
+
+    At the 4th step env 0 is in its second episode (row 3 is its reset row) and env 1 in its
+    first: the rollout runs on until both have ended (rows 6 and 5), marks what follows an end
+    invalid and resets the envs, so every return is a whole episode's, the 6 of env 1 included
+    (cut at the rollout boundary it would be [4, 3, 2, 1])."""
+    envs = counter_vec([(3, 1_000), (6, 1_000)], "NextStep")
+    collector = Collector(envs, CounterPolicy(), 4, seed=0, whole_episodes=True)
+    ro = collector.collect()
+    assert ro.rewards.shape == (7, 2)
+    assert ro.valid.T.tolist() == [[T_, T_, T_, F, T_, T_, T_], [T_] * 6 + [F]]
+    returns = discounted_returns(ro.rewards, ro.next_values, ro.terminated, ro.truncated, 1.0)
+    assert returns[:, 0][ro.valid[:, 0]].tolist() == [3, 2, 1, 3, 2, 1]
+    assert returns[:, 1][ro.valid[:, 1]].tolist() == [6, 5, 4, 3, 2, 1]
+    assert ro.episode_returns == [3.0, 6.0, 3.0] and ro.episode_lengths == [3, 6, 3]
+    again = collector.collect()  # fresh episodes after the reset
+    assert again.obs[0, :, 0].tolist() == [0.0, 0.0] and again.valid[0].all()
+    envs.close()
+
+
+def test_whole_episodes_refuse_episodes_that_never_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("logtrick.rl.rollout.MAX_RUN_ON", 20)
+    collector = Collector(counter_vec([(3, 1_000), (10**6, 10**6)], "NextStep"), CounterPolicy(),
+                          4, whole_episodes=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"envs \[1\] did not end within 20 steps"):
+        collector.collect()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from logtrick import rl
-from logtrick.logging import read_metrics
+from logtrick.runs import read_metrics
 
 QUIET = {"progress": False, "tensorboard": False}
 DETERMINISTIC_COLUMNS = ("global_step", "episode_return", "episode_length", "policy_loss",
@@ -79,19 +81,28 @@ def test_run_directory_and_checkpoint(tmp_path: Path) -> None:
     assert not any(p.name.endswith(".tmp") for p in result.run_dir.iterdir())
 
 
-def test_resume_extends_a_finished_run_identically(tmp_path: Path) -> None:
-    """4 updates then 4 more after resume == 8 uninterrupted (checkpoint every 2 updates).
+def test_resume_extends_a_finished_run(tmp_path: Path) -> None:
+    """4 updates, then extended to 8 on resume (from two copies of the run directory).
 
-    The learning rate is constant here: an annealed one depends on the total budget."""
+    The metrics of the first 4 updates are kept as they were, equal to those of an
+    uninterrupted 8-update run (checkpoints every 2 updates change nothing). The resume resets
+    the envs with seeds from (seed, update), so the last 4 updates differ from the uninterrupted
+    run's, but two resumes of the same checkpoint are identical. The learning rate is constant:
+    an annealed run that has finished has no learning rate left to extend with."""
     base = dict(total_steps=8 * 256, num_envs=8, num_steps=32, checkpoint_every=512,
                 anneal_lr=False, **QUIET)  # fmt: skip
     whole = rl.train(rl.preset("CartPole-v1", "ppo", out=str(tmp_path / "a"), **base))
-    half = rl.train(rl.preset("CartPole-v1", "ppo", out=str(tmp_path / "b"),
-                              **{**base, "total_steps": 4 * 256}))  # fmt: skip
-    resumed = rl.train(rl.Config(total_steps=8 * 256), resume=half.run_dir)
-    assert resumed.run_dir == half.run_dir
-    _same_curves(whole.history, resumed.history)
-    _same_curves(whole.history, read_metrics(half.run_dir / "metrics.csv"))
+    half = rl.preset("CartPole-v1", "ppo", out=str(tmp_path / "b"), **{**base, "total_steps": 1024})
+    run_dir = rl.train(half).run_dir
+    shutil.copytree(run_dir, tmp_path / "copy")
+    longer = dataclasses.replace(half, total_steps=8 * 256)
+    resumed = rl.train(longer, resume=run_dir)
+    again = rl.train(longer, resume=tmp_path / "copy")
+    assert resumed.run_dir == run_dir
+    assert len(resumed.history) == len(again.history) == 8
+    _same_curves(whole.history[:4], resumed.history[:4])
+    _same_curves(again.history, resumed.history)
+    _same_curves(resumed.history, read_metrics(run_dir / "metrics.csv"))
 
 
 SCRIPT = """
@@ -121,7 +132,9 @@ def _wait_for_updates(run_dir: Path, proc: subprocess.Popen[str], n: int) -> Non
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+def test_sigkill_then_resume_continues(tmp_path: Path) -> None:
+    """A SIGKILL leaves a loadable checkpoint and releases the run's lock; the resumed run
+    keeps the uninterrupted run's metrics up to that checkpoint and finishes the budget."""
     steps = 40 * 256
     proc = _start(tmp_path / "killed", steps)
     run_dir = tmp_path / "killed" / "CartPole-v1-ppo-0"
@@ -129,7 +142,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # still loadable
-    assert 1 <= state["counters"]["update"] < 40
+    saved_at = state["counters"]["update"]
+    assert 1 <= saved_at < 40
     resumed = rl.train(resume=run_dir)
     whole_config = rl.preset(
         "CartPole-v1",
@@ -142,7 +156,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
         **QUIET,
     )
     whole = rl.train(whole_config)
-    _same_curves(whole.history, resumed.history)
+    assert len(resumed.history) == len(whole.history) == 40
+    _same_curves(whole.history[:saved_at], resumed.history[:saved_at])
 
 
 @pytest.mark.slow
@@ -163,7 +178,7 @@ def test_bad_configs_name_the_field() -> None:
     with pytest.raises(ValueError, match="algo"):
         rl.Config(algo="sac")
     with pytest.raises(ValueError, match="num_minibatches"):
-        rl.Config(num_envs=3, num_steps=5, num_minibatches=4)
+        rl.Config(num_envs=3, num_steps=5, num_minibatches=16)
     with pytest.raises(ValueError, match="total_steps"):
         rl.Config(total_steps=0)
     with pytest.raises(ValueError, match="CartPole-v1"):

@@ -1,6 +1,7 @@
 """Policy-gradient reinforcement learning on Gymnasium: returns, rollouts, policies, losses, and
 the trainer (``train``, ``load``, ``evaluate``)."""
 
+from logtrick.errors import CheckpointError, DivergenceError, RunLockedError, UnsupportedSpaceError
 from logtrick.rl.config import ALGOS, PRESETS, Config, preset
 from logtrick.rl.losses import (
     conjugate_gradient,
@@ -14,16 +15,20 @@ from logtrick.rl.losses import (
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Collector, Rollout, make_env
-from logtrick.rl.train import TrainResult, evaluate, load, train
+from logtrick.rl.train import TrainResult, evaluate, load, load_config, train
 
 __all__ = [
     "ALGOS",
     "PRESETS",
     "ActorCritic",
+    "CheckpointError",
     "Collector",
     "Config",
+    "DivergenceError",
     "Rollout",
+    "RunLockedError",
     "TrainResult",
+    "UnsupportedSpaceError",
     "compute_gae",
     "conjugate_gradient",
     "discounted_returns",
@@ -31,6 +36,7 @@ __all__ = [
     "evaluate",
     "fisher_vector_product",
     "load",
+    "load_config",
     "make_env",
     "natural_gradient",
     "ppo_clip_loss",

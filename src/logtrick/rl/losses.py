@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from logtrick.baselines import resolve_baseline, score_terms
+from logtrick.checks import check_aligned, check_positive, check_same_shape, check_tensor
 from logtrick.rl.natural_gradient import (  # re-exported: DESIGN maps the idea to losses.py
-    _check_positive,
     conjugate_gradient,
     fisher_vector_product,
     natural_gradient,
@@ -30,6 +31,7 @@ from logtrick.rl.natural_gradient import (  # re-exported: DESIGN maps the idea 
 from logtrick.surrogate import clipped_surrogate
 
 __all__ = [
+    "advantage_moments",
     "conjugate_gradient",
     "entropy_bonus",
     "explained_variance",
@@ -42,42 +44,7 @@ __all__ = [
     "value_loss",
 ]
 
-
-def _check_tensor(name: str, x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
-    return x
-
-
-def _check_like(name: str, x: object, ref_name: str, ref: Tensor) -> Tensor:
-    x = _check_tensor(name, x)
-    if x.shape != ref.shape:
-        raise ValueError(
-            f"{name}: expected the shape of {ref_name} {tuple(ref.shape)} "
-            f"(one entry per time step and env), got {tuple(x.shape)}"
-        )
-    return x
-
-
-def _check_mask(mask: Tensor | None, ref_name: str, ref: Tensor) -> Tensor | None:
-    if mask is None:
-        return None
-    mask = _check_like("mask", mask, ref_name, ref)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask: expected a bool tensor (True = valid), got dtype {mask.dtype}")
-    return mask
-
-
-def _check_finite(name: str, x: Tensor, mask: Tensor | None) -> None:
-    bad = ~x.detach().isfinite()
-    if mask is not None:
-        bad &= mask
-    if bad.any():
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{name}: {int(bad.sum())} of {x.numel()} entries are NaN or inf "
-            f"(first at index {idx}, shape {tuple(x.shape)}); expected finite values"
-        )
+_PER_STEP = "one entry per time step and env"
 
 
 def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -95,8 +62,7 @@ def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     Returns:
         A 0-dim tensor.
     """
-    x = _check_tensor("x", x)
-    mask = _check_mask(mask, "x", x)
+    x, mask = check_aligned("x", x, mask, _PER_STEP)
     if mask is None:
         return x.mean()
     total = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum()
@@ -104,24 +70,37 @@ def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 def reinforce_loss(
-    log_probs: Tensor, advantages: Tensor, mask: Tensor | None = None
+    log_probs: Tensor,
+    returns: Tensor,
+    mask: Tensor | None = None,
+    *,
+    baseline: Tensor | None = None,
+    check: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    r"""The REINFORCE / vanilla policy-gradient loss :math:`-\overline{\log\pi \cdot \hat A}`.
+    r"""The REINFORCE / vanilla policy-gradient loss: the estimator core's surrogate of the cost
+    :math:`-G_t` with baseline :math:`-b_t`.
 
-    .. math::  L(\theta) = -\frac{1}{N}\sum_{(t,b)\ \mathrm{valid}}
-               \log \pi_\theta(a_t|s_t)\, \hat A_t,
-               \qquad -\nabla_\theta L \approx \nabla_\theta J(\theta)
-               = \mathbb{E}\Big[\sum_t \nabla_\theta \log\pi_\theta(a_t|s_t)\, \hat A_t\Big]
+    .. math::  L(\theta) = \frac{1}{N}\sum_{(t,b)\ \mathrm{valid}} \big[-G_t\,
+               \boxdot(\log\pi_\theta(a_t|s_t)) + (1 - \boxdot(\log\pi_\theta(a_t|s_t)))
+               (-b_t)\big],\qquad
+               -\nabla_\theta L = \frac{1}{N}\sum (G_t - b_t)\,\nabla_\theta
+               \log\pi_\theta(a_t|s_t)
 
-    (up to the constant factor of the mean). Requires: ``log_probs`` differentiable in the policy
-    parameters, computed at the actions that were *sampled* (not reparameterised); ``advantages``
-    are treated as constants (detached) and must not depend on the action they weight except
-    through the return (reward-to-go, GAE, or the return minus a state baseline).
+    (:func:`logtrick.surrogate.surrogate`: value :math:`-\overline{G}`, the negative mean
+    return-to-go; gradient the score-function estimate of :math:`-\nabla J` with the advantage
+    :math:`\hat A_t = G_t - b_t`). Requires: ``log_probs`` differentiable in the policy
+    parameters, computed at the actions that were *sampled*; ``returns`` and ``baseline`` are
+    constants (detached); the baseline must not depend on the action it weights (a critic
+    :math:`V(s_t)` or a batch mean). Passing advantages as ``returns`` and no baseline gives the
+    same gradient.
 
     Args:
         log_probs: ``(T, B)`` :math:`\log \pi_\theta(a_t|s_t)`.
-        advantages: ``(T, B)`` :math:`\hat A_t`, finite.
+        returns: ``(T, B)`` :math:`G_t` (reward-to-go, or GAE's λ-return), finite.
         mask: ``(T, B)`` bool, ``False`` entries excluded.
+        baseline: ``(T, B)`` :math:`b_t`, or ``None`` for :math:`b = 0`.
+        check: validate the arguments (types, shapes, finiteness: one host sync); the trainer
+            passes ``False`` in its inner loop, having checked once per update.
 
     Returns:
         ``(loss, info)`` with ``info = {"policy_loss"}``.
@@ -129,13 +108,14 @@ def reinforce_loss(
     References:
         Williams (1992), Simple statistical gradient-following algorithms for connectionist
         reinforcement learning. Sutton et al. (2000), Policy gradient methods for reinforcement
-        learning with function approximation.
+        learning with function approximation. Foerster et al. (2018), DiCE.
     """
-    log_probs = _check_tensor("log_probs", log_probs)
-    advantages = _check_like("advantages", advantages, "log_probs", log_probs)
-    mask = _check_mask(mask, "log_probs", log_probs)
-    _check_finite("advantages", advantages, mask)
-    loss = -masked_mean(log_probs * advantages.detach(), mask)
+    if check:
+        log_probs, mask = check_aligned("log_probs", log_probs, mask, _PER_STEP,
+                                        returns=returns, baseline=baseline)  # fmt: skip
+    base = resolve_baseline(None if baseline is None else -baseline.detach())
+    terms = score_terms(-returns.detach(), log_probs, base, 0, None)
+    loss = terms.mean() if mask is None else masked_mean(terms, mask)
     return loss, {"policy_loss": loss.detach()}
 
 
@@ -145,8 +125,10 @@ def ppo_clip_loss(
     advantages: Tensor,
     clip_eps: float,
     mask: Tensor | None = None,
+    *,
+    check: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    r"""The PPO clipped surrogate loss.
+    r"""The PPO clipped surrogate loss (:func:`logtrick.surrogate.clipped_surrogate`).
 
     .. math::  r_t = \frac{\pi_\theta(a_t|s_t)}{\pi_{\mathrm{old}}(a_t|s_t)},\qquad
                L(\theta) = -\overline{\min\big(r_t \hat A_t,\
@@ -168,6 +150,7 @@ def ppo_clip_loss(
         advantages: ``(T, B)`` :math:`\hat A_t`, finite.
         clip_eps: :math:`\epsilon > 0`, e.g. 0.2.
         mask: ``(T, B)`` bool, ``False`` entries excluded.
+        check: validate the arguments (one host sync); ``False`` in the trainer's inner loop.
 
     Returns:
         ``(loss, info)`` with ``info = {"policy_loss", "approx_kl", "clip_fraction",
@@ -177,34 +160,17 @@ def ppo_clip_loss(
         Schulman et al. (2017), Proximal Policy Optimization Algorithms. Schulman (2020),
         Approximating KL divergence (blog post; the k3 estimator).
     """
-    log_probs = _check_tensor("log_probs", log_probs)
-    old_log_probs = _check_like("old_log_probs", old_log_probs, "log_probs", log_probs)
-    advantages = _check_like("advantages", advantages, "log_probs", log_probs)
-    mask = _check_mask(mask, "log_probs", log_probs)
-    eps = _check_positive("clip_eps", clip_eps)
-    _check_finite("advantages", advantages, mask)
-    return _ppo_clip_unchecked(log_probs, old_log_probs, advantages, eps, mask)
-
-
-def _ppo_clip_unchecked(
-    log_probs: Tensor,
-    old_log_probs: Tensor,
-    advantages: Tensor,
-    eps: float,
-    mask: Tensor | None = None,
-    with_info: bool = True,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`ppo_clip_loss` without argument checks (the trainer's inner loop, whose inputs
-    were checked once per update); ``with_info=False`` skips the logged statistics."""
-    terms, ratio, log_ratio = clipped_surrogate(log_probs, old_log_probs, advantages, eps)
+    if check:
+        others = {"old_log_probs": old_log_probs, "advantages": advantages}
+        log_probs, mask = check_aligned("log_probs", log_probs, mask, _PER_STEP, **others)
+        clip_eps = check_positive("clip_eps", clip_eps)
+    terms, ratio, log_ratio = clipped_surrogate(log_probs, old_log_probs, advantages, clip_eps)
     loss = terms.mean() if mask is None else masked_mean(terms, mask)
-    if not with_info:
-        return loss, {}
     with torch.no_grad():
         info = {
             "policy_loss": loss.detach(),
             "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
-            "clip_fraction": masked_mean(((ratio - 1.0).abs() > eps).to(ratio.dtype), mask),
+            "clip_fraction": masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, info
@@ -216,6 +182,8 @@ def value_loss(
     old_values: Tensor | None = None,
     clip_eps: float | None = None,
     mask: Tensor | None = None,
+    *,
+    check: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     r"""Squared-error loss of the critic, optionally with PPO-style value clipping.
 
@@ -234,6 +202,7 @@ def value_loss(
         old_values: ``(T, B)`` values at collection time, or ``None``.
         clip_eps: :math:`\epsilon > 0` in the units of the values, or ``None`` for no clipping.
         mask: ``(T, B)`` bool, ``False`` entries excluded.
+        check: validate the arguments (one host sync); ``False`` in the trainer's inner loop.
 
     Returns:
         ``(loss, info)`` with ``info = {"value_loss"}`` and, when clipping,
@@ -244,26 +213,13 @@ def value_loss(
         Schulman et al. (2017), Proximal Policy Optimization Algorithms; Engstrom et al. (2020),
         Implementation Matters in Deep Policy Gradients (on value clipping).
     """
-    values = _check_tensor("values", values)
-    returns = _check_like("returns", returns, "values", values)
-    mask = _check_mask(mask, "values", values)
-    _check_finite("returns", returns, mask)
-    if clip_eps is not None:
-        clip_eps = _check_positive("clip_eps", clip_eps)
-        if old_values is None:
-            raise ValueError("old_values: clipping (clip_eps given) needs old_values, got None")
-        old_values = _check_like("old_values", old_values, "values", values)
-    return _value_loss_unchecked(values, returns, old_values, clip_eps, mask)
-
-
-def _value_loss_unchecked(
-    values: Tensor,
-    returns: Tensor,
-    old_values: Tensor | None = None,
-    clip_eps: float | None = None,
-    mask: Tensor | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`value_loss` without argument checks (the trainer's inner loop)."""
+    if check:
+        values, mask = check_aligned("values", values, mask, _PER_STEP, returns=returns,
+                                     old_values=old_values)  # fmt: skip
+        if clip_eps is not None:
+            clip_eps = check_positive("clip_eps", clip_eps)
+            if old_values is None:
+                raise ValueError("old_values: clipping (clip_eps given) needs old_values, got None")
     target = returns.detach()
     sq = (values - target).pow(2)
     info: dict[str, Tensor] = {}
@@ -291,41 +247,63 @@ def entropy_bonus(entropy: Tensor, mask: Tensor | None = None) -> Tensor:
     Returns:
         A 0-dim tensor (to be maximised).
     """
-    return masked_mean(_check_tensor("entropy", entropy), mask)
+    return masked_mean(check_tensor("entropy", entropy), mask)
 
 
-def normalize_advantages(adv: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+def advantage_moments(
+    adv: Tensor, mask: Tensor | None = None, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    r"""Mean and inverse scale of the valid advantages: :math:`(\mu,\ 1 / (\sigma + \epsilon))`.
+
+    Standardising :math:`(\hat A - \mu)/(\sigma + \epsilon)` is a baseline shared by the whole
+    batch (:math:`\mu`) and a step size (:math:`1/(\sigma+\epsilon)`): the trainer applies it to
+    the REINFORCE surrogate as exactly that. :math:`\sigma` is Bessel-corrected (0 for a single
+    entry).
+
+    Args:
+        adv: ``(T, B)`` advantages (any shape), finite where valid.
+        mask: ``(T, B)`` bool, ``False`` entries excluded.
+        eps: added to the standard deviation.
+
+    Returns:
+        ``(mean, inverse_scale)``, 0-dim detached tensors.
+    """
+    adv = adv.detach()
+    if mask is None:
+        mean = adv.mean()
+        std = adv.std(correction=1 if adv.numel() > 1 else 0)
+        return mean, 1.0 / (std + eps)
+    zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
+    n = mask.sum().to(adv.dtype)
+    mean = torch.where(mask, adv, zero).sum() / n.clamp_min(1)
+    var = torch.where(mask, (adv - mean).pow(2), zero).sum() / (n - 1).clamp_min(1)
+    return mean, 1.0 / (var.sqrt() + eps)
+
+
+def normalize_advantages(
+    adv: Tensor, mask: Tensor | None = None, eps: float = 1e-8, *, check: bool = True
+) -> Tensor:
     r"""Standardise advantages over the valid entries: :math:`(\hat A - \mu) / (\sigma + \epsilon)`.
 
-    Mean and (Bessel-corrected) standard deviation are taken over valid entries; masked-out
-    entries are set to 0. Subtracting the batch mean is a baseline shared by the whole batch, so
-    the result is slightly biased for small batches; it is the standard practice of PPO code.
+    Mean and (Bessel-corrected) standard deviation are taken over valid entries
+    (:func:`advantage_moments`); masked-out entries are set to 0. Subtracting the batch mean is a
+    baseline shared by the whole batch, so the result is slightly biased for small batches; it is
+    the standard practice of PPO code.
 
     Args:
         adv: ``(T, B)`` advantages, finite where valid.
         mask: ``(T, B)`` bool, ``False`` entries excluded.
         eps: added to the standard deviation.
+        check: validate the arguments (one host sync); ``False`` in the trainer's inner loop.
 
     Returns:
         ``(T, B)`` normalised advantages.
     """
-    adv = _check_tensor("adv", adv)
-    mask = _check_mask(mask, "adv", adv)
-    _check_finite("adv", adv, mask)
-    if mask is None and adv.numel() > 1:
-        return _normalize_unchecked(adv, eps)
-    valid = torch.ones_like(adv, dtype=torch.bool) if mask is None else mask
-    zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
-    n = valid.sum().to(adv.dtype)
-    mean = torch.where(valid, adv, zero).sum() / n.clamp_min(1)
-    var = torch.where(valid, (adv - mean).pow(2), zero).sum() / (n - 1).clamp_min(1)
-    return torch.where(valid, (adv - mean) / (var.sqrt() + eps), zero)
-
-
-def _normalize_unchecked(adv: Tensor, eps: float = 1e-8) -> Tensor:
-    """:func:`normalize_advantages` without mask or checks (the trainer's inner loop)."""
-    mean, std = adv.mean(), adv.std()
-    return (adv - mean) / (std + eps)
+    if check:
+        adv, mask = check_aligned("adv", adv, mask, _PER_STEP, adv=adv)
+    mean, inverse_scale = advantage_moments(adv, mask, eps)
+    out = (adv - mean) * inverse_scale
+    return out if mask is None else torch.where(mask, out, torch.zeros_like(out))
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -344,9 +322,9 @@ def explained_variance(pred: Tensor, target: Tensor, mask: Tensor | None = None)
     Returns:
         A detached 0-dim tensor.
     """
-    pred = _check_tensor("pred", pred).detach()
-    target = _check_like("target", target, "pred", pred).detach()
-    mask = _check_mask(mask, "pred", pred)
+    pred, mask = check_aligned("pred", pred, mask, _PER_STEP)
+    target = check_same_shape("target", target, "pred", pred, _PER_STEP).detach()
+    pred = pred.detach()
     if mask is not None:
         pred, target = pred[mask], target[mask]
     var_target = target.var(correction=0)

@@ -18,15 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from logtrick.score import _check_params
+from logtrick.checks import check_in_range, check_nonnegative, check_param_list, check_positive
 
 __all__ = ["conjugate_gradient", "fisher_vector_product", "natural_gradient"]
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: expected a positive float, got {value!r}")
-    return float(value)
 
 
 def _flat(tensors: Sequence[Tensor | None], like: Sequence[Tensor]) -> Tensor:
@@ -42,16 +36,6 @@ def _set_flat(params: Sequence[Tensor], vec: Tensor) -> None:
         for p in params:
             p.copy_(vec[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
-
-
-def _check_param_list(params: Sequence[Tensor]) -> list[Tensor]:
-    params = _check_params(params)  # a list of floating-point tensors, as lt.score takes
-    for i, p in enumerate(params):
-        if not p.requires_grad:
-            raise ValueError(f"params[{i}]: expected requires_grad=True (shape {tuple(p.shape)})")
-    if not params:
-        raise ValueError("params: expected at least one tensor, got an empty list")
-    return params
 
 
 def fisher_vector_product(
@@ -81,9 +65,8 @@ def fisher_vector_product(
         Pearlmutter (1994), Fast exact multiplication by the Hessian. Schulman et al. (2015),
         Trust Region Policy Optimization, appendix C.
     """
-    params = _check_param_list(params)
-    if not isinstance(damping, (int, float)) or not damping >= 0:
-        raise ValueError(f"damping: expected a float >= 0, got {damping!r}")
+    params = check_param_list("params", params, requires_grad=True, nonempty=True)
+    damping = check_nonnegative("damping", damping)
     kl = kl_fn()
     grads = torch.autograd.grad(kl, params, create_graph=True, allow_unused=True)
     flat_grad = _flat(grads, params)
@@ -216,10 +199,9 @@ def natural_gradient(
         Kakade (2001), A natural policy gradient. Peters & Schaal (2008), Natural actor-critic.
         Schulman et al. (2015), Trust region policy optimization.
     """
-    params = _check_param_list(params)
-    max_kl = _check_positive("max_kl", max_kl)
-    if not 0.0 < backtrack_ratio < 1.0:
-        raise ValueError(f"backtrack_ratio: expected a float in (0, 1), got {backtrack_ratio!r}")
+    params = check_param_list("params", params, requires_grad=True, nonempty=True)
+    max_kl = check_positive("max_kl", max_kl)
+    check_in_range("backtrack_ratio", backtrack_ratio, 0.0, 1.0, low_open=True, high_open=True)
     loss0 = loss_fn()
     g = -_flat(torch.autograd.grad(loss0, params, allow_unused=True), params)
     loss0 = float(loss0.detach())

@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
 
-__all__ = ["ActorCritic"]
+from logtrick.errors import UnsupportedSpaceError
 
-_ACTIVATIONS: dict[str, tuple[type[nn.Module], Callable[[Tensor], Tensor]]] = {
+__all__ = ["ACTIVATIONS", "ActorCritic", "merge_moments"]
+
+ACTIVATIONS: dict[str, tuple[type[nn.Module], Callable[[Tensor], Tensor]]] = {  # module, function
     "tanh": (nn.Tanh, torch.tanh),
     "relu": (nn.ReLU, torch.relu),
     "elu": (nn.ELU, F.elu),
@@ -56,23 +58,31 @@ def _mlp(sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequentia
         nn.init.zeros_(linear.bias)
         layers.append(linear)
         if not last:
-            layers.append(_ACTIVATIONS[activation][0]())
+            layers.append(ACTIVATIONS[activation][0]())
     return nn.Sequential(*layers)
 
 
 class _FusedMLP:
-    """Actor and critic evaluated as one MLP with block-diagonal weights (inference only).
+    r"""Actor and critic evaluated as one MLP with block-diagonal weights (inference only).
 
     Layer 0 stacks both networks' weights (they read the same input); later layers are
     block-diagonal, so each layer is one matmul for both networks. The fused copy is rebuilt
     whenever a parameter's version counter or storage changes (an optimizer step, a
     ``load_state_dict``, a move to another device).
+
+    ``tanh`` runs as a logistic sigmoid, which torch computes about 3× faster on CPU:
+    :math:`\tanh z = 2\sigma(2z) - 1`, with the factor 2 folded into the layer's weights and
+    the affine map :math:`s \mapsto 2s - 1` into the next layer's (:math:`W(2s - 1) + b =
+    2Ws + (b - W\mathbf 1)`), so each layer stays one matmul and one activation.
     """
 
-    def __init__(self, nets: Sequence[nn.Sequential], activation: Callable[[Tensor], Tensor]):
+    def __init__(self, nets: Sequence[nn.Sequential], activation: str):
         self.layers = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
         self.params = [p for net in nets for p in net.parameters()]
-        self.activation, self.key, self.weights = activation, None, []
+        self.sigmoid = activation == "tanh"
+        self.activation = torch.sigmoid if self.sigmoid else ACTIVATIONS[activation][1]
+        self.key: list[tuple[int, int]] | None = None
+        self.weights: list[tuple[Tensor, Tensor]] = []
 
     def _rebuild(self) -> None:
         with torch.no_grad():
@@ -80,7 +90,12 @@ class _FusedMLP:
             for i, layer in enumerate(zip(*self.layers)):
                 weights = [m.weight.detach() for m in layer]
                 weight = torch.cat(weights) if i == 0 else torch.block_diag(*weights)
-                self.weights.append((weight, torch.cat([m.bias.detach() for m in layer])))
+                bias = torch.cat([m.bias.detach() for m in layer])
+                if self.sigmoid and i > 0:  # the input is s = (h + 1) / 2: fold h = 2s - 1
+                    weight, bias = 2.0 * weight, bias - weight.sum(1)
+                if self.sigmoid and i < len(self.layers[0]) - 1:  # sigmoid(2z) for tanh(z)
+                    weight, bias = 2.0 * weight, 2.0 * bias
+                self.weights.append((weight, bias))
 
     def __call__(self, x: Tensor) -> Tensor:
         key = [(p._version, p.data_ptr()) for p in self.params]
@@ -99,16 +114,19 @@ def _refresh_after_load(module: ActorCritic, incompatible_keys: object) -> None:
 
 
 def _head_size(space: spaces.Space) -> int:
-    """Number of actor outputs for ``space``; TypeError naming it when unsupported."""
+    """Number of actor outputs for ``space``; ``UnsupportedSpaceError`` (a ``TypeError``) naming it
+    when unsupported."""
     if isinstance(space, spaces.Discrete):
         return int(space.n)
     if isinstance(space, spaces.MultiDiscrete):
         if space.nvec.ndim != 1:
-            raise TypeError(f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}")
+            raise UnsupportedSpaceError(
+                f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}"
+            )
         return int(space.nvec.sum())
     if isinstance(space, (spaces.MultiBinary, spaces.Box)):
         return math.prod(space.shape)
-    raise TypeError(
+    raise UnsupportedSpaceError(
         f"action_space: {space!r} is not supported; expected Discrete, MultiDiscrete, "
         "MultiBinary or Box"
     )
@@ -169,12 +187,12 @@ class ActorCritic(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, spaces.Box):
-            raise TypeError(
+            raise UnsupportedSpaceError(
                 f"observation_space: {observation_space!r} is not supported; expected a Box"
             )
-        if activation not in _ACTIVATIONS:
+        if activation not in ACTIVATIONS:
             raise ValueError(
-                f"activation: expected one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+                f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}"
             )
         self.observation_space, self.action_space = observation_space, action_space
         self.obs_shape = tuple(observation_space.shape)
@@ -184,7 +202,7 @@ class ActorCritic(nn.Module):
         self.critic = _mlp([*sizes, 1], activation, 1.0) if critic else None
         self._head_dim = _head_size(action_space)
         nets = [self.actor] if self.critic is None else [self.actor, self.critic]
-        self._fused = _FusedMLP(nets, _ACTIVATIONS[activation][1])
+        self._fused = _FusedMLP(nets, activation)
         self.normalize_obs = bool(normalize_obs)
         self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
         self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))

@@ -26,43 +26,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from logtrick.checks import (
+    check_bool_tensor,
+    check_finite,
+    check_floating,
+    check_in_range,
+    check_shape,
+)
+
 __all__ = ["compute_gae", "discounted_returns"]
 
 
-def _check_rate(name: str, x: float) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise TypeError(f"{name}: expected a float in [0, 1], got {type(x).__name__}")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"{name}: expected a float in [0, 1], got {x!r}")
-    return float(x)
+def _as_tensor(next_values: Tensor | float, rewards: Tensor) -> Tensor:
+    if isinstance(next_values, Tensor):
+        return next_values.to(rewards.dtype)
+    return torch.full_like(rewards, float(next_values))
 
 
-def _check_float(name: str, x: Tensor, shape: torch.Size | None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    if shape is None and x.dim() != 2:
-        raise ValueError(f"{name}: expected shape (T, B), got {tuple(x.shape)}")
-    if shape is not None and x.shape != shape:
-        raise ValueError(f"{name}: expected shape {tuple(shape)} (T, B), got {tuple(x.shape)}")
-    bad = ~x.isfinite()
-    if bad.any():
-        t, b = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name}: {int(bad.sum())} entries are NaN or inf (first at t={t}, b={b})")
-    return x
-
-
-def _check_flag(name: str, x: Tensor, shape: torch.Size) -> Tensor:
-    if not isinstance(x, Tensor) or x.dtype != torch.bool:
-        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"{name}: expected a bool tensor of shape {tuple(shape)}, got {got}")
-    if x.shape != shape:
-        raise ValueError(f"{name}: expected shape {tuple(shape)} (T, B), got {tuple(x.shape)}")
-    return x
-
-
-def _check_inputs(
+def _inputs(
     rewards: Tensor,
     next_values: Tensor | float,
     terminated: Tensor,
@@ -70,13 +51,19 @@ def _check_inputs(
     values: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Validate shapes, dtypes and finiteness; return ``(next_values, done)``."""
-    shape = _check_float("rewards", rewards, None).shape
+    rewards = check_floating("rewards", rewards)
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards: expected shape (T, B), got {tuple(rewards.shape)}")
     if isinstance(next_values, (int, float)) and not isinstance(next_values, bool):
-        next_values = torch.full_like(rewards, float(next_values))
-    _check_float("next_values", next_values, shape)
+        next_values = _as_tensor(next_values, rewards)
+    tensors = {"rewards": rewards, "next_values": next_values}
     if values is not None:
-        _check_float("values", values, shape)
-    done = _check_flag("terminated", terminated, shape) | _check_flag("truncated", truncated, shape)
+        tensors["values"] = values
+    for name, x in tensors.items():
+        check_shape(name, check_floating(name, x), rewards.shape, "(T, B)")
+        check_finite(name, x)
+    terminated = check_bool_tensor("terminated", terminated, rewards.shape)
+    done = terminated | check_bool_tensor("truncated", truncated, rewards.shape)
     return next_values.to(rewards.dtype), done
 
 
@@ -86,6 +73,8 @@ def discounted_returns(
     terminated: Tensor,
     truncated: Tensor,
     gamma: float,
+    *,
+    check: bool = True,
 ) -> Tensor:
     r"""Discounted reward-to-go, cut at episode ends, bootstrapped after truncation.
 
@@ -103,6 +92,8 @@ def discounted_returns(
         terminated: ``(T, B)`` bool.
         truncated: ``(T, B)`` bool.
         gamma: discount in ``[0, 1]``.
+        check: validate the arguments (shapes, dtypes, finiteness: host syncs); the trainer
+            passes ``False`` and checks its results once per update instead.
 
     Returns:
         ``(T, B)`` returns, dtype of ``rewards``.
@@ -110,8 +101,11 @@ def discounted_returns(
     References:
         Sutton & Barto, *Reinforcement Learning: An Introduction* (2nd ed., 2018), eq. 3.8.
     """
-    gamma = _check_rate("gamma", gamma)
-    next_values, done = _check_inputs(rewards, next_values, terminated, truncated)
+    if check:
+        gamma = check_in_range("gamma", gamma, 0.0, 1.0)
+        next_values, done = _inputs(rewards, next_values, terminated, truncated)
+    else:
+        next_values, done = _as_tensor(next_values, rewards), terminated | truncated
     discount = gamma * (~terminated).to(rewards.dtype)  # no future after termination
     returns = torch.empty_like(rewards)
     following = next_values[-1]  # the last row always bootstraps
@@ -130,6 +124,8 @@ def compute_gae(
     truncated: Tensor,
     gamma: float,
     lam: float,
+    *,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor]:
     r"""Generalized advantage estimation, cut at episode ends, bootstrapped after truncation.
 
@@ -151,6 +147,7 @@ def compute_gae(
         truncated: ``(T, B)`` bool.
         gamma: discount in ``[0, 1]``.
         lam: GAE :math:`\lambda` in ``[0, 1]``.
+        check: validate the arguments (host syncs); ``False`` in the trainer.
 
     Returns:
         ``(advantages, returns)``, each ``(T, B)``; ``returns = advantages + values`` (the
@@ -160,8 +157,11 @@ def compute_gae(
         Schulman et al., *High-Dimensional Continuous Control Using Generalized Advantage
         Estimation*, ICLR 2016, eq. 16.
     """
-    gamma, lam = _check_rate("gamma", gamma), _check_rate("lam", lam)
-    next_values, done = _check_inputs(rewards, next_values, terminated, truncated, values)
+    if check:
+        gamma, lam = check_in_range("gamma", gamma, 0.0, 1.0), check_in_range("lam", lam, 0.0, 1.0)
+        next_values, done = _inputs(rewards, next_values, terminated, truncated, values)
+    else:
+        next_values, done = _as_tensor(next_values, rewards), terminated | truncated
     values = values.to(rewards.dtype)
     nonterminal = (~terminated).to(rewards.dtype)
     deltas = rewards + gamma * nonterminal * next_values - values  # TD errors, all t at once

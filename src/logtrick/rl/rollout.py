@@ -15,48 +15,65 @@ Both Gymnasium autoreset modes are handled (``env.metadata["autoreset_mode"]``):
   value is computed for truncated environments only.
 
 ``DISABLED`` is refused: it needs the caller to reset environments by hand.
+
+``next_values`` are computed once, at the end of a rollout, by :func:`next_values_of` from the
+rollout's own values and the values of its *bootstrap observations* (the observation after the
+last step, and SAME_STEP's final observations of truncated episodes), which the rollout keeps:
+an update that re-evaluates the critic (new observation statistics) recomputes them the same way.
+
+With ``whole_episodes=True`` (REINFORCE without a critic: nothing can bootstrap an unfinished
+episode) a rollout runs on past ``num_steps`` until the episode of every env that was running at
+its last step has ended; the transitions after that end are marked invalid, and every env is
+reset when the rollout ends, so each rollout holds whole episodes of one policy.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.envs.registration import VectorizeMode
 from gymnasium.vector import AutoresetMode, VectorEnv
 from torch import Tensor
 
-__all__ = ["Collector", "Rollout", "make_env"]
+from logtrick.checks import check_env_output, check_positive_int
+from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.envs import autoreset_mode, make_env
 
-_MODES = ("sync", "async", "vector_entry_point")
+__all__ = ["Collector", "Rollout", "make_env", "next_values_of"]
+
+MAX_RUN_ON = 100_000
+"""``whole_episodes``: steps a rollout may run past ``num_steps`` before the episodes still
+running are an error (an env whose episodes never end would otherwise run on for ever)."""
 
 
 @dataclass
 class Rollout:
     r"""``T`` steps of ``B`` environments, time-major.
 
-    ==================  ======================  ==============================================
-    field               shape                   description
-    ==================  ======================  ==============================================
-    ``obs``             (T, B, \*obs_shape)     float32, as the policy saw them (before
-                                                normalisation)
-    ``actions``         (T, B, \*act_shape)     the sampled (unclipped) actions
-    ``log_probs``       (T, B)                  :math:`\log\pi(a_t \mid s_t)` at collection
-    ``values``          (T, B)                  :math:`V(s_t)` at collection (zeros without a
-                                                critic)
-    ``rewards``         (T, B)                  float32
-    ``terminated``      (T, B)                  bool
-    ``truncated``       (T, B)                  bool (time limits)
-    ``next_values``     (T, B)                  :math:`V(s_{t+1})` of the same episode; 0
-                                                where terminated
-    ``valid``           (T, B)                  bool; False for NEXT_STEP's reset transition
-    ==================  ======================  ==============================================
+    ===================  ======================  ==============================================
+    field                shape                   description
+    ===================  ======================  ==============================================
+    ``obs``              (T, B, \*obs_shape)     float32, as the policy saw them (before
+                                                 normalisation)
+    ``actions``          (T, B, \*act_shape)     the sampled (unclipped) actions
+    ``log_probs``        (T, B)                  :math:`\log\pi(a_t \mid s_t)` at collection
+    ``values``           (T, B)                  :math:`V(s_t)` at collection (zeros without a
+                                                 critic)
+    ``rewards``          (T, B)                  float32
+    ``terminated``       (T, B)                  bool
+    ``truncated``        (T, B)                  bool (time limits)
+    ``next_values``      (T, B)                  :math:`V(s_{t+1})` of the same episode; 0
+                                                 where terminated
+    ``valid``            (T, B)                  bool; False for NEXT_STEP's reset transition
+                                                 (and after an episode's end with
+                                                 ``whole_episodes``)
+    ``bootstrap_obs``    (K, \*obs_shape)        the observations behind ``next_values`` that
+                                                 are not ``obs[t + 1]``
+    ``bootstrap_index``  (K,)                    their flat index ``t * B + b`` into (T, B)
+    ===================  ======================  ==============================================
 
     ``episode_returns`` / ``episode_lengths`` list the episodes that finished during this
     rollout (undiscounted return, number of valid steps), including those begun in an earlier
@@ -72,102 +89,34 @@ class Rollout:
     truncated: Tensor
     next_values: Tensor
     valid: Tensor
+    bootstrap_obs: Tensor
+    bootstrap_index: Tensor
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
 
 
-def _check_env_id(env_id: str) -> None:
-    """Raise ``ValueError`` listing close matches when ``env_id`` is not registered."""
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as err:
-        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=5, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise ValueError(f"env: unknown environment id {env_id!r} ({err}){hint}") from None
+def next_values_of(
+    values: Tensor, bootstrap_values: Tensor, bootstrap_index: Tensor, terminated: Tensor
+) -> Tensor:
+    r""":math:`V(s_{t+1})` of the same episode for every step, from the rollout's own values.
 
-
-def make_env(
-    env: str | gym.Env | VectorEnv | Callable[[], gym.Env],
-    num_envs: int | None = None,
-    vectorization_mode: str | VectorizeMode = "sync",
-    seed: int | None = None,
-    *,
-    autoreset_mode: str | AutoresetMode | None = None,
-) -> VectorEnv:
-    """Build a Gymnasium vector environment.
+    .. math::  \text{next}_{t,b} = \begin{cases} 0 & \text{terminated}_{t,b} \\
+               V(\text{bootstrap\_obs}_k) & t B + b = \text{bootstrap\_index}_k \\
+               V(s_{t+1,b}) & \text{otherwise} \end{cases}
 
     Args:
-        env: an environment id (``gymnasium.make_vec``), a ``VectorEnv`` (returned as is), a
-            single ``gymnasium.Env`` instance (wrapped into a one-env ``SyncVectorEnv``; the
-            instance is used once, not copied) or a zero-argument factory returning an ``Env``.
-        num_envs: number of copies (default 1; for a ``VectorEnv``, its own count).
-        vectorization_mode: ``"sync"``, ``"async"`` (one process per env) or
-            ``"vector_entry_point"`` (the id's own vectorised implementation).
-        seed: if given, the env is reset with it (sub-env ``i`` gets ``seed + i``) and its
-            action space is seeded, so that later unseeded resets are reproducible.
-        autoreset_mode: ``"NextStep"`` / ``"SameStep"`` or an ``AutoresetMode``; default the
-            vectoriser's own (``NEXT_STEP`` for Gymnasium's).
+        values: ``(T, B)`` :math:`V(s_t)`.
+        bootstrap_values: ``(K,)`` values of the rollout's ``bootstrap_obs``.
+        bootstrap_index: ``(K,)`` their flat indices, distinct, covering the last row.
+        terminated: ``(T, B)`` bool.
 
     Returns:
-        The vector env.
+        ``(T, B)`` ``next_values``.
     """
-    if isinstance(vectorization_mode, VectorizeMode):
-        vectorization_mode = vectorization_mode.value
-    if vectorization_mode not in _MODES:
-        raise ValueError(
-            f"vectorization_mode: expected one of {_MODES}, got {vectorization_mode!r}"
-        )
-    if num_envs is not None and (not isinstance(num_envs, int) or num_envs < 1):
-        raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
-    kwargs = {} if autoreset_mode is None else {"autoreset_mode": AutoresetMode(autoreset_mode)}
-    if isinstance(env, VectorEnv):
-        if num_envs not in (None, env.num_envs):
-            raise ValueError(f"num_envs: the vector env has {env.num_envs} envs, got {num_envs}")
-        envs = env
-    elif isinstance(env, str):
-        _check_env_id(env)
-        try:
-            envs = gym.make_vec(env, num_envs or 1, vectorization_mode, vector_kwargs=kwargs)
-        except gym.error.Error as err:
-            raise ValueError(
-                f"vectorization_mode={vectorization_mode!r}, env {env!r}: {err}"
-            ) from err
-    elif isinstance(env, gym.Env):
-        if num_envs not in (None, 1) or vectorization_mode != "sync":
-            raise ValueError(
-                "env: a gymnasium.Env instance can only make one synchronous env (num_envs=1, "
-                f"vectorization_mode='sync'), got num_envs={num_envs}, {vectorization_mode!r}; "
-                "pass an env id or a factory instead"
-            )
-        envs = gym.vector.SyncVectorEnv([lambda: env], **kwargs)
-    elif callable(env):
-        vec = (
-            gym.vector.AsyncVectorEnv if vectorization_mode == "async" else gym.vector.SyncVectorEnv
-        )
-        envs = vec([env] * (num_envs or 1), **kwargs)
-    else:
-        raise TypeError(f"env: expected an id, Env, VectorEnv or factory, got {type(env).__name__}")
-    if seed is not None:
-        envs.reset(seed=seed)
-        envs.action_space.seed(seed)
-    return envs
-
-
-def _autoreset_mode(env: VectorEnv) -> AutoresetMode:
-    """The env's autoreset mode; NEXT_STEP or SAME_STEP, else ``ValueError``."""
-    mode = env.metadata.get("autoreset_mode")
-    if mode is None:
-        raise ValueError(
-            f"env: {env} has no metadata['autoreset_mode']; set it to "
-            "gymnasium.vector.AutoresetMode.NEXT_STEP or SAME_STEP"
-        )
-    mode = AutoresetMode(mode)
-    if mode == AutoresetMode.DISABLED:
-        raise ValueError(
-            "env: autoreset_mode DISABLED is not supported (it needs manual resets); "
-            "build the vector env with autoreset_mode NEXT_STEP or SAME_STEP"
-        )
-    return mode
+    out = torch.empty_like(values)
+    out[:-1] = values[1:]
+    out.view(-1)[bootstrap_index] = bootstrap_values.to(values.dtype)
+    return out.masked_fill_(terminated, 0.0)
 
 
 class Collector:
@@ -176,7 +125,10 @@ class Collector:
     Buffers ``(T, B, ...)`` are allocated once on the CPU and filled in place with numpy views
     (one numpy→torch conversion per step: none for observations, which the policy reads as a
     view of the buffer); :meth:`collect` returns *copies* on ``device``, so a rollout stays
-    valid after the next call. Episode returns and lengths are accumulated per env.
+    valid after the next call. Episode returns and lengths are accumulated per env. Rewards and
+    observations are checked for NaN and inf once per rollout, before anything uses them (a
+    ``ValueError`` names the first bad step and env): a check per step would cost about as much
+    as all the rest of the bookkeeping.
 
     The policy needs ``step(obs) -> (action, log_prob, value)``, ``value(obs)``,
     ``to_env(action) -> np.ndarray`` and ``update_obs_stats(obs)`` (see
@@ -186,9 +138,12 @@ class Collector:
     Args:
         env: a ``VectorEnv``, or anything :func:`make_env` accepts (then one env).
         policy: the acting policy, on ``device``.
-        num_steps: ``T``, steps per environment per rollout.
+        num_steps: ``T``, steps per environment per rollout (the least, with
+            ``whole_episodes``).
         device: where the policy runs and where returned tensors live.
         seed: reset seed of the first :meth:`collect` (``None``: unseeded).
+        whole_episodes: run each rollout on until the episodes running at its ``T``-th step
+            have ended, then reset every env (see the module docstring).
     """
 
     def __init__(
@@ -198,67 +153,93 @@ class Collector:
         num_steps: int,
         device: str | torch.device = "cpu",
         seed: int | list[int] | None = None,
+        whole_episodes: bool = False,
     ) -> None:
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}")
+        check_positive_int("num_steps", num_steps)
         self.env = env if isinstance(env, VectorEnv) else make_env(env)
         self.policy, self.num_steps, self.seed = policy, num_steps, seed
+        self.whole_episodes = bool(whole_episodes)
         self.device = torch.device(device)
-        self.autoreset_mode = _autoreset_mode(self.env)
+        self.autoreset_mode = autoreset_mode(self.env)
         space = self.env.single_observation_space
         if not isinstance(space, gym.spaces.Box):
-            raise TypeError(f"env: observation space {space!r} is not supported; expected a Box")
+            raise UnsupportedSpaceError(
+                f"env: observation space {space!r} is not supported; expected a Box"
+            )
         self.num_envs = B = self.env.num_envs
-        T, f32 = num_steps, torch.float32
-        self._buf = {
-            "obs": torch.zeros((T, B, *space.shape), dtype=f32),
-            "log_probs": torch.zeros((T, B), dtype=f32),
-            "values": torch.zeros((T, B), dtype=f32),
-            "rewards": torch.zeros((T, B), dtype=f32),
-            "terminated": torch.zeros((T, B), dtype=torch.bool),
-            "truncated": torch.zeros((T, B), dtype=torch.bool),
-            "valid": torch.ones((T, B), dtype=torch.bool),
-            "final_values": torch.zeros((T, B), dtype=f32),
-            "has_final": torch.zeros((T, B), dtype=torch.bool),
-        }
-        self._np = {k: v.numpy() for k, v in self._buf.items()}
-        self._obs_rows = self._buf["obs"].unbind(0)  # per-step views, made once
         self._on_cpu = self.device.type == "cpu"
-        self._actions: Tensor | None = None  # allocated at the first step, shaped like an action
         self._same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
+        self._buf: dict[str, Tensor] = {}
+        self._actions: Tensor | None = None  # allocated at the first step, shaped like an action
+        self._allocate(num_steps)
         self._carry_return = np.zeros(B, dtype=np.float64)  # of the episodes still running
         self._carry_length = np.zeros(B, dtype=np.int64)
         self._last_done = np.zeros(B, dtype=bool)  # done at the previous collect's last step
         self._next_obs: np.ndarray | None = None
+        self._finals: list[tuple[int, np.ndarray, np.ndarray]] = []  # SAME_STEP final obs
+        self._ended = np.zeros(B, dtype=np.int64)  # whole_episodes: last row of each env
         self.global_step = 0  # environment steps taken (summed over envs)
+
+    def _allocate(self, rows: int) -> None:
+        """(Re)allocate the ``(rows, B, ...)`` buffers and their views, keeping their contents."""
+        B, f32 = self.num_envs, torch.float32
+        shapes = {"obs": (self.env.single_observation_space.shape, f32), "log_probs": ((), f32),
+                  "values": ((), f32), "rewards": ((), f32), "terminated": ((), torch.bool),
+                  "truncated": ((), torch.bool)}  # fmt: skip
+        old = self._buf
+        self._buf = {k: torch.zeros((rows, B, *shape), dtype=dtype)
+                     for k, (shape, dtype) in shapes.items()}  # fmt: skip
+        for k, v in old.items():
+            self._buf[k][: len(v)] = v
+        self._np = {k: v.numpy() for k, v in self._buf.items()}
+        self._obs_rows = self._buf["obs"].unbind(0)  # per-step views, made once
+        if self._actions is not None:
+            actions = self._actions
+            self._actions = None
+            self._allocate_actions(actions[0], rows)
+            self._actions[: len(actions)] = actions
+        self.capacity = rows
+
+    def _allocate_actions(self, action: Tensor, rows: int) -> None:
+        with torch.inference_mode(False):
+            self._actions = torch.zeros((rows, *action.shape), dtype=action.dtype)
+            self._actions_np = self._actions.numpy()
 
     def reset(self, seed: int | list[int] | None = None) -> None:
         """Reset every env (unfinished episodes are dropped) and the episode accumulators."""
         obs, _ = self.env.reset(seed=seed)
-        self._check_finite(-1, obs, np.zeros(self.num_envs))
+        check_env_output(obs, np.zeros(self.num_envs), "at reset")
         self._next_obs = obs
         self._last_done[:] = False
         self._carry_return[:] = 0.0
         self._carry_length[:] = 0
 
     def collect(self) -> Rollout:
-        """Run ``num_steps`` steps of every env, continuing from where the last call stopped."""
+        """Run ``num_steps`` steps of every env, continuing from where the last call stopped
+        (``whole_episodes``: on to the end of the running episodes, then reset)."""
         if self._next_obs is None:
             self.reset(self.seed)
+        self._finals = []
         with torch.inference_mode():
-            self._buf["has_final"].fill_(False)
             for t in range(self.num_steps):
                 self._step(t)
-            last = torch.from_numpy(np.asarray(self._next_obs, dtype=np.float32))
-            last_value = self.policy.value(last.to(self.device)).cpu()
-        self.global_step += self.num_steps * self.num_envs
-        return self._assemble(last_value)
+            rows = self._run_on() if self.whole_episodes else self.num_steps
+            obs, rewards = self._np["obs"], self._np["rewards"]  # env outputs, once per rollout
+            check_env_output(obs[1:rows], rewards[: rows - 1], self._where)
+            check_env_output(self._next_obs, rewards[rows - 1], self._where(rows - 1))
+            boot_obs, boot_index = self._bootstrap(rows)
+            boot_values = self.policy.value(boot_obs.to(self.device)).cpu()
+        self.global_step += rows * self.num_envs
+        rollout = self._assemble(rows, boot_obs, boot_index, boot_values)
+        if self.whole_episodes:
+            self.reset()
+        return rollout
 
     def _step(self, t: int) -> None:
         """One vector step: act on the current observations, store the transition in row t.
 
-        Only what must happen per step is here; validity masks and episode statistics are
-        computed for all T rows at once by :meth:`_assemble`.
+        Only what must happen per step is here; the finiteness check, validity masks, bootstrap
+        values and episode statistics are computed for all rows at once.
         """
         arr, policy = self._np, self.policy
         arr["obs"][t] = self._next_obs
@@ -266,7 +247,7 @@ class Collector:
         policy.update_obs_stats(obs)
         action, log_prob, value = policy.step(obs)
         if self._actions is None:
-            self._allocate_actions(action)
+            self._allocate_actions(action, self.capacity)
         if self._on_cpu:  # numpy writes are several times cheaper than torch indexing
             self._actions_np[t] = action.numpy()
             arr["log_probs"][t] = log_prob.numpy()
@@ -279,83 +260,100 @@ class Collector:
         arr["rewards"][t] = reward
         arr["terminated"][t] = terminated
         arr["truncated"][t] = truncated
-        if not (_finite(reward) and _finite(next_obs)):
-            self._check_finite(t, next_obs, reward)
         if self._same_step and truncated.any():  # V(final obs) bootstraps only truncations
-            self._final_values(t, truncated & ~terminated, info)
+            self._keep_finals(t, truncated & ~terminated, info)
         self._next_obs = next_obs
 
-    def _allocate_actions(self, action: Tensor) -> None:
-        with torch.inference_mode(False):
-            shape = (self.num_steps, *action.shape)
-            self._actions = torch.zeros(shape, dtype=action.dtype)
-            self._actions_np = self._actions.numpy()
+    def _where(self, t: int) -> str:
+        return f"at rollout step {t} (global step {self.global_step + t * self.num_envs})"
 
-    def _final_values(self, t: int, truncated: np.ndarray, info: dict[str, Any]) -> None:
-        """SAME_STEP: V(final observation) of the envs truncated at step t."""
+    def _keep_finals(self, t: int, truncated: np.ndarray, info: dict[str, Any]) -> None:
+        """SAME_STEP: keep the final observations of the envs truncated at step t."""
         if "final_obs" not in info:
             raise ValueError(f"env: truncated at step {t} but info has no 'final_obs' (SAME_STEP)")
         index = np.flatnonzero(truncated & info["_final_obs"])
-        if len(index) == 0:
-            return
-        final = np.stack(info["final_obs"][index]).astype(np.float32)
-        self._check_finite(t, final, np.zeros(len(index)), index)
-        value = self.policy.value(torch.from_numpy(final).to(self.device))
-        self._np["final_values"][t, index] = value.cpu().numpy()
-        self._np["has_final"][t, index] = True
+        if len(index):
+            final = np.stack(info["final_obs"][index]).astype(np.float32)
+            check_env_output(final, np.zeros(len(index)), self._where(t), index)
+            self._finals.append((t, index, final))
 
-    def _check_finite(
-        self, t: int, obs: np.ndarray, reward: np.ndarray, envs: np.ndarray | None = None
-    ) -> None:
-        """``ValueError`` naming the step and env index of a NaN/inf reward or observation."""
-        bad_obs = ~np.isfinite(np.asarray(obs, dtype=np.float64).reshape(len(obs), -1)).all(1)
-        bad = ~np.isfinite(reward) | bad_obs
-        if not bad.any():  # _finite's sum of squares overflowed: the data is finite
-            return
-        i = int(np.flatnonzero(bad)[0])
-        env_index = int(envs[i]) if envs is not None else i
-        what = "observation" if bad_obs[i] else "reward"
-        step = self.global_step + t * self.num_envs
-        where = "at reset" if t < 0 else f"at rollout step {t} (global step {step})"
-        value = obs[i] if bad_obs[i] else reward[i]
-        raise ValueError(f"env: NaN or inf {what} {where}, env index {env_index}: {value}")
+    def _run_on(self) -> int:
+        """``whole_episodes``: step on until each env's episode running at row T-1 has ended;
+        record that end in ``_ended`` and return the number of rows."""
+        t, arr = self.num_steps, self._np
+        pending = ~(arr["terminated"][t - 1] | arr["truncated"][t - 1])
+        self._ended[:] = np.where(pending, -1, t - 1)
+        while pending.any():
+            if t == self.num_steps + MAX_RUN_ON:
+                raise ValueError(
+                    f"env: whole_episodes: the episodes of envs {np.flatnonzero(pending).tolist()} "
+                    f"did not end within {MAX_RUN_ON:,} steps past the rollout; without a critic "
+                    "the episodes must end (add a time limit) or use a learned baseline"
+                )
+            if t == self.capacity:
+                self._allocate(2 * t)
+                arr = self._np
+            self._step(t)
+            ends = pending & (arr["terminated"][t] | arr["truncated"][t])
+            self._ended[ends] = t
+            pending &= ~ends
+            t += 1
+        return t
 
-    def _assemble(self, last_value: Tensor) -> Rollout:
-        """Copy the buffers into a Rollout on ``device``, with next_values filled in."""
-        buf = self._buf
-        next_values = torch.empty_like(buf["values"])
-        next_values[:-1] = buf["values"][1:]  # NEXT_STEP: obs[t + 1] is the final obs at a done
-        next_values[-1] = last_value
-        next_values = torch.where(buf["has_final"], buf["final_values"], next_values)
-        next_values.masked_fill_(buf["terminated"], 0.0)
-        done = self._np["terminated"] | self._np["truncated"]
+    def _bootstrap(self, rows: int) -> tuple[Tensor, Tensor]:
+        """The rollout's bootstrap observations and their flat indices (see :class:`Rollout`):
+        SAME_STEP's final observations, and the next observation of every env at the last row
+        (unless a final observation stands there)."""
+        B = self.num_envs
+        last = np.ones(B, dtype=bool)
+        index, obs = [], []
+        for t, envs, final in self._finals:
+            index.append(t * B + envs)
+            obs.append(final)
+            if t == rows - 1:
+                last[envs] = False
+        index.append((rows - 1) * B + np.flatnonzero(last))
+        obs.append(np.asarray(self._next_obs, dtype=np.float32)[last])
+        return torch.from_numpy(np.concatenate(obs)), torch.from_numpy(np.concatenate(index))
+
+    def _assemble(
+        self, rows: int, boot_obs: Tensor, boot_index: Tensor, boot_values: Tensor
+    ) -> Rollout:
+        """Copy the first ``rows`` rows of the buffers into a Rollout on ``device``."""
+        buf = {k: v[:rows] for k, v in self._buf.items()}
+        next_values = next_values_of(buf["values"], boot_values, boot_index, buf["terminated"])
+        done = self._np["terminated"][:rows] | self._np["truncated"][:rows]
+        valid = np.ones(done.shape, dtype=bool)
         if not self._same_step:  # the step after a done is NEXT_STEP's reset transition
-            valid = self._np["valid"]
             np.logical_not(done[:-1], out=valid[1:])
             np.logical_not(self._last_done, out=valid[0])
-        returns, lengths = self._episode_stats(done)
-        names = ("obs", "log_probs", "values", "rewards", "terminated", "truncated", "valid")
-        data = {k: buf[k].to(self.device, copy=True) for k in names}
+        if self.whole_episodes:  # what follows each env's last episode is dropped
+            valid &= np.arange(rows)[:, None] <= self._ended
+        returns, lengths = self._episode_stats(done, valid)
+        device = self.device
         return Rollout(
-            actions=self._actions.to(self.device, copy=True),
-            next_values=next_values.to(self.device),
+            actions=self._actions[:rows].to(device, copy=True),
+            next_values=next_values.to(device),
+            valid=torch.from_numpy(valid).to(device),
+            bootstrap_obs=boot_obs.to(device),
+            bootstrap_index=boot_index.to(device),
             episode_returns=returns,
             episode_lengths=lengths,
-            **data,
+            **{k: v.to(device, copy=True) for k, v in buf.items()},
         )
 
-    def _episode_stats(self, done: np.ndarray) -> tuple[list[float], list[int]]:
-        """Return and length of every episode ending in the buffers, in (step, env) order.
+    def _episode_stats(self, done: np.ndarray, valid: np.ndarray) -> tuple[list[float], list[int]]:
+        """Return and length of every episode ending at a valid row, in (step, env) order.
 
-        Running totals per env (cumulative sums over T, plus what carried over from earlier
-        rollouts), minus their value at the env's previous episode end.
+        Running totals per env (cumulative sums over the rows, plus what carried over from
+        earlier rollouts), minus their value at the env's previous episode end.
         """
-        T = self.num_steps
+        rows = len(done)
         totals = (
-            self._carry_return + np.cumsum(self._np["rewards"], 0, dtype=np.float64),
-            self._carry_length + np.cumsum(self._np["valid"], 0),
+            self._carry_return + np.cumsum(self._np["rewards"][:rows], 0, dtype=np.float64),
+            self._carry_length + np.cumsum(valid, 0),
         )
-        ends = np.where(done, np.arange(T)[:, None], -1)
+        ends = np.where(done, np.arange(rows)[:, None], -1)
         before = np.maximum.accumulate(np.concatenate([np.full_like(ends[:1], -1), ends]), 0)[:-1]
         since = [
             total - np.where(before >= 0, np.take_along_axis(total, before.clip(0), 0), 0)
@@ -364,10 +362,5 @@ class Collector:
         self._carry_return = np.where(done[-1], 0.0, since[0][-1])
         self._carry_length = np.where(done[-1], 0, since[1][-1])
         self._last_done = done[-1].copy()
-        return since[0][done].tolist(), since[1][done].tolist()
-
-
-def _finite(x: np.ndarray) -> bool:
-    """Fast check: NaN/inf propagate through a sum of squares (an overflow is re-checked)."""
-    flat = x.reshape(-1)
-    return math.isfinite(flat.dot(flat))
+        counted = done & valid
+        return since[0][counted].tolist(), since[1][counted].tolist()

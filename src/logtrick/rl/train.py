@@ -4,11 +4,25 @@ One flat loop serves ``reinforce``, ``a2c``, ``ppo`` and ``npg``: collect a roll
 (:class:`~logtrick.rl.rollout.Collector`), update (:func:`~logtrick.rl.update.update`, where the
 algorithms differ), log, evaluate, checkpoint. Shapes: rollouts are time-major, ``(T, B)`` =
 ``(num_steps, num_envs)``.
+
+Nothing is lost and nothing fails silently:
+
+* a config is checked when it is made, and the envs, policy and collector are built before the
+  run directory is created, so bad input leaves nothing behind;
+* one process writes a run directory at a time (:func:`~logtrick.runs.lock_run_dir`);
+* an update that produces NaN or inf stops the run with a
+  :class:`~logtrick.errors.DivergenceError` before anything of it is logged or saved: the last
+  checkpoint stays the last good one;
+* a resumed run continues its learner exactly (weights, optimizer, random generators,
+  observation and reward statistics, learning-rate schedule) and refuses settings that
+  contradict its saved config (:data:`~logtrick.rl.config.RESUME_FIELDS` may change). The
+  environments' mid-episode state cannot be saved safely (checkpoints hold tensors and numbers
+  only), so checkpoints leave the envs running and a resume resets them with seeds derived from
+  ``(seed, update)``: resuming one checkpoint twice gives the same run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import time
@@ -20,13 +34,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from logtrick import logging as runlog
+from logtrick import runs
+from logtrick.checks import check_env_id
+from logtrick.errors import DivergenceError
+from logtrick.rl.checkpoint import (
+    Counters,
+    checkpoint_state,
+    load_config,
+    load_policy_state,
+    merge_config,
+    restore,
+)
 from logtrick.rl.config import Config
+from logtrick.rl.learner import Learner, RewardScale
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
-from logtrick.rl.update import Learner, RewardScale, update
+from logtrick.rl.update import update
 
-__all__ = ["TrainResult", "evaluate", "load", "train"]
+__all__ = ["TrainResult", "evaluate", "load", "load_config", "train"]
 
 
 @dataclass
@@ -59,11 +84,9 @@ def build_policy(config: Config, env: Any) -> ActorCritic:
 def _target(config: Config) -> float | None:
     if config.target_return is not None:
         return config.target_return
-    import gymnasium as gym
-
     try:
-        return gym.spec(config.env).reward_threshold
-    except Exception:
+        return check_env_id("env", config.env).reward_threshold
+    except ValueError:
         return None
 
 
@@ -148,49 +171,12 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
-@dataclass
-class Counters:
-    """Where a run stands; saved in the checkpoint."""
-
-    update: int = 0
-    global_step: int = 0
-    train_time: float = 0.0
-    """Seconds of collection and updates (evaluations excluded)."""
-    solved_at_step: int = -1
-    solved_at_time: float = math.nan
-    recent: list[tuple[float, int]] = field(default_factory=list)
-    """(return, length) of the last 20 finished training episodes."""
-
-
-def checkpoint_state(learner: Learner, counters: Counters) -> dict[str, Any]:
-    """Everything needed to continue identically: tensors and numbers only."""
-    return {
-        "policy": learner.policy.state_dict(),
-        "optimizer": learner.optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "generator": learner.generator.get_state(),
-        "counters": dataclasses.asdict(counters),
-        "reward_scale": None if learner.reward_scale is None else learner.reward_scale.state_dict(),
-    }
-
-
-def restore(learner: Learner, state: dict[str, Any]) -> Counters:
-    learner.policy.load_state_dict(state["policy"])
-    learner.optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    learner.generator.set_state(state["generator"])
-    if learner.reward_scale is not None:
-        learner.reward_scale.load_state_dict(state["reward_scale"])
-    return Counters(**state["counters"])
-
-
 def make_learner(config: Config, envs: Any) -> Learner:
-    """Seed torch, build the policy and its optimizer (npg: the critic's only)."""
+    """Seed torch, build the policy and its optimizer (npg steps only the critic with it)."""
     torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)
     policy = build_policy(config, envs)
-    params = policy.critic_parameters() if config.algo == "npg" else policy.parameters()
-    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=True)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5, fused=True)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
     return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
 
@@ -198,41 +184,82 @@ def make_learner(config: Config, envs: Any) -> Learner:
 def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
     """Train a policy as ``config`` says; see :class:`Config`.
 
-    ``resume`` continues the run in that directory from its last checkpoint, with its saved
-    config (``total_steps`` taken from ``config`` when given, so a finished run can be extended).
-    A first Ctrl-C stops at the end of the current update and writes a checkpoint.
+    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
+    be omitted (the saved config is used) or differ from the saved one only in
+    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
+    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
+    writes a checkpoint.
+
+    Raises:
+        ValueError: bad or conflicting settings, unknown env id (before anything is written).
+        UnsupportedSpaceError: an observation or action space the policy cannot handle.
+        RunLockedError: another process is writing to the run directory.
+        CheckpointError: ``resume`` has no usable checkpoint.
+        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
     """
-    state = None
     if resume is not None:
-        run_dir = Path(resume)
-        saved = runlog.read_config(run_dir)
-        if config is not None:
-            saved["total_steps"] = config.total_steps
-        config = Config.from_dict(saved)
-        state = runlog.load_checkpoint(run_dir / runlog.CHECKPOINT)
-    else:
-        config = config or Config()
+        return _resume(Path(resume), config)
+    config = config or Config()
     envs = make_env(config.env, num_envs=config.num_envs,
                     vectorization_mode=config.vectorization_mode)  # fmt: skip
-    learner = make_learner(config, envs)
-    if state is not None:
-        counters = restore(learner, state)
-    else:
-        counters = Counters()
-        run_dir = runlog.new_run_dir(config.out, config.name)
-        runlog.write_config(run_dir, config.to_dict())
-    collector = Collector(envs, learner.policy, config.num_steps)
+    try:
+        learner = make_learner(config, envs)
+        counters = Counters.start(config)
+        collector = _collector(config, envs, learner, counters)
+        run_dir = runs.new_run_dir(config.out, config.name)
+        with runs.lock_run_dir(run_dir):
+            runs.write_config(run_dir, config.to_dict())
+            return _run(learner, collector, counters, run_dir, resumed=False)
+    finally:
+        envs.close()
+
+
+def _resume(run_dir: Path, config: Config | None) -> TrainResult:
+    saved = load_config(run_dir)
+    config = saved if config is None else merge_config(saved, config, run_dir)
+    with runs.lock_run_dir(run_dir):
+        state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+        envs = make_env(config.env, num_envs=config.num_envs,
+                        vectorization_mode=config.vectorization_mode)  # fmt: skip
+        try:
+            learner = make_learner(config, envs)
+            counters = restore(learner, state)
+            if config.total_steps < counters.global_step:
+                raise ValueError(f"total_steps: {config.total_steps:,} is below the "
+                                 f"{counters.global_step:,} steps the run has taken")  # fmt: skip
+            counters.extend(saved, config)
+            if learner.reward_scale is not None:  # the envs are reset: new episodes
+                learner.reward_scale.new_episodes()
+            collector = _collector(config, envs, learner, counters)
+            if config != saved:
+                runs.write_config(run_dir, config.to_dict())
+            return _run(learner, collector, counters, run_dir, resumed=True)
+        finally:
+            envs.close()
+
+
+def _collector(config: Config, envs: Any, learner: Learner, counters: Counters) -> Collector:
+    """The collector, its envs reset with the seeds of ``counters.update``."""
+    collector = Collector(envs, learner.policy, config.num_steps,
+                          whole_episodes=config.whole_episodes)  # fmt: skip
     collector.reset(seed=_reset_seeds(config, counters.update))
-    keep = counters.update if state is not None else None
-    logger = runlog.MetricsLogger(run_dir, config.tensorboard, keep_until=keep)
-    history = [_floats(r) for r in runlog.read_metrics(logger.path)] if keep else []
+    return collector
+
+
+def _run(
+    learner: Learner, collector: Collector, counters: Counters, run_dir: Path, resumed: bool
+) -> TrainResult:
+    """The loop with its logger, then the plot; the run directory is locked by the caller."""
+    config = learner.config
+    keep = counters.update if resumed else None
+    logger = runs.MetricsLogger(run_dir, config.tensorboard, keep_until=keep)
+    history = [_floats(r) for r in runs.read_metrics(logger.path)] if resumed else []
     try:
         interrupted = _loop(learner, collector, logger, history, counters, run_dir)
     finally:
         logger.close()
-        envs.close()
     if config.plot:
-        runlog.plot_learning_curve(history, run_dir / runlog.CURVE, title=config.name)
+        runs.plot_learning_curve(history, run_dir / runs.CURVE, title=config.name)
     solved = counters.solved_at_step >= 0
     return TrainResult(learner.policy, history, run_dir,
                        counters.solved_at_step if solved else None,
@@ -244,53 +271,71 @@ def _floats(row: dict[str, str]) -> dict[str, float]:
 
 
 def _loop(
-    learner: Learner, collector: Collector, logger: runlog.MetricsLogger,
+    learner: Learner, collector: Collector, logger: runs.MetricsLogger,
     history: list[dict[str, float]], c: Counters, run_dir: Path,
 ) -> bool:  # fmt: skip
     """Collect, update, log, evaluate, checkpoint; returns whether a Ctrl-C stopped it."""
     config = learner.config
-    target = _target(config)
+    target, saved_at = _target(config), c.update
     recent = deque(c.recent, maxlen=20)
     with _StopFlag() as stop, _progress(config) as bar:
-        task = bar.add_task("train", total=config.num_updates * config.batch_size,
-                            completed=c.global_step, sps="-", ret="-")  # fmt: skip
-        while c.update < config.num_updates:
-            lr = (
-                config.lr * (1.0 - c.update / config.num_updates) if config.anneal_lr else config.lr
-            )
+        task = bar.add_task("train", total=config.total_steps, completed=c.global_step,
+                            sps="-", ret="-")  # fmt: skip
+        while not _finished(config, c):
+            lr = c.lr(config)
             for group in learner.optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
             ro = collector.collect()
-            info = update(learner, ro)
+            steps = ro.rewards.numel()
+            try:
+                info = update(learner, ro)
+            except DivergenceError as err:
+                raise _diverged(config, c, steps, saved_at, err) from None
             dt = time.perf_counter() - t0
             c.update, c.global_step, c.train_time = (
-                c.update + 1, c.global_step + config.batch_size, c.train_time + dt)  # fmt: skip
+                c.update + 1, c.global_step + steps, c.train_time + dt)  # fmt: skip
             recent.extend(zip(ro.episode_returns, ro.episode_lengths))
             c.recent = list(recent)
             row = {"update": c.update, "global_step": c.global_step, "time": c.train_time,
-                   "sps": config.batch_size / dt, "lr": lr,
+                   "sps": steps / dt, "lr": lr,
                    "episode_return": float(np.mean([r for r, _ in recent])) if recent else math.nan,
                    "episode_length": float(np.mean([n for _, n in recent])) if recent else math.nan,
-                   "eval_return": _maybe_evaluate(learner, c, target), **info}  # fmt: skip
+                   "eval_return": _maybe_evaluate(learner, c, target, steps), **info}  # fmt: skip
             logger.log(row)
             history.append(row)
             bar.update(task, completed=c.global_step, sps=f"{row['sps']:.0f}",
                        ret=f"{row['episode_return']:.1f}")  # fmt: skip
-            done = (c.update == config.num_updates or stop.requested
-                    or (config.stop_at_threshold and c.solved_at_step >= 0))  # fmt: skip
+            done = stop.requested or _finished(config, c)
             if done or c.update % config.checkpoint_interval == 0:
-                collector.reset(seed=_reset_seeds(config, c.update))
-                runlog.save_checkpoint(run_dir / runlog.CHECKPOINT, checkpoint_state(learner, c))
+                runs.save_checkpoint(run_dir / runs.CHECKPOINT, checkpoint_state(learner, c))
+                saved_at = c.update
             if done:
                 break
     return stop.requested
 
 
-def _maybe_evaluate(learner: Learner, c: Counters, target: float | None) -> float:
+def _finished(config: Config, c: Counters) -> bool:
+    return c.global_step >= config.total_steps or (
+        config.stop_at_threshold and c.solved_at_step >= 0
+    )
+
+
+def _diverged(
+    config: Config, c: Counters, steps: int, saved_at: int, err: DivergenceError
+) -> DivergenceError:
+    """The divergence error with where it happened and what the run directory keeps."""
+    kept = f"the checkpoint of update {saved_at}" if saved_at else "no checkpoint (none was due)"
+    return DivergenceError(
+        f"{config.name}: training diverged at update {c.update + 1} (env step "
+        f"{c.global_step + steps:,}): {err}. The run directory keeps {kept}."
+    )
+
+
+def _maybe_evaluate(learner: Learner, c: Counters, target: float | None, steps: int) -> float:
     """Evaluate when ``global_step`` crossed a multiple of ``eval_every``; record solving."""
     every = learner.config.eval_every
-    if not every or c.global_step // every == (c.global_step - learner.config.batch_size) // every:
+    if not every or c.global_step // every == (c.global_step - steps) // every:
         return math.nan
     config = learner.config
     mean, _ = evaluate(learner.policy, config.env, config.eval_episodes, seed=config.seed + 10_000)
@@ -300,14 +345,20 @@ def _maybe_evaluate(learner: Learner, c: Counters, target: float | None) -> floa
 
 
 def load(run_dir: str | Path) -> ActorCritic:
-    """The policy saved in ``run_dir`` (built from its ``config.json``, weights loaded safely)."""
+    """The policy saved in ``run_dir`` (built from its ``config.json``, weights loaded safely).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``config.json``.
+        CheckpointError: no usable checkpoint, or one that does not fit the config's policy.
+    """
     run_dir = Path(run_dir)
-    config = Config.from_dict(runlog.read_config(run_dir))
+    config = load_config(run_dir)
+    state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
     envs = make_env(config.env, num_envs=1, vectorization_mode="sync")
     try:
         policy = build_policy(config, envs)
     finally:
         envs.close()
-    policy.load_state_dict(runlog.load_checkpoint(run_dir / runlog.CHECKPOINT)["policy"])
+    load_policy_state(policy, state, config)
     policy.eval()
     return policy

@@ -4,6 +4,10 @@ Every file that must survive a crash is written atomically: to a temporary file 
 directory, flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX),
 so a reader sees the old file or the new one, never half of one. Checkpoints are plain tensors
 and numbers, loadable with ``torch.load(weights_only=True)``: loading one runs no code.
+
+One process writes a run directory at a time: :func:`lock_run_dir` holds an exclusive
+``flock`` on its ``.lock`` file while training (the kernel releases it when the process exits,
+crash or not); a second writer gets :class:`~logtrick.errors.RunLockedError`.
 """
 
 from __future__ import annotations
@@ -14,17 +18,25 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from logtrick.errors import CheckpointError, RunLockedError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected there
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MetricsLogger",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_checkpoint",
+    "lock_run_dir",
     "new_run_dir",
     "plot_learning_curve",
     "read_config",
@@ -37,6 +49,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.csv"
 CURVE = "learning_curve.png"
+LOCK = ".lock"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -68,11 +81,54 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs)."""
+    """Load a checkpoint with ``weights_only=True`` (no code runs).
+
+    Raises:
+        CheckpointError: no file, an empty one, or one ``torch.load`` cannot read safely (not a
+            checkpoint, cut short, or holding objects other than tensors and numbers).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no file at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: no checkpoint (the run has not written one yet)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # EOFError, pickle.UnpicklingError, RuntimeError (zip), ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: the checkpoint cannot be read ({reason})") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (its ``.lock`` file) for the ``with`` block.
+
+    The lock is an ``flock`` on an open file: released when the block ends, and by the kernel
+    when the process dies. The file records the holder's process id for the error message.
+
+    Raises:
+        RunLockedError: another process holds the lock.
+    """
+    path = Path(run_dir) / LOCK
+    with path.open("a+") as fh:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise RunLockedError(
+                    f"{Path(run_dir)}: another process (pid {holder}) is writing to this run; "
+                    "wait for it to end, or stop it, before resuming"
+                ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
 
 
 def new_run_dir(out: str | os.PathLike[str], name: str) -> Path:

@@ -1,0 +1,101 @@
+"""Sphinx configuration of the logtrick documentation.
+
+Build (warnings are errors):
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+``LOGTRICK_DOCS_EXAMPLES`` chooses how the gallery runs ``examples/``: ``quick`` (the default and
+what CI builds: each script's ``--quick`` run, about a minute for all), ``full`` (the runs whose
+figures the scripts' docstrings quote, several minutes each) or ``off`` (not executed: pages
+without output, for editing prose).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT / "src"))  # document this checkout, installed or not
+sys.path.insert(0, str(DOCS / "_ext"))
+
+import logtrick  # noqa: E402
+
+project = "logtrick"
+author = "the logtrick authors"
+copyright = "the logtrick authors"
+release = logtrick.__version__
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+    "sphinx_gallery.gen_gallery",
+    "matplotlib.sphinxext.plot_directive",
+    "logtrick_docs",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "_static", "_templates", "_ext", "**/*.md5", "auto_examples/*.ipynb"]
+templates_path = ["_templates"]
+
+# -- Markdown (MyST) ------------------------------------------------------------------------------
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+# BENCHMARKS.md (included by benchmarks.md) skips heading levels, as a README may
+suppress_warnings = ["myst.header"]
+
+# -- API reference ---------------------------------------------------------------------------------
+autosummary_generate = True
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_class_signature = "separated"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_attr_annotations = True
+
+# -- Mathematics: MathJax 3, shipped in _static (no network at build or read time) -----------------
+mathjax_path = "mathjax/tex-chtml-full.js"
+
+# -- Theme -----------------------------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"logtrick {release}"
+html_static_path = ["_static"]
+html_css_files = ["logtrick.css"]
+html_show_sourcelink = False
+
+# -- Figures made by the build ---------------------------------------------------------------------
+plot_include_source = True
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 110)]
+plot_rcparams = {"figure.figsize": (6.4, 3.6), "figure.autolayout": True}
+
+# -- Examples gallery ------------------------------------------------------------------------------
+EXAMPLES = os.environ.get("LOGTRICK_DOCS_EXAMPLES", "quick")
+if EXAMPLES not in ("quick", "full", "off"):
+    raise ValueError(f"LOGTRICK_DOCS_EXAMPLES: expected quick, full or off, got {EXAMPLES!r}")
+
+sphinx_gallery_conf = {
+    "examples_dirs": str(ROOT / "examples"),
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r".*\.py$",  # every example is run, not only plot_*.py
+    "plot_gallery": str(EXAMPLES != "off"),
+    "reset_argv": "logtrick_docs.example_argv",
+    "image_scrapers": ("logtrick_docs.saved_figures", "matplotlib"),
+    "download_all_examples": False,
+    "line_numbers": False,
+    "remove_config_comments": True,
+    "min_reported_time": 10**9,  # the time per example is machine noise, not documentation
+    "show_memory": False,
+    "show_signature": False,
+}

@@ -1,0 +1,49 @@
+"""The errors a training run ends with when the user, not the code, has something to fix.
+
+Bad arguments are ``ValueError`` / ``TypeError`` raised at the boundary (:mod:`logtrick.checks`).
+The classes here name what else can stop a run; each message says what happened and what to do.
+The command line prints any of them (and ``ValueError`` and ``OSError``) as one line with exit
+code 2; anything else is a bug and keeps its traceback.
+
+=========================  ========================  ==========================================
+error                      also a                    raised when
+=========================  ========================  ==========================================
+``DivergenceError``        ``FloatingPointError``    the loss, a gradient or a parameter became
+                                                     NaN or inf during an update
+``RunLockedError``         ``RuntimeError``          another process writes the run directory
+``CheckpointError``        ``ValueError``            a checkpoint is missing, empty, unreadable
+                                                     or made for another policy
+``UnsupportedSpaceError``  ``TypeError``             an observation or action space the
+                                                     policies do not handle
+=========================  ========================  ==========================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "DivergenceError",
+    "LogtrickError",
+    "RunLockedError",
+    "UnsupportedSpaceError",
+]
+
+
+class LogtrickError(Exception):
+    """Base of the errors that end a run for a reason the user can act on."""
+
+
+class DivergenceError(LogtrickError, FloatingPointError):
+    """Training produced NaN or inf (loss, gradient or parameters); nothing was saved from it."""
+
+
+class RunLockedError(LogtrickError, RuntimeError):
+    """The run directory is locked by another process writing to it."""
+
+
+class CheckpointError(LogtrickError, ValueError):
+    """A checkpoint cannot be used: missing, empty, unreadable, or made for another policy."""
+
+
+class UnsupportedSpaceError(LogtrickError, TypeError):
+    """An observation or action space the policies do not support."""

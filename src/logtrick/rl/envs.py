@@ -1,0 +1,105 @@
+"""Vector environments for the collector: built from an id, an instance or a factory.
+
+:func:`make_env` accepts whatever names an environment (an id ``gymnasium.make`` accepts,
+``"ns/Env-v0"`` and ``"module:Env-v0"`` included, a ``gymnasium.Env``, a ``VectorEnv`` or a
+zero-argument factory) and returns a ``VectorEnv``; :func:`autoreset_mode` reads the autoreset
+mode the collector must follow (NEXT_STEP or SAME_STEP; DISABLED is refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+from gymnasium.envs.registration import VectorizeMode
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from logtrick.checks import check_env_id
+
+__all__ = ["autoreset_mode", "make_env"]
+
+_MODES = ("sync", "async", "vector_entry_point")
+
+
+def make_env(
+    env: str | gym.Env | VectorEnv | Callable[[], gym.Env],
+    num_envs: int | None = None,
+    vectorization_mode: str | VectorizeMode = "sync",
+    seed: int | None = None,
+    *,
+    autoreset_mode: str | AutoresetMode | None = None,
+) -> VectorEnv:
+    """Build a Gymnasium vector environment.
+
+    Args:
+        env: an environment id (``gymnasium.make_vec``), a ``VectorEnv`` (returned as is), a
+            single ``gymnasium.Env`` instance (wrapped into a one-env ``SyncVectorEnv``; the
+            instance is used once, not copied) or a zero-argument factory returning an ``Env``.
+        num_envs: number of copies (default 1; for a ``VectorEnv``, its own count).
+        vectorization_mode: ``"sync"``, ``"async"`` (one process per env) or
+            ``"vector_entry_point"`` (the id's own vectorised implementation).
+        seed: if given, the env is reset with it (sub-env ``i`` gets ``seed + i``) and its
+            action space is seeded, so that later unseeded resets are reproducible.
+        autoreset_mode: ``"NextStep"`` / ``"SameStep"`` or an ``AutoresetMode``; default the
+            vectoriser's own (``NEXT_STEP`` for Gymnasium's).
+
+    Returns:
+        The vector env.
+    """
+    if isinstance(vectorization_mode, VectorizeMode):
+        vectorization_mode = vectorization_mode.value
+    if vectorization_mode not in _MODES:
+        raise ValueError(
+            f"vectorization_mode: expected one of {_MODES}, got {vectorization_mode!r}"
+        )
+    if num_envs is not None and (not isinstance(num_envs, int) or num_envs < 1):
+        raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
+    kwargs = {} if autoreset_mode is None else {"autoreset_mode": AutoresetMode(autoreset_mode)}
+    if isinstance(env, VectorEnv):
+        if num_envs not in (None, env.num_envs):
+            raise ValueError(f"num_envs: the vector env has {env.num_envs} envs, got {num_envs}")
+        envs = env
+    elif isinstance(env, str):
+        check_env_id("env", env)
+        try:
+            envs = gym.make_vec(env, num_envs or 1, vectorization_mode, vector_kwargs=kwargs)
+        except gym.error.Error as err:
+            raise ValueError(
+                f"vectorization_mode={vectorization_mode!r}, env {env!r}: {err}"
+            ) from err
+    elif isinstance(env, gym.Env):
+        if num_envs not in (None, 1) or vectorization_mode != "sync":
+            raise ValueError(
+                "env: a gymnasium.Env instance can only make one synchronous env (num_envs=1, "
+                f"vectorization_mode='sync'), got num_envs={num_envs}, {vectorization_mode!r}; "
+                "pass an env id or a factory instead"
+            )
+        envs = gym.vector.SyncVectorEnv([lambda: env], **kwargs)
+    elif callable(env):
+        vec = (
+            gym.vector.AsyncVectorEnv if vectorization_mode == "async" else gym.vector.SyncVectorEnv
+        )
+        envs = vec([env] * (num_envs or 1), **kwargs)
+    else:
+        raise TypeError(f"env: expected an id, Env, VectorEnv or factory, got {type(env).__name__}")
+    if seed is not None:
+        envs.reset(seed=seed)
+        envs.action_space.seed(seed)
+    return envs
+
+
+def autoreset_mode(env: VectorEnv) -> AutoresetMode:
+    """The env's autoreset mode; NEXT_STEP or SAME_STEP, else ``ValueError``."""
+    mode = env.metadata.get("autoreset_mode")
+    if mode is None:
+        raise ValueError(
+            f"env: {env} has no metadata['autoreset_mode']; set it to "
+            "gymnasium.vector.AutoresetMode.NEXT_STEP or SAME_STEP"
+        )
+    mode = AutoresetMode(mode)
+    if mode == AutoresetMode.DISABLED:
+        raise ValueError(
+            "env: autoreset_mode DISABLED is not supported (it needs manual resets); "
+            "build the vector env with autoreset_mode NEXT_STEP or SAME_STEP"
+        )
+    return mode

@@ -1,0 +1,189 @@
+r"""What an update changes, and its one check: the learner (policy, optimizer, minibatch generator,
+reward scale), its optimizer step, and the finiteness check that ends each update.
+
+:meth:`Learner.step` records each loss and gradient norm and :meth:`Learner.watch` the inputs
+worth checking (advantages, value targets, the critic's values), all as tensors: no host sync
+during the update. :meth:`Learner.finish` checks them and the parameters, together with turning
+the logged values into floats, in one host sync, and raises
+:class:`~logtrick.errors.DivergenceError` naming the first non-finite one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import increment_version
+
+from logtrick.errors import DivergenceError
+from logtrick.rl.config import Config
+from logtrick.rl.policies import ActorCritic, merge_moments
+
+__all__ = ["Batch", "Learner", "RewardScale", "clip_grad_norm"]
+
+Batch = dict[str, Tensor]
+"""Flat ``(N, ...)`` tensors of N transitions, by name (obs, actions, log_probs, returns, ...)."""
+
+
+@dataclass
+class RewardScale:
+    r"""Divide rewards by a running standard deviation of the discounted return.
+
+    .. math::  R_t = \gamma R_{t-1} (1 - d_{t-1}) + r_t,\qquad
+               \tilde r_t = r_t / \sqrt{\mathrm{Var}[R]}
+
+    (the scaling of Engstrom et al. 2020, "Implementation Matters in Deep RL", as in SB3's
+    ``VecNormalize``). The critic then learns scaled values; advantages are unchanged in sign.
+    Invalid transitions (NEXT_STEP's reset rows, the dropped tails of whole-episode rollouts)
+    belong to no episode and leave :math:`R` alone.
+    """
+
+    gamma: float
+    running: Tensor | None = None
+    """(B,) discounted return of the current episodes (``None``: new episodes)."""
+    count: float = 1e-4
+    mean: float = 0.0
+    var: float = 1.0
+
+    def __call__(self, rewards: Tensor, done: Tensor, valid: Tensor) -> Tensor:
+        if self.running is None:
+            self.running = torch.zeros(rewards.shape[1], dtype=torch.float64)
+        seen = torch.empty_like(rewards, dtype=torch.float64)
+        for t in range(rewards.shape[0]):
+            running = torch.where(valid[t], self.running * self.gamma + rewards[t], self.running)
+            seen[t] = running
+            self.running = torch.where(done[t], 0.0, running)
+        batch = seen[valid]
+        n, m, v = batch.numel(), float(batch.mean()), float(batch.var(unbiased=False))
+        self.count, self.mean, self.var = merge_moments(self.count, self.mean, self.var, n, m, v)
+        return (rewards / (self.var**0.5 + 1e-8)).to(rewards.dtype)
+
+    def new_episodes(self) -> None:
+        """The environments were reset: the running returns start again from zero."""
+        self.running = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"running": self.running, "count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running, self.count = state["running"], state["count"]
+        self.mean, self.var = state["mean"], state["var"]
+
+
+@dataclass
+class Learner:
+    """What an update changes: the policy, its optimizer, the minibatch RNG, the reward scale.
+
+    :meth:`step` records each loss and gradient norm, :meth:`watch` an input, for the one
+    finiteness check of :meth:`finish`.
+    """
+
+    config: Config
+    policy: ActorCritic
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    reward_scale: RewardScale | None = None
+    params: list[torch.nn.Parameter] = field(init=False, repr=False)
+    _watched: list[tuple[str, Tensor]] = field(default_factory=list, init=False, repr=False)
+    _losses: list[Tensor] = field(default_factory=list, init=False, repr=False)
+    _norms: list[Tensor] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.params = list(self.policy.parameters())
+
+    def step(self, loss: Tensor) -> Tensor:
+        """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],
+                              self.config.max_grad_norm)  # fmt: skip
+        self.optimizer.step()
+        # A fused optimizer writes in place without bumping version counters; the policy's
+        # cached inference weights are keyed on them.
+        for p in self.params:
+            increment_version(p)
+        self._losses.append(loss.detach())
+        self._norms.append(norm)
+        return norm
+
+    def begin(self) -> None:
+        """Start an update: forget what the previous one recorded."""
+        self._watched, self._losses, self._norms = [], [], []
+
+    def watch(self, name: str, x: Tensor) -> None:
+        """Check ``x`` for NaN and inf in :meth:`finish` (no host sync now)."""
+        self._watched.append((name, x.detach().abs().amax()))
+
+    def minibatches(self, batch: Batch) -> list[Batch]:
+        """A fresh random split of ``batch`` into ``num_minibatches`` parts whose sizes differ
+        by at most one (one gather per tensor; the parts are views)."""
+        n = len(next(iter(batch.values())))
+        k = min(self.config.num_minibatches, n)
+        if k <= 1:  # one minibatch: the whole batch, order irrelevant
+            return [batch]
+        perm = torch.randperm(n, generator=self.generator)
+        parts = [batch[key][perm].tensor_split(k) for key in batch]
+        return [dict(zip(batch, p)) for p in zip(*parts)]
+
+    def finish(self, info: dict[str, Tensor | float]) -> dict[str, float]:
+        """The logged values as floats and the finiteness check, in one host sync.
+
+        Raises:
+            DivergenceError: naming the first non-finite quantity: an input (in the order
+                watched), the loss or the gradient norm of an optimizer step, the parameters.
+        """
+        checked = [x for _, x in self._watched] + self._losses + self._norms
+        with torch.no_grad():
+            checked.append(torch.stack(torch._foreach_norm(self.params, math.inf)).amax())
+        names = [k for k, v in info.items() if isinstance(v, Tensor)]
+        values = torch.stack([*checked, *(info[k].float() for k in names)]).tolist()
+        found = [i for i, v in enumerate(values[: len(checked)]) if not math.isfinite(v)]
+        if found:
+            raise DivergenceError(self._diagnose(found[0], values[found[0]]))
+        self.begin()
+        out = {k: float(v) for k, v in info.items() if not isinstance(v, Tensor)}
+        return {**out, **dict(zip(names, values[len(checked) :]))}
+
+    def _diagnose(self, i: int, value: float) -> str:
+        """What the ``i``-th checked quantity is, and what to try."""
+        watched, steps = len(self._watched), len(self._losses)
+        if i < watched:
+            what = f"the {self._watched[i][0]} (computed from the critic and the rewards)"
+        elif i < watched + 2 * steps:
+            kind = "loss" if i < watched + steps else "gradient norm"
+            what = f"the {kind} of optimizer step {(i - watched) % max(steps, 1) + 1} of {steps}"
+        else:
+            what = "the parameters after the update"
+        self.begin()
+        config, lr = self.config, self.optimizer.param_groups[0]["lr"]
+        return (
+            f"{what} is {value}; lower lr (now {lr:.3g}) or max_grad_norm (now "
+            f"{config.max_grad_norm:g}), or normalise observations and rewards "
+            f"(normalize_obs / normalize_rewards)"
+        )
+
+
+def clip_grad_norm(grads: list[Tensor], max_norm: float) -> Tensor:
+    r"""Scale ``grads`` in place to global norm at most ``max_norm``; returns the norm before.
+
+    .. math::  g \leftarrow g \cdot \min\big(1, \tfrac{c}{\|g\|_2 + 10^{-6}}\big)
+
+    ``torch.nn.utils.clip_grad_norm_`` with the same result, in two ``_foreach`` kernels (that
+    function takes the per-tensor Python loop on CPU).
+
+    Args:
+        grads: gradient tensors (any shapes).
+        max_norm: :math:`c > 0`; ``inf`` only measures.
+
+    Returns:
+        The 0-dim global 2-norm before clipping.
+    """
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if math.isfinite(max_norm):
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total
