@@ -118,7 +118,13 @@ def env_facts(env: str | gym.Env | Callable[[], gym.Env]) -> EnvFacts:
         return EnvFacts(env.observation_space, env.action_space, _limit(env.spec),
                         _threshold(env.spec))  # fmt: skip
     if isinstance(env, str):
-        made = gym.make(env)
+        from logtrick.checks import check_env_id
+
+        check_env_id("env", env)
+        try:
+            made = gym.make(env)
+        except gym.error.Error as err:  # e.g. a missing extra (box2d, mujoco)
+            raise ValueError(f"env: cannot make {env!r}: {err}") from None
     elif callable(env):
         made = env()
         if not isinstance(made, gym.Env):
