@@ -369,6 +369,22 @@ def test_kl_only_reported_when_coefficient_is_zero() -> None:
     assert float(info["kl"]) == pytest.approx(math.exp(-1.0), rel=1e-12)  # k3 at x = -1
 
 
+def test_approx_kl_is_k3_of_the_old_to_new_ratio_token_by_token() -> None:
+    """``info["approx_kl"]`` = (ρ − 1) − log ρ ≥ 0 for every single token, 0 only at ρ = 1,
+    masked tokens (here NaN) left out. One-token batches on a grid of log-ratios of both signs:
+    the k1 estimate −log ρ would be negative at every log ρ > 0, and k3 of the reversed ratio
+    (ρ⁻¹ − 1 + log ρ) would differ from the value checked here."""
+    mask = torch.tensor([[True, False]])
+    for log_ratio in torch.linspace(-3.0, 3.0, 13, dtype=torch.float64):
+        lp = torch.stack([log_ratio, torch.tensor(float("nan"), dtype=torch.float64)])[None]
+        old = torch.zeros(1, 2, dtype=torch.float64)
+        _, info = sequence_surrogate(lp, mask, torch.ones(1, dtype=torch.float64),
+                                     old_token_log_probs=old)  # fmt: skip
+        kl, lr = float(info["approx_kl"]), float(log_ratio)
+        assert kl >= 0.0 and (kl == 0.0) == (lr == 0.0), (lr, kl)
+        assert kl == pytest.approx(math.expm1(lr) - lr, rel=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_kl_and_ratio_do_not_overflow(dtype: torch.dtype) -> None:
     lp = torch.tensor([[-60.0, -1.0], [-2.0, -0.5]], dtype=dtype, requires_grad=True)
