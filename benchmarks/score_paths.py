@@ -13,7 +13,6 @@ Run:  python benchmarks/score_paths.py [--samples 1000 10000] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ import torch.distributions as D
 from torch import Tensor
 
 import logtrick as lt
+import logtrick.score as score_module
 
-score_module = importlib.import_module("logtrick.score")  # lt.score is the function
 DT = torch.float64
 FAMILIES: dict[str, tuple[Callable[[list[Tensor]], D.Distribution], list[Tensor], str]] = {
     "Normal": (lambda p: D.Normal(p[0], p[1]), [torch.zeros(3, dtype=DT), torch.ones(3)], "vmap"),

@@ -41,6 +41,7 @@ PAGES = {
     "index.html": 1,
     "getting_started.html": 0,
     "choosing.html": 0,
+    "stochastic_graphs.html": 10,
     "api/score.html": 4,
     "api/rl.html": 10,
     "auto_examples/blackbox_search.html": 3,

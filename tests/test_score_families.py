@@ -14,7 +14,6 @@ support and non-finite scores give a ``ValueError``.
 
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from torch import Tensor
 from torch.distributions import transforms as T
 
 import logtrick as lt
+import logtrick.score as score_module
 from logtrick.score import flatten_scores
 from stats import assert_mean
 
-score_module = importlib.import_module("logtrick.score")  # lt.score is the function
 DT = torch.float64
 ALPHA = 1e-4
 N_DRAWS = 2000

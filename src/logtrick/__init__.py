@@ -4,7 +4,10 @@ Unbiased, low-variance gradients of expectations whose integrand may be a black 
 fast policy-gradient trainer built on the same estimator (:mod:`logtrick.rl`).
 """
 
-from logtrick import diagnostics, problems
+# score and surrogate are modules that call their namesake function: lt.score(...) is
+# logtrick.score.score(...), and ``import logtrick.score`` still gives the module
+# (logtrick.callable_module)
+from logtrick import diagnostics, problems, score, surrogate
 from logtrick.advantages import (
     GroupedAdvantages,
     MovingAverageState,
@@ -46,10 +49,10 @@ from logtrick.language import (
 from logtrick.measure_valued import DeltaMethod, MeasureValued
 from logtrick.relax import Rebar, Relax, variance_backward
 from logtrick.relaxations import GumbelSoftmax, StraightThrough
-from logtrick.score import fisher, score
+from logtrick.score import fisher
 from logtrick.sequence import sequence_surrogate, token_kl
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
-from logtrick.surrogate import magic_box, surrogate
+from logtrick.surrogate import magic_box
 from logtrick.vimco import vimco_signals, vimco_surrogate
 
 # The estimators of other modules, by short name (they import estimators.py, so they register

@@ -55,12 +55,12 @@ class Baseline(Protocol):
     (learned); the estimator is then unbiased.
     """
 
-    active: bool
+    active: ClassVar[bool]
     """Whether it changes the estimator at all (``False`` only for :class:`NoBaseline`); an
     estimator without a score term (pathwise) refuses an active baseline."""
-    min_samples: int
+    min_samples: ClassVar[int]
     """Samples along ``sample_dim`` it needs (2 for leave-one-out)."""
-    max_order: float
+    max_order: ClassVar[float]
     """Highest derivative order of :math:`\\mathbb{E}[f]` still estimated without bias with it
     (``math.inf`` for a scalar ``b``; 1 for per-parameter coefficients)."""
 
@@ -360,7 +360,7 @@ def resolve_baseline(spec: object) -> Baseline:
     if spec is None:
         return _NONE
     if isinstance(spec, _BUILTIN):
-        return spec  # type: ignore[return-value]
+        return spec
     if isinstance(spec, bool):
         raise TypeError(f"baseline: expected None, a number, a name or a baseline, got {spec!r}")
     if isinstance(spec, (int, float, Tensor)):

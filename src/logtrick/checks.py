@@ -275,7 +275,10 @@ def check_in_support(name: str, x: Tensor, dist: Distribution) -> Tensor:
     if not dist._validate_args:
         return x
     try:
-        inside = dist.support.check(x)
+        support = dist.support
+        if support is None:
+            return x
+        inside = support.check(x)
     except NotImplementedError:
         return x
     if not bool(inside.all()):
@@ -412,7 +415,7 @@ def check_env_output(
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us below
         if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
             return
-    bad_obs = ~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1)
+    bad_obs = np.asarray(~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1))
     bad = ~np.isfinite(flat_reward.astype(np.float64)) | bad_obs
     if not bad.any():  # the sum of squares overflowed: the data is finite
         return

@@ -47,7 +47,7 @@ class ScoreTerm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, cost: Tensor, log_prob: Tensor, b: Tensor | float | None, reduce: bool
     ) -> Tensor:
         ctx.inputs = (cost, log_prob, b)
@@ -109,7 +109,7 @@ class _RaiseOnBackward(torch.autograd.Function):
     """Identity on ``grad``, tied to ``anchor``; differentiating it raises ``message``."""
 
     @staticmethod
-    def forward(ctx: Any, grad: Tensor, anchor: Tensor, message: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, grad: Tensor, anchor: Tensor, message: str) -> Tensor:
         ctx.message = message
         return grad.view_as(grad)
 
@@ -123,7 +123,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     differentiated again."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, message: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, message: str) -> Tensor:
         ctx.save_for_backward(x)
         ctx.message = message
         return x.view_as(x)

@@ -18,6 +18,7 @@ from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import Node
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
@@ -207,7 +208,8 @@ def _depends_on(out: Tensor, x: Tensor) -> bool:
     """Whether ``x`` is an ancestor of ``out`` in the autograd graph (walked, not run)."""
     if out.grad_fn is None or x.grad_fn is None:
         return False
-    target, seen, stack = x.grad_fn, set(), [out.grad_fn]
+    target, seen = x.grad_fn, set()
+    stack: list[Node | None] = [out.grad_fn]
     while stack:
         node = stack.pop()
         if node is target:

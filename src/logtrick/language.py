@@ -21,6 +21,7 @@ which a causal model never looks back at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +73,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, valid: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, logits: Tensor, tokens: Tensor, valid: Tensor, chunk: int) -> Tensor:
         out = []
         for i in range(0, logits.shape[0], chunk):
             z = _valid_rows(logits, valid, slice(i, i + chunk))
@@ -83,7 +84,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
         return torch.cat(out)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         logits, tokens, valid = ctx.saved_tensors
         parts = []
         for i in range(0, logits.shape[0], ctx.chunk):

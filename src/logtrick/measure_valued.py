@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ def _normal(dist: Distribution, who: str) -> tuple[Normal, Tensor, Tensor]:
 def _chain(cost: Tensor, grads: list[Tensor], params: list[Tensor]) -> Tensor:
     """Value ``cost``; gradient :math:`\\sum_j` ``grads[j]`` (per-sample, ``(K,) + batch_shape``)
     chained into ``params[j]``, summed over the batch dimensions that ``cost`` reduced."""
-    inner = sum(g.detach() * p for g, p in zip(grads, params))
+    inner = cast(Tensor, sum(g.detach() * p for g, p in zip(grads, params)))  # grads: not empty
     extra = inner.dim() - cost.dim()
     if extra:
         inner = inner.sum(tuple(range(-extra, 0)))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,9 @@ __all__ = [
     "unwrap_independent",
 ]
 
+
+DiscreteBase = Bernoulli | Categorical | OneHotCategorical
+"""The families the relaxations and ARM read ``logits`` and ``probs`` from."""
 
 KINDS: dict[str, tuple[type, ...]] = {
     "bernoulli": (Bernoulli,),
@@ -78,14 +81,14 @@ def unwrap_independent(dist: Distribution) -> tuple[Distribution, int]:
 
 def discrete_base(
     dist: Distribution, who: str, kinds: tuple[str, ...] = ("bernoulli", "categorical")
-) -> tuple[Distribution, str]:
+) -> tuple[DiscreteBase, str]:
     """The Bernoulli or categorical distribution inside ``dist`` (unwrapping ``Independent``) and
     its kind, ``"bernoulli"`` or ``"categorical"`` (f takes one-hot vectors); else a ``TypeError``
     naming the estimator ``who`` and the supported families."""
     base, _ = unwrap_independent(dist)
     for kind in kinds:
         if isinstance(base, KINDS[kind]):
-            return base, kind
+            return cast(DiscreteBase, base), kind
     names = [cls.__name__ for kind in kinds for cls in KINDS[kind]]
     wanted = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
     got = type(dist).__name__ if base is dist else f"{type(dist).__name__}({type(base).__name__})"

@@ -162,7 +162,7 @@ class MetricsLogger:
             self.fields = list(rows[0]) if rows else None
             text = io.StringIO()
             if rows:
-                writer = csv.DictWriter(text, fieldnames=self.fields)
+                writer = csv.DictWriter(text, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
             atomic_write_text(self.path, text.getvalue())

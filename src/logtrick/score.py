@@ -10,6 +10,9 @@ with ``torch.func`` (``vmap`` over ``grad``): no Python loop over samples. A ``l
 ``vmap`` cannot run (``Geometric`` and ``Multinomial`` index with a boolean mask in place) gets
 the same result from one backward pass through a copy of the parameters per sample, or, where
 ``dist_fn`` cannot take such copies, from a loop of ``torch.autograd.grad`` over the samples.
+
+The module is callable: ``logtrick.score(dist_fn, params, x)`` calls :func:`score`
+(:mod:`logtrick.callable_module`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from logtrick.callable_module import make_callable
 from logtrick.checks import (
     check_finite,
     check_in_support,
@@ -211,3 +215,7 @@ def fisher(
         s = s - s.mean(0)
         return s.T @ s / (samples - 1)
     return s.T @ s / samples
+
+
+# ``lt.score(...)`` calls score() while ``logtrick.score`` stays this module
+make_callable(__name__)
