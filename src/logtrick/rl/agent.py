@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import io
 from collections.abc import Callable
 from functools import partial
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from logtrick import runs
-from logtrick.checks import check_positive_int
+from logtrick.checks import check_known_name, check_positive_int
 from logtrick.errors import CheckpointError
 from logtrick.rl.checkpoint import (
     Counters,
@@ -82,16 +81,6 @@ def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
                     f"got {type(env).__name__}")  # fmt: skip
 
 
-def _check_fields(fields: dict[str, Any]) -> None:
-    """``TypeError`` naming each keyword that is not a Config field, with close matches."""
-    known = [f.name for f in dataclasses.fields(Config)]
-    for name in fields:
-        if name not in known or name in ("env", "algo"):
-            close = difflib.get_close_matches(name, known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise TypeError(f"Agent: unexpected keyword {name!r}: not a Config field{hint}")
-
-
 class Agent:
     """A policy-gradient agent on one environment: learn, predict, evaluate, save, load.
 
@@ -113,7 +102,9 @@ class Agent:
 
     def __init__(self, env: EnvLike = "CartPole-v1", algo: str | None = None, *,
                  policy: torch.nn.Module | None = None, **fields: Any) -> None:  # fmt: skip
-        _check_fields(fields)
+        known = [f.name for f in dataclasses.fields(Config) if f.name not in ("env", "algo")]
+        for name in fields:  # TypeError, as for any unexpected keyword
+            check_known_name(name, known, "keyword of Agent: not a Config field", TypeError)
         source = _env_source(env)
         if policy is not None and "normalize_obs" not in fields:
             fields["normalize_obs"] = False  # the network normalises its inputs itself

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import itertools
 import os
 import re
@@ -363,10 +362,7 @@ def parse_field(name: str, text: str) -> Any:
         ValueError: naming the field, for an unknown field or a value of another type.
     """
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    if name not in fields:
-        close = difflib.get_close_matches(name, list(fields), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{name}: unknown Config field{hint} (fields: {', '.join(fields)})")
+    checks.check_known_name(name, list(fields), "Config field")
     kind = str(fields[name].type)
     optional = kind.endswith(" | None")
     parser, what = _PARSERS[kind.removesuffix(" | None")]
@@ -389,9 +385,10 @@ def _field_docs() -> dict[str, str]:
         return {}
     body, docs = tree.body[0].body, {}  # type: ignore[attr-defined]
     for node, after in itertools.pairwise(body):
-        field_node = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-        if field_node and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(after.value.value).split())  # type: ignore[union-attr]
+        value = getattr(after, "value", None)
+        text = value.value if type(value) is ast.Constant else None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and text:
+            docs[node.target.id] = " ".join(str(text).split())
     return docs
 
 
