@@ -19,7 +19,7 @@ def test_default_train_solves_cartpole_and_evaluate_confirms(
     )
     out = capsys.readouterr().out
     assert "solved:" in out, out
-    run_dir = tmp_path / "CartPole-v1-ppo-0"
+    run_dir = tmp_path / "CartPole-v1-npg-0"  # the env's default algorithm, as rl.Config()
     assert f"run directory: {run_dir}" in out
     assert main(["evaluate", str(run_dir), "--episodes", "20"]) == 0
     line = capsys.readouterr().out

@@ -9,6 +9,7 @@ expected. Checks return the (possibly converted) value so that a boundary reads
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -503,3 +504,15 @@ def check_integer_tensor(name: str, x: object) -> Tensor:
     if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{name}: expected an integer tensor (ids), got dtype {x.dtype}")
     return x
+
+
+def check_known_name(
+    name: str, known: Sequence[str], what: str, error: type[Exception] = ValueError
+) -> str:
+    """``name`` if it is one of ``known``; else ``error`` saying it is an unknown ``what``, with
+    the close matches and every known name (a misspelt keyword or ``--set`` field)."""
+    if name in known:
+        return name
+    close = difflib.get_close_matches(name, list(known), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise error(f"{name}: unknown {what}{hint} (fields: {', '.join(known)})")

@@ -262,18 +262,26 @@ def _presets_table() -> str:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from logtrick.rl.config import ALGOS, RESUME_FIELDS
+    from logtrick.rl.config import ALGOS, RESUME_FIELDS, fields_help
+    from logtrick.rl.presets import BASE
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = (
-        "Train a policy-gradient agent on a Gymnasium environment. Defaults come from the "
-        "per-environment presets below, then Config's defaults; flags and --set override them. "
-        f"--resume continues a run with its saved settings; it may change only "
+        "Train a policy-gradient agent on a Gymnasium environment: rl.Agent(ENV, algo, "
+        "**fields).learn(). A field not given takes the env's preset (below), or for an env "
+        "without one the defaults chosen from its spaces, then the base value: the same "
+        "configuration as rl.Config(env=ENV, algo=..., **fields) in Python. Flags and --set "
+        f"override them. --resume continues a run with its saved settings; it may change only "
         f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
     )
-    p.epilog = "presets (env: common to every algo; then per algo):\n" + _presets_table()
+    p.epilog = (
+        "presets (env: common to every algo; then per algo):\n" + _presets_table()
+        + "\n\nConfig fields (--set FIELD=VALUE):\n" + fields_help(indent="    ")
+    )  # fmt: skip
     p.add_argument("env", nargs="?", help="Gymnasium env id (default: CartPole-v1)")
-    p.add_argument("--algo", choices=ALGOS, help="default: ppo")
+    p.add_argument(
+        "--algo", choices=ALGOS, help="default: the env's (npg on CartPole-v1, else ppo)"
+    )
     p.add_argument("--steps", help="env-step budget, e.g. 200000 or 2e5 (default: the preset's)")
     p.add_argument("--seed", help="default: 0")
     p.add_argument("--envs", help="parallel environments (default: the preset's)")
@@ -283,7 +291,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-every",
         help=f"evaluate 20 deterministic episodes every N env steps; 0: never "
-        f"(default: {_NEW_RUN['eval_every']})",
+        f"(default: the preset's, else {BASE['eval_every']})",
     )
     p.add_argument(
         "--no-stop",
@@ -295,19 +303,18 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="any Config field, e.g. --set lr=1e-3 'hidden=(128,128)'",
+        help="any Config field (listed below), e.g. --set lr=1e-3 'hidden=(128,128)'",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_NEW_RUN = {"eval_every": 5_000, "stop_at_threshold": True, "out": "runs"}
-"""The command line's defaults for a new run where they differ from Config's."""
 _FLAG_FIELDS = {"steps": "total_steps", "seed": "seed", "envs": "num_envs",
                 "eval_every": "eval_every", "out": "out"}  # fmt: skip
 
 
-def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The Config fields set by the flags given (and ``--set``), parsed to their types."""
+def train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The Config fields set by the flags given (and ``--set``), parsed to their types:
+    ``rl.Config(**train_overrides(args))`` is the run's configuration."""
     from logtrick.rl.config import parse_field
 
     overrides: dict[str, object] = {}
@@ -332,14 +339,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     from logtrick import rl
 
-    overrides = _train_overrides(args)
+    overrides = train_overrides(args)
     if args.resume:
         config = dataclasses.replace(rl.load_config(args.resume), **overrides)
         result = rl.train(config, resume=args.resume)
     else:
-        env = overrides.pop("env", "CartPole-v1")
-        algo = overrides.pop("algo", "ppo")
-        result = rl.train(rl.preset(env, algo, **{**_NEW_RUN, **overrides}))
+        result = rl.train(rl.Config(**overrides))
     last = result.history[-1] if result.history else {}
     print(f"run directory: {result.run_dir}")
     print(

@@ -185,6 +185,21 @@ class MetricsLogger:
                 if key not in ("global_step", "update") and value == value:  # skip NaN
                     self.tb.add_scalar(key, float(value), step)
 
+    def log_hparams(self, config: Mapping[str, Any]) -> None:
+        """Record the run's hyperparameters in TensorBoard's HPARAMS tab (no-op without
+        TensorBoard), with ``episode_return`` and ``eval_return`` as its metrics. Values other
+        than numbers, strings and bools are written as their ``repr``."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        plain = {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
+                 for k, v in config.items()}  # fmt: skip
+        metrics = {"episode_return": 0.0, "eval_return": 0.0}  # names only: the scalars log them
+        writer = self.tb._get_file_writer()
+        for summary in hparams(plain, metrics):
+            writer.add_summary(summary)
+
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
@@ -206,30 +221,47 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, str]]:
 
 
 def plot_learning_curve(
-    rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
+    rows: Iterable[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str = "",
+    threshold: float | None = None,
 ) -> None:
-    """Return vs env steps and vs wall-clock (two panels), written atomically as PNG."""
+    """Training return and evaluation return vs env steps and vs wall-clock (two panels), with
+    the env's reward ``threshold`` as a dashed line, written atomically as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if str(r.get("episode_return", "")) not in ("", "nan")]
-    steps = [float(r["global_step"]) for r in rows]
-    secs = [float(r["time"]) for r in rows]
-    rets = [float(r["episode_return"]) for r in rows]
+    rows = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, x, label in ((axes[0], steps, "env steps"), (axes[1], secs, "wall-clock (s)")):
-        ax.plot(x, rets, lw=1.5)
+    for ax, xkey, label in ((axes[0], "global_step", "env steps"),
+                            (axes[1], "time", "wall-clock (s)")):  # fmt: skip
+        for key, style, name in (("episode_return", "-", "training (recent episodes)"),
+                                 ("eval_return", "o-", "evaluation (deterministic)")):  # fmt: skip
+            points = [(float(r[xkey]), float(r[key])) for r in rows if _number(r.get(key))]
+            if points:
+                ax.plot(*zip(*points), style, lw=1.5, ms=3, label=name)
+        if threshold is not None:
+            ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean episode return (recent)")
+    axes[0].set_ylabel("episode return")
+    axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _number(value: Any) -> bool:
+    """Whether a metrics cell holds a finite number (not empty, not NaN)."""
+    try:
+        return value is not None and value != "" and float(value) == float(value)
+    except (TypeError, ValueError):
+        return False
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def test_values_and_next_values_agree_under_observation_normalisation(
     of the rollout (the ones the update's own forward passes use)."""
     config = rl.Config(env="LogtrickCounter-v0", algo="a2c", num_envs=1, num_steps=5,
                        num_minibatches=1, gamma=1.0, gae_lambda=1.0, normalize_obs=True,
-                       normalize_advantages=False, **QUIET)  # fmt: skip
+                       normalize_rewards=False, normalize_advantages=False, **QUIET)  # fmt: skip
     learner, rollout = _learner_and_rollout(config)
     seen: dict = {}
     original = update_module.compute_gae

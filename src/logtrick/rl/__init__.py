@@ -1,7 +1,8 @@
 """Policy-gradient reinforcement learning on Gymnasium: returns, rollouts, policies, losses, and
-the trainer (``train``, ``load``, ``evaluate``)."""
+the trainer (``Agent``; ``train``, ``load``, ``evaluate``)."""
 
 from logtrick.errors import CheckpointError, DivergenceError, RunLockedError, UnsupportedSpaceError
+from logtrick.rl.agent import Agent, load, train
 from logtrick.rl.config import ALGOS, PRESETS, Config, preset
 from logtrick.rl.losses import (
     conjugate_gradient,
@@ -15,12 +16,13 @@ from logtrick.rl.losses import (
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Collector, Rollout, make_env
-from logtrick.rl.train import TrainResult, evaluate, load, load_config, train
+from logtrick.rl.train import TrainResult, evaluate, load_config
 
 __all__ = [
     "ALGOS",
     "PRESETS",
     "ActorCritic",
+    "Agent",
     "CheckpointError",
     "Collector",
     "Config",

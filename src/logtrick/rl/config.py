@@ -1,18 +1,21 @@
 """Training configuration and per-environment presets.
 
 ``Config`` is one frozen dataclass, a docstring under every field; values derived from others are
-properties. Every field is checked (type and range) when a ``Config`` is made, before anything is
-created: the check of each field is one entry of ``FIELD_CHECKS`` (functions of
-:mod:`logtrick.checks`). :func:`parse_field` reads a command-line value (``--set lr=1e-3``) as
-its field's declared type. ``PRESETS`` is the table of per-environment defaults, shown by
-``logtrick presets``.
+properties. A field left out takes the value of the env's preset or defaults, resolved by
+:func:`logtrick.rl.presets.resolve` (its default shows as ``PRESET``): ``Config(env=..., ...)``,
+:func:`preset` and the command line give the same configuration for the same arguments. Every
+field is checked (type and range) when a ``Config`` is made, before anything is created: the
+check of each field is one entry of ``FIELD_CHECKS`` (functions of :mod:`logtrick.checks`).
+:func:`parse_field` reads a command-line value (``--set lr=1e-3``) as its field's declared type.
+``FIELD_DOCS`` holds each field's docstring (read from this file's source), shown by
+``help(Config)`` and ``logtrick train --help``.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
+import itertools
 import os
 import re
 from collections.abc import Callable
@@ -22,11 +25,22 @@ from typing import Any
 
 from logtrick import checks
 from logtrick.rl.policies import ACTIVATIONS
+from logtrick.rl.presets import (
+    BASE,
+    DEFAULT_ALGOS,
+    PRESETS,
+    default_algo,
+    is_custom_env,
+    preset,
+    resolve,
+)
 
 __all__ = [
     "ALGOS",
     "DEFAULT_ALGOS",
     "FIELD_CHECKS",
+    "FIELD_DOCS",
+    "PRESET",
     "PRESETS",
     "RESUME_FIELDS",
     "Config",
@@ -36,6 +50,21 @@ __all__ = [
 ]
 
 ALGOS = ("reinforce", "a2c", "ppo", "npg")
+
+
+class _Preset:
+    """The default of every Config field but ``env`` and ``extra``: "the preset's value"."""
+
+    def __repr__(self) -> str:
+        return "PRESET"
+
+    def __reduce__(self) -> str:
+        return "PRESET"
+
+
+PRESET: Any = _Preset()
+"""A field whose value is ``PRESET`` takes it from the env's preset or defaults (see
+:func:`logtrick.rl.presets.resolve`)."""
 RESUME_FIELDS = (
     "total_steps", "stop_at_threshold", "eval_every", "eval_episodes", "target_return",
     "checkpoint_every", "progress", "plot", "tensorboard",
@@ -46,103 +75,111 @@ Every other field defines what is learned and must equal the saved config."""
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines a training run. Same config + same seed = same learning curve."""
+    """Everything that defines a training run. Same config + same seed = same learning curve.
+
+    A field not given takes its value from the env's preset (``logtrick presets``), or for an env
+    without one from the defaults chosen from its spaces, else from
+    :data:`~logtrick.rl.presets.BASE`: ``Config(env="CartPole-v1", algo="reinforce")`` is the
+    tuned CartPole REINFORCE, as on the command line.
+    """
 
     env: str = "CartPole-v1"
     """Gymnasium environment id: what ``gymnasium.make`` accepts (``"ns/Env-v0"``,
-    ``"module:Env-v0"``)."""
-    algo: str = "ppo"
+    ``"module:Env-v0"``); for an env given to :class:`~logtrick.rl.Agent` as an instance or
+    factory, ``custom:`` and its import path (a description: loading needs the env again)."""
+    algo: str = PRESET
     """One of ``reinforce``, ``a2c``, ``ppo``, ``npg``."""
-    total_steps: int = 200_000
+    total_steps: int = PRESET
     """Budget of environment steps (summed over the parallel envs)."""
-    seed: int = 0
+    seed: int = PRESET
     """Seeds torch, the environments' resets and the evaluation episodes."""
-    num_envs: int = 8
+    num_envs: int = PRESET
     """Parallel environments in the vector env."""
-    num_steps: int = 128
+    num_steps: int = PRESET
     """Steps per environment per rollout; a rollout has ``num_envs * num_steps`` transitions."""
-    vectorization_mode: str = "sync"
+    vectorization_mode: str = PRESET
     """``sync`` (one process) or ``async`` (a process per env; for slow envs)."""
-    gamma: float = 0.99
+    gamma: float = PRESET
     """Discount factor."""
-    gae_lambda: float = 0.95
+    gae_lambda: float = PRESET
     """GAE λ (a2c, ppo, npg); 1.0 is Monte Carlo advantages."""
-    lr: float = 3e-4
+    lr: float = PRESET
     """Adam learning rate (of the policy and critic; npg: of the critic only)."""
-    anneal_lr: bool = True
+    anneal_lr: bool = PRESET
     """Decay the learning rate linearly to zero at ``total_steps`` (a run extended on resume
     decays from the rate it had reached to zero at the new budget: it never rises)."""
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] = PRESET
     """Hidden layer sizes of the actor and critic MLPs."""
-    activation: str = "tanh"
+    activation: str = PRESET
     """Hidden activation: ``tanh`` or ``relu``."""
-    normalize_obs: bool = False
+    normalize_obs: bool = PRESET
     """Normalise observations by a running mean and variance (saved with the policy)."""
-    normalize_rewards: bool = False
+    normalize_rewards: bool = PRESET
     """Divide rewards by a running std of the discounted return (value targets on a sane scale)."""
-    log_std_init: float = 0.0
+    log_std_init: float = PRESET
     """Initial log standard deviation of Gaussian policies (Box actions)."""
-    baseline: str = "value"
+    baseline: str = PRESET
     """reinforce only: ``none``, ``mean`` (batch mean of returns) or ``value`` (learned critic).
     Without a critic nothing can bootstrap an unfinished episode, so with ``none`` and ``mean``
     every rollout runs on until the episodes it began have ended (``whole_episodes``)."""
-    normalize_advantages: bool = True
+    normalize_advantages: bool = PRESET
     """Standardise advantages over each (mini)batch."""
-    ent_coef: float = 0.0
+    ent_coef: float = PRESET
     """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
+    vf_coef: float = PRESET
     """Weight of the value loss in the combined loss."""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = PRESET
     """Clip the global gradient norm to this (``inf`` disables)."""
-    update_epochs: int = 4
+    update_epochs: int = PRESET
     """ppo: passes over each rollout; npg: critic epochs."""
-    num_minibatches: int = 4
+    num_minibatches: int = PRESET
     """ppo / npg critic: minibatches per epoch; the valid transitions of a rollout are split
     evenly (sizes differ by at most one)."""
-    clip_eps: float = 0.2
+    clip_eps: float = PRESET
     """ppo: clipping range of the probability ratio."""
-    clip_value: float | None = None
+    clip_value: float | None = PRESET
     """ppo: clipping range of the value update (``None``: no value clipping)."""
-    target_kl: float | None = None
+    target_kl: float | None = PRESET
     """ppo: stop the epochs of an update after the first whose mean approx-KL exceeds this
     (``None``: never)."""
-    max_kl: float = 0.01
+    max_kl: float = PRESET
     """npg: KL trust region δ of each natural-gradient step."""
-    cg_iters: int = 10
+    cg_iters: int = PRESET
     """npg: conjugate-gradient iterations."""
-    cg_damping: float = 0.1
+    cg_damping: float = PRESET
     """npg: damping added to the Fisher-vector product."""
-    line_search: bool = True
+    line_search: bool = PRESET
     """npg: backtracking line search on surrogate and KL (TRPO); ``False`` is plain NPG."""
-    eval_every: int = 0
+    eval_every: int = PRESET
     """Evaluate the deterministic policy every this many env steps (0: never)."""
-    eval_episodes: int = 20
+    eval_episodes: int = PRESET
     """Episodes per evaluation (fixed reset seeds)."""
-    stop_at_threshold: bool = False
+    stop_at_threshold: bool = PRESET
     """Stop once an evaluation reaches ``target_return`` (or the env's reward threshold)."""
-    target_return: float | None = None
+    target_return: float | None = PRESET
     """Return that counts as solved; ``None`` uses the env spec's ``reward_threshold``."""
-    checkpoint_every: int = 50_000
+    checkpoint_every: int = PRESET
     """Write a checkpoint every this many env steps (rounded up to whole rollouts), and at the end.
     Checkpoints leave the environments alone; a resumed run resets them with seeds derived from
     (seed, update), so resuming a checkpoint is deterministic."""
-    out: str = "runs"
+    out: str = PRESET
     """Parent directory of the run directory."""
-    run_name: str | None = None
+    run_name: str | None = PRESET
     """Name of the run directory; ``None`` gives ``{env}-{algo}-{seed}`` (characters other than
     letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``)."""
-    tensorboard: bool = True
+    tensorboard: bool = PRESET
     """Write TensorBoard events when ``tensorboard`` is installed."""
-    torch_threads: int = 1
+    torch_threads: int = PRESET
     """``torch.set_num_threads`` for the run; small networks are fastest single-threaded."""
-    progress: bool = True
+    progress: bool = PRESET
     """Show a rich progress bar."""
-    plot: bool = True
+    plot: bool = PRESET
     """Draw the learning curve (``curve.png`` in the run directory) at the end of the run."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (not used by training)."""
 
     def __post_init__(self) -> None:
+        self._resolve_presets()
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, FIELD_CHECKS[f.name](f.name, getattr(self, f.name)))
         if self.num_minibatches > self.batch_size:
@@ -150,6 +187,25 @@ class Config:
                 f"num_minibatches: {self.num_minibatches} is more than the transitions of a "
                 f"rollout, num_envs * num_steps = {self.batch_size}"
             )
+
+    def _resolve_presets(self) -> None:
+        """Give every ``PRESET`` field the value :func:`~logtrick.rl.presets.resolve` chooses."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        unset = [name for name, value in given.items() if value is PRESET]
+        if not unset:
+            return
+        env = checks.check_nonempty_str("env", self.env)
+        if is_custom_env(env):
+            raise ValueError(
+                f"env: {env!r} describes an env given as an instance or factory; make the config "
+                "with rl.preset(env_instance_or_factory, ...) or rl.Agent(env, ...), or give "
+                f"every field ({', '.join(unset)})"
+            )
+        algo = None if self.algo is PRESET else self.algo
+        fields = {k: v for k, v in given.items() if k not in ("env", "algo") and v is not PRESET}
+        values = resolve(env, algo, fields)
+        for name in unset:
+            object.__setattr__(self, name, values[name])
 
     @property
     def batch_size(self) -> int:
@@ -172,8 +228,11 @@ class Config:
 
     @property
     def name(self) -> str:
-        """The run directory's name."""
-        return self.run_name or re.sub(r"[^\w.-]+", "_", f"{self.env}-{self.algo}-{self.seed}")
+        """The run directory's name (a custom env: the last part of its import path)."""
+        env = self.env
+        if is_custom_env(env):
+            env = env.split(":", 1)[1].split(" ")[0].rsplit(".", 1)[-1]
+        return self.run_name or re.sub(r"[^\w.-]+", "_", f"{env}-{self.algo}-{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -303,10 +362,7 @@ def parse_field(name: str, text: str) -> Any:
         ValueError: naming the field, for an unknown field or a value of another type.
     """
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    if name not in fields:
-        close = difflib.get_close_matches(name, list(fields), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{name}: unknown Config field{hint} (fields: {', '.join(fields)})")
+    checks.check_known_name(name, list(fields), "Config field")
     kind = str(fields[name].type)
     optional = kind.endswith(" | None")
     parser, what = _PARSERS[kind.removesuffix(" | None")]
@@ -319,97 +375,42 @@ def parse_field(name: str, text: str) -> Any:
         raise ValueError(f"{name}: expected {what}, got {text!r}") from None
 
 
-# Per-environment defaults: env -> algo -> overrides of Config's defaults. "*" applies to every
-# algorithm of that env; an algorithm's own row wins. Measured in BENCHMARKS.md.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "CartPole-v1": {
-        "*": {"total_steps": 200_000, "gamma": 0.98},
-        "ppo": {"num_envs": 8, "num_steps": 32, "num_minibatches": 1, "update_epochs": 20,
-                "lr": 1e-3, "gae_lambda": 0.8, "ent_coef": 0.0},
-        "a2c": {"num_envs": 8, "num_steps": 5, "num_minibatches": 1, "lr": 1e-3,
-                "gae_lambda": 1.0, "ent_coef": 0.0},
-        "reinforce": {"num_envs": 8, "num_steps": 256, "num_minibatches": 1, "lr": 3e-3,
-                      "baseline": "value", "gamma": 0.99},
-        "npg": {"num_envs": 8, "num_steps": 128, "num_minibatches": 2, "max_kl": 0.015,
-                "lr": 1e-2, "update_epochs": 3, "gamma": 0.99},
-    },
-    "Acrobot-v1": {
-        "*": {"total_steps": 500_000, "normalize_obs": True, "normalize_rewards": True},
-        "ppo": {"num_envs": 16, "num_steps": 32, "num_minibatches": 1, "update_epochs": 4,
-                "lr": 2e-3, "gae_lambda": 0.94, "ent_coef": 0.0},
-        "a2c": {"num_envs": 16, "num_steps": 5, "num_minibatches": 1, "lr": 1e-3,
-                "ent_coef": 0.0},
-        "reinforce": {"num_envs": 16, "num_steps": 256, "num_minibatches": 1, "lr": 3e-3},
-        "npg": {"num_envs": 16, "num_steps": 256, "num_minibatches": 4, "max_kl": 0.02},
-    },
-    "LunarLander-v3": {
-        "*": {"total_steps": 1_000_000, "gamma": 0.999, "gae_lambda": 0.98,
-              "normalize_rewards": True},
-        "ppo": {"num_envs": 16, "num_steps": 256, "num_minibatches": 8, "update_epochs": 4,
-                "lr": 1e-3, "ent_coef": 0.01, "activation": "relu"},
-        "a2c": {"num_envs": 16, "num_steps": 8, "num_minibatches": 1, "lr": 7e-4,
-                "ent_coef": 0.0, "gae_lambda": 0.95},
-        "reinforce": {"num_envs": 16, "num_steps": 512, "num_minibatches": 1, "lr": 1e-3},
-        "npg": {"num_envs": 16, "num_steps": 512, "num_minibatches": 8, "max_kl": 0.02},
-    },
-    "Pendulum-v1": {
-        "*": {"total_steps": 300_000, "normalize_obs": True, "normalize_rewards": True,
-              "gamma": 0.9, "gae_lambda": 0.95},
-        "ppo": {"num_envs": 8, "num_steps": 256, "num_minibatches": 4, "update_epochs": 20,
-                "lr": 1e-3, "clip_eps": 0.2, "log_std_init": 0.0, "activation": "relu"},
-        "a2c": {"num_envs": 8, "num_steps": 8, "num_minibatches": 1, "lr": 7e-4},
-        "reinforce": {"num_envs": 8, "num_steps": 200, "num_minibatches": 1, "lr": 1e-3},
-        "npg": {"num_envs": 8, "num_steps": 256, "num_minibatches": 8, "max_kl": 0.02},
-    },
-    "MountainCarContinuous-v0": {
-        "*": {"total_steps": 300_000, "normalize_obs": True, "gamma": 0.99},
-        "ppo": {"num_envs": 8, "num_steps": 256, "num_minibatches": 8, "update_epochs": 10,
-                "lr": 3e-4, "ent_coef": 0.0, "log_std_init": 0.0},
-        "a2c": {"num_envs": 8, "num_steps": 8, "num_minibatches": 1, "lr": 7e-4},
-        "reinforce": {"num_envs": 8, "num_steps": 1000, "num_minibatches": 1, "lr": 1e-3},
-        "npg": {"num_envs": 8, "num_steps": 512, "num_minibatches": 8, "max_kl": 0.02},
-    },
-}  # fmt: skip
+def _field_docs() -> dict[str, str]:
+    """Each Config field's docstring, read from this module's source (one line each)."""
+    import inspect
 
-DEFAULT_ALGOS: dict[str, str] = {"CartPole-v1": "npg"}
-"""The algorithm ``preset(env)`` picks when none is named: the fastest robust one measured on
-``env`` (BENCHMARKS.md, RL suite); ``ppo`` for every other env."""
+    try:
+        tree = ast.parse(inspect.getsource(Config))
+    except (OSError, TypeError):  # no source (a frozen application): no field docs
+        return {}
+    body, docs = tree.body[0].body, {}  # type: ignore[attr-defined]
+    for node, after in itertools.pairwise(body):
+        value = getattr(after, "value", None)
+        text = value.value if type(value) is ast.Constant else None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and text:
+            docs[node.target.id] = " ".join(str(text).split())
+    return docs
 
 
-def default_algo(env: str) -> str:
-    """The algorithm used for ``env`` when none is named."""
-    return DEFAULT_ALGOS.get(env, "ppo")
+FIELD_DOCS: dict[str, str] = _field_docs()
+"""Field name -> its docstring (whitespace collapsed)."""
 
 
-def preset(env: str = "CartPole-v1", algo: str | None = None, **overrides: Any) -> Config:
-    """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
-    defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
-    with ``overrides`` applied last. ``algo=None`` is :func:`default_algo` of ``env``."""
-    algo = default_algo(env) if algo is None else algo
-    if env in PRESETS:
-        table = PRESETS[env]
-        base = {**table.get("*", {}), **table.get(algo, {})}
-    else:
-        from logtrick.rl.defaults import default_overrides
+def fields_help(indent: str = "    ", width: int = 88) -> str:
+    """Every field with its type, fallback value and docstring (wrapped to ``width``)."""
+    import textwrap
 
-        base = default_overrides(env, algo)
-    return Config(env=env, algo=algo, **_keep_minibatch_size(base, overrides))
+    fallbacks = {"env": "'CartPole-v1'", "algo": "the env's: npg on CartPole-v1, else ppo",
+                 "extra": "{}"}  # fmt: skip
+    lines = []
+    for f in dataclasses.fields(Config):
+        default = fallbacks.get(f.name, f"preset, else {BASE.get(f.name)!r}")
+        lines.append(f"{f.name} ({f.type}; default: {default})")
+        doc = FIELD_DOCS.get(f.name, "")
+        lines += textwrap.wrap(doc, width, initial_indent=indent, subsequent_indent=indent)
+    return "\n".join(lines)
 
 
-def _keep_minibatch_size(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``overrides``; where the overrides change the rollout's size
-    (``num_envs``, ``num_steps``) but not ``num_minibatches``, the number of minibatches follows so
-    that their size stays the one the preset chose (at least one minibatch, at most one per
-    transition): shrinking a rollout for a quick run never makes the config invalid."""
-    merged = {**base, **overrides}
-    if "num_minibatches" in overrides or not ({"num_envs", "num_steps"} & overrides.keys()):
-        return merged
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    old = base.get("num_envs", defaults["num_envs"]) * base.get("num_steps", defaults["num_steps"])
-    new = merged.get("num_envs", defaults["num_envs"]) * merged.get(
-        "num_steps", defaults["num_steps"]
-    )
-    minibatches = base.get("num_minibatches", defaults["num_minibatches"])
-    if isinstance(old, int) and isinstance(new, int) and old > 0 and new > 0:
-        merged["num_minibatches"] = min(new, max(1, round(minibatches * new / old)))
-    return merged
+Config.__doc__ = f"{Config.__doc__}\n    Fields::\n\n" + "\n".join(
+    "        " + line for line in fields_help().splitlines()
+)

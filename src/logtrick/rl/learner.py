@@ -3,8 +3,9 @@ reward scale), its optimizer step, and the finiteness check that ends each updat
 
 :meth:`Learner.step` records each loss and gradient norm and :meth:`Learner.watch` the inputs
 worth checking (advantages, value targets, the critic's values), all as tensors: no host sync
-during the update. :meth:`Learner.finish` checks them and the parameters, together with turning
-the logged values into floats, in one host sync, and raises
+during the update. Steps taken with ``record_gradient=True`` also add their policy gradient to
+the running sums of :func:`gradient_snr`. :meth:`Learner.finish` checks them and the parameters,
+together with turning the logged values into floats, in one host sync, and raises
 :class:`~logtrick.errors.DivergenceError` naming the first non-finite one.
 """
 
@@ -22,7 +23,7 @@ from logtrick.errors import DivergenceError
 from logtrick.rl.config import Config
 from logtrick.rl.policies import ActorCritic, merge_moments
 
-__all__ = ["Batch", "Learner", "RewardScale", "clip_grad_norm"]
+__all__ = ["Batch", "Learner", "RewardScale", "clip_grad_norm", "gradient_snr"]
 
 Batch = dict[str, Tensor]
 """Flat ``(N, ...)`` tensors of N transitions, by name (obs, actions, log_probs, returns, ...)."""
@@ -90,14 +91,22 @@ class Learner:
     _watched: list[tuple[str, Tensor]] = field(default_factory=list, init=False, repr=False)
     _losses: list[Tensor] = field(default_factory=list, init=False, repr=False)
     _norms: list[Tensor] = field(default_factory=list, init=False, repr=False)
+    _grads: list[Tensor] = field(default_factory=list, init=False, repr=False)
+    """Running ``[Σ g_i, Σ ‖g_i‖², K]`` of the recorded policy gradients (empty: none)."""
 
     def __post_init__(self) -> None:
         self.params = list(self.policy.parameters())
+        actor = getattr(self.policy, "actor_parameters", self.policy.parameters)
+        self.actor_params = list(actor())
 
-    def step(self, loss: Tensor) -> Tensor:
-        """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm."""
+    def step(self, loss: Tensor, record_gradient: bool = False) -> Tensor:
+        """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm.
+        ``record_gradient``: add the (unclipped) gradient of the actor's parameters to the sums
+        of :func:`gradient_snr` (on the device: no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if record_gradient:
+            self._record_gradient()
         norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],
                               self.config.max_grad_norm)  # fmt: skip
         self.optimizer.step()
@@ -109,9 +118,19 @@ class Learner:
         self._norms.append(norm)
         return norm
 
+    def _record_gradient(self) -> None:
+        g = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+                       for p in self.actor_params])  # fmt: skip
+        if not self._grads:
+            self._grads = [g.clone(), g.square().sum(), torch.ones(())]
+        else:
+            self._grads[0].add_(g)
+            self._grads[1].add_(g.square().sum())
+            self._grads[2].add_(1.0)
+
     def begin(self) -> None:
         """Start an update: forget what the previous one recorded."""
-        self._watched, self._losses, self._norms = [], [], []
+        self._watched, self._losses, self._norms, self._grads = [], [], [], []
 
     def watch(self, name: str, x: Tensor) -> None:
         """Check ``x`` for NaN and inf in :meth:`finish` (no host sync now)."""
@@ -138,6 +157,8 @@ class Learner:
         checked = [x for _, x in self._watched] + self._losses + self._norms
         with torch.no_grad():
             checked.append(torch.stack(torch._foreach_norm(self.params, math.inf)).amax())
+        if self._grads:
+            info = {**info, "grad_snr": gradient_snr(*self._grads)}
         names = [k for k, v in info.items() if isinstance(v, Tensor)]
         values = torch.stack([*checked, *(info[k].float() for k in names)]).tolist()
         found = [i for i, v in enumerate(values[: len(checked)]) if not math.isfinite(v)]
@@ -187,3 +208,36 @@ def clip_grad_norm(grads: list[Tensor], max_norm: float) -> Tensor:
     if math.isfinite(max_norm):
         torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
     return total
+
+
+def gradient_snr(total: Tensor, total_sq: Tensor, count: Tensor) -> Tensor:
+    r"""Signal-to-noise ratio of K minibatch gradients, from their running sums.
+
+    .. math::  \bar g = \frac1K \sum_{i=1}^K g_i,\qquad
+               \mathrm{SNR} = \frac{\|\bar g\|_2}
+               {\sqrt{\frac1K \sum_{i=1}^K \|g_i - \bar g\|_2^2}}
+               = \frac{\|\bar g\|_2}{\sqrt{\frac1K \sum_i \|g_i\|_2^2 - \|\bar g\|_2^2}}
+
+    :math:`g_i` is the gradient of minibatch :math:`i`'s loss with respect to the actor's
+    parameters, flattened and unclipped; the trainer records the minibatches of the first epoch
+    of a ``ppo`` update (disjoint parts of one rollout, all taken near the rollout's policy, so
+    each is an estimate of the same policy gradient). Above 1, the mean gradient stands out of
+    the minibatch noise; well below 1, a step follows the noise of the estimator more than the
+    gradient, whatever the learning rate (Kingma & Ba 2015, §2.1, call this ratio the SNR).
+    The unweighted mean: minibatch sizes differ by at most one.
+
+    Args:
+        total: ``(P,)`` :math:`\sum_i g_i`.
+        total_sq: 0-dim :math:`\sum_i \|g_i\|^2`.
+        count: 0-dim :math:`K`.
+
+    Returns:
+        0-dim SNR; NaN when :math:`K < 2` (no spread to measure), inf when the gradients agree.
+
+    References:
+        Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
+    """
+    mean_sq = (total / count).square().sum()
+    spread = (total_sq / count - mean_sq).clamp(min=0.0)
+    snr = mean_sq.sqrt() / spread.sqrt()
+    return torch.where(count >= 2, snr, torch.full_like(snr, math.nan))

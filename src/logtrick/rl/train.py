@@ -1,9 +1,10 @@
 r"""The algorithm: sample trajectories, compute the policy gradient, update the policy.
 
-One flat loop serves ``reinforce``, ``a2c``, ``ppo`` and ``npg``: collect a rollout
-(:class:`~logtrick.rl.rollout.Collector`), update (:func:`~logtrick.rl.update.update`, where the
-algorithms differ), log, evaluate, checkpoint. Shapes: rollouts are time-major, ``(T, B)`` =
-``(num_steps, num_envs)``.
+One flat loop, :func:`run_loop`, serves ``reinforce``, ``a2c``, ``ppo`` and ``npg``: collect a
+rollout (:class:`~logtrick.rl.rollout.Collector`), update (:func:`~logtrick.rl.update.update`,
+where the algorithms differ), log, evaluate, call back, checkpoint. :class:`~logtrick.rl.Agent`
+is its one caller (``rl.train``, ``rl.load`` and the CLI go through the Agent). Shapes: rollouts
+are time-major, ``(T, B)`` = ``(num_steps, num_envs)``.
 
 Nothing is lost and nothing fails silently:
 
@@ -27,22 +28,21 @@ import math
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from logtrick import runs
-from logtrick.checks import check_env_id
 from logtrick.errors import DivergenceError
-from logtrick.rl.checkpoint import (
+from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it here)
     Counters,
     checkpoint_state,
     load_config,
-    load_policy_state,
-    merge_config,
     restore,
 )
 from logtrick.rl.config import Config
@@ -51,7 +51,7 @@ from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
 from logtrick.rl.update import update
 
-__all__ = ["TrainResult", "evaluate", "load", "load_config", "train"]
+__all__ = ["TrainResult", "evaluate", "load_config", "make_learner", "run_loop"]
 
 
 @dataclass
@@ -81,12 +81,16 @@ def build_policy(config: Config, env: Any) -> ActorCritic:
     )
 
 
-def _target(config: Config) -> float | None:
+def target_return(config: Config, env: Any) -> float | None:
+    """The return that counts as solved: ``config.target_return``, else the reward threshold
+    of ``env`` (an id, instance or factory; ``None`` when it has none)."""
     if config.target_return is not None:
         return config.target_return
+    from logtrick.rl.defaults import env_facts
+
     try:
-        return check_env_id("env", config.env).reward_threshold
-    except ValueError:
+        return env_facts(env).reward_threshold
+    except (ValueError, gym.error.Error):
         return None
 
 
@@ -171,154 +175,132 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def make_learner(config: Config, envs: Any) -> Learner:
-    """Seed torch, build the policy and its optimizer (npg steps only the critic with it)."""
+def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = None) -> Learner:
+    """Seed torch, build the policy (or wrap the user's ``policy``, see
+    :class:`~logtrick.rl.module_policy.ModulePolicy`) and its optimizer (npg steps only the
+    critic with it)."""
     torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)
-    policy = build_policy(config, envs)
+    if policy is None:
+        policy = build_policy(config, envs)
+    elif not isinstance(policy, ActorCritic):
+        from logtrick.rl.module_policy import ModulePolicy
+
+        policy = ModulePolicy(policy, envs.single_observation_space, envs.single_action_space,
+                              config)  # fmt: skip
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5, fused=True)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
     return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
 
 
-def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
-    """Train a policy as ``config`` says; see :class:`Config`.
-
-    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
-    be omitted (the saved config is used) or differ from the saved one only in
-    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
-    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
-    writes a checkpoint.
-
-    Raises:
-        ValueError: bad or conflicting settings, unknown env id (before anything is written).
-        UnsupportedSpaceError: an observation or action space the policy cannot handle.
-        RunLockedError: another process is writing to the run directory.
-        CheckpointError: ``resume`` has no usable checkpoint.
-        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
-    """
-    if resume is not None:
-        return _resume(Path(resume), config)
-    config = config or Config()
-    envs = make_env(config.env, num_envs=config.num_envs,
-                    vectorization_mode=config.vectorization_mode)  # fmt: skip
-    try:
-        learner = make_learner(config, envs)
-        counters = Counters.start(config)
-        collector = _collector(config, envs, learner, counters)
-        run_dir = runs.new_run_dir(config.out, config.name)
-        with runs.lock_run_dir(run_dir):
-            runs.write_config(run_dir, config.to_dict())
-            return _run(learner, collector, counters, run_dir, resumed=False)
-    finally:
-        envs.close()
-
-
-def _resume(run_dir: Path, config: Config | None) -> TrainResult:
-    saved = load_config(run_dir)
-    config = saved if config is None else merge_config(saved, config, run_dir)
-    with runs.lock_run_dir(run_dir):
-        state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
-        envs = make_env(config.env, num_envs=config.num_envs,
-                        vectorization_mode=config.vectorization_mode)  # fmt: skip
-        try:
-            learner = make_learner(config, envs)
-            counters = restore(learner, state)
-            if config.total_steps < counters.global_step:
-                raise ValueError(f"total_steps: {config.total_steps:,} is below the "
-                                 f"{counters.global_step:,} steps the run has taken")  # fmt: skip
-            counters.extend(saved, config)
-            if learner.reward_scale is not None:  # the envs are reset: new episodes
-                learner.reward_scale.new_episodes()
-            collector = _collector(config, envs, learner, counters)
-            if config != saved:
-                runs.write_config(run_dir, config.to_dict())
-            return _run(learner, collector, counters, run_dir, resumed=True)
-        finally:
-            envs.close()
-
-
-def _collector(config: Config, envs: Any, learner: Learner, counters: Counters) -> Collector:
+def new_collector(learner: Learner, envs: Any, counters: Counters) -> Collector:
     """The collector, its envs reset with the seeds of ``counters.update``."""
+    config = learner.config
     collector = Collector(envs, learner.policy, config.num_steps,
                           whole_episodes=config.whole_episodes)  # fmt: skip
     collector.reset(seed=_reset_seeds(config, counters.update))
     return collector
 
 
-def _run(
-    learner: Learner, collector: Collector, counters: Counters, run_dir: Path, resumed: bool
-) -> TrainResult:
-    """The loop with its logger, then the plot; the run directory is locked by the caller."""
-    config = learner.config
-    keep = counters.update if resumed else None
-    logger = runs.MetricsLogger(run_dir, config.tensorboard, keep_until=keep)
-    history = [_floats(r) for r in runs.read_metrics(logger.path)] if resumed else []
+Callback = Callable[[dict[str, float]], Any]
+"""``fn(metrics) -> bool``: called with each update's logged row; a true result stops training."""
+
+
+@dataclass
+class Session:
+    """What the loop runs on: the learner, its collector and counters, where evaluation episodes
+    come from (an env id or factory) and the run directory (locked by the caller)."""
+
+    learner: Learner
+    collector: Collector
+    counters: Counters
+    env: Any
+    run_dir: Path
+    history: list[dict[str, float]]
+    target: float | None
+    """The return that counts as solved (:func:`target_return`)."""
+
+
+def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
+    """Train ``s`` to ``config.total_steps`` with its logger, then draw the plot; returns whether
+    a Ctrl-C stopped it. ``first``: a new run directory (else the metrics of updates after
+    ``counters.update`` are dropped: they are not in the checkpoint)."""
+    config = s.learner.config
+    keep = None if first else s.counters.update
+    logger = runs.MetricsLogger(s.run_dir, config.tensorboard, keep_until=keep)
+    if first:
+        logger.log_hparams(config.to_dict())
     try:
-        interrupted = _loop(learner, collector, logger, history, counters, run_dir)
+        interrupted = _loop(s, logger, callback)
     finally:
         logger.close()
     if config.plot:
-        runs.plot_learning_curve(history, run_dir / runs.CURVE, title=config.name)
-    solved = counters.solved_at_step >= 0
-    return TrainResult(learner.policy, history, run_dir,
-                       counters.solved_at_step if solved else None,
-                       counters.solved_at_time if solved else None, interrupted)  # fmt: skip
+        runs.plot_learning_curve(s.history, s.run_dir / runs.CURVE, title=config.name,
+                                 threshold=s.target)  # fmt: skip
+    return interrupted
 
 
-def _floats(row: dict[str, str]) -> dict[str, float]:
+def floats(row: dict[str, str]) -> dict[str, float]:
+    """A ``metrics.csv`` row as floats (empty cells left out)."""
     return {k: float(v) for k, v in row.items() if v != ""}
 
 
-def _loop(
-    learner: Learner, collector: Collector, logger: runs.MetricsLogger,
-    history: list[dict[str, float]], c: Counters, run_dir: Path,
-) -> bool:  # fmt: skip
-    """Collect, update, log, evaluate, checkpoint; returns whether a Ctrl-C stopped it."""
-    config = learner.config
-    target, saved_at = _target(config), c.update
+def _set_lr(learner: Learner, lr: float) -> None:
+    for group in learner.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> bool:
+    """Collect, update, log, evaluate, call back, checkpoint; returns whether a Ctrl-C stopped
+    it. Stops at the budget, at a Ctrl-C, when the callback returns true, or (with
+    ``stop_at_threshold``) after an evaluation that reaches the target."""
+    config, learner, c = s.learner.config, s.learner, s.counters
+    target, saved_at = s.target, c.update
     recent = deque(c.recent, maxlen=20)
     with _StopFlag() as stop, _progress(config) as bar:
         task = bar.add_task("train", total=config.total_steps, completed=c.global_step,
                             sps="-", ret="-")  # fmt: skip
-        while not _finished(config, c):
-            lr = c.lr(config)
-            for group in learner.optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            ro = collector.collect()
-            steps = ro.rewards.numel()
-            try:
-                info = update(learner, ro)
-            except DivergenceError as err:
-                raise _diverged(config, c, steps, saved_at, err) from None
-            dt = time.perf_counter() - t0
-            c.update, c.global_step, c.train_time = (
-                c.update + 1, c.global_step + steps, c.train_time + dt)  # fmt: skip
-            recent.extend(zip(ro.episode_returns, ro.episode_lengths))
-            c.recent = list(recent)
-            row = {"update": c.update, "global_step": c.global_step, "time": c.train_time,
-                   "sps": steps / dt, "lr": lr,
-                   "episode_return": float(np.mean([r for r, _ in recent])) if recent else math.nan,
-                   "episode_length": float(np.mean([n for _, n in recent])) if recent else math.nan,
-                   "eval_return": _maybe_evaluate(learner, c, target, steps), **info}  # fmt: skip
+        while c.global_step < config.total_steps:
+            row = _one_update(s, recent, target, saved_at)
             logger.log(row)
-            history.append(row)
+            s.history.append(row)
             bar.update(task, completed=c.global_step, sps=f"{row['sps']:.0f}",
                        ret=f"{row['episode_return']:.1f}")  # fmt: skip
-            done = stop.requested or _finished(config, c)
+            solved = config.stop_at_threshold and row["eval_return"] >= (target or math.inf)
+            asked = callback is not None and bool(callback(dict(row)))
+            done = stop.requested or asked or solved or c.global_step >= config.total_steps
             if done or c.update % config.checkpoint_interval == 0:
-                runs.save_checkpoint(run_dir / runs.CHECKPOINT, checkpoint_state(learner, c))
+                runs.save_checkpoint(s.run_dir / runs.CHECKPOINT, checkpoint_state(learner, c))
                 saved_at = c.update
             if done:
                 break
     return stop.requested
 
 
-def _finished(config: Config, c: Counters) -> bool:
-    return c.global_step >= config.total_steps or (
-        config.stop_at_threshold and c.solved_at_step >= 0
-    )
+def _one_update(
+    s: Session, recent: deque[tuple[float, int]], target: float | None, saved_at: int
+) -> dict[str, float]:
+    """One rollout and update, then the evaluation if one is due; returns the logged row."""
+    learner, c = s.learner, s.counters
+    lr = c.lr(learner.config)
+    _set_lr(learner, lr)
+    t0 = time.perf_counter()
+    ro = s.collector.collect()
+    steps = ro.rewards.numel()
+    try:
+        info = update(learner, ro)
+    except DivergenceError as err:
+        raise _diverged(learner.config, c, steps, saved_at, err) from None
+    dt = time.perf_counter() - t0
+    c.update, c.global_step, c.train_time = c.update + 1, c.global_step + steps, c.train_time + dt
+    recent.extend(zip(ro.episode_returns, ro.episode_lengths))
+    c.recent = list(recent)
+    returns, lengths = [r for r, _ in recent], [n for _, n in recent]
+    return {"update": c.update, "global_step": c.global_step, "time": c.train_time,
+            "sps": steps / dt, "lr": lr,
+            "episode_return": float(np.mean(returns)) if recent else math.nan,
+            "episode_length": float(np.mean(lengths)) if recent else math.nan,
+            "eval_return": _maybe_evaluate(s, target, steps), **info}  # fmt: skip
 
 
 def _diverged(
@@ -332,33 +314,14 @@ def _diverged(
     )
 
 
-def _maybe_evaluate(learner: Learner, c: Counters, target: float | None, steps: int) -> float:
+def _maybe_evaluate(s: Session, target: float | None, steps: int) -> float:
     """Evaluate when ``global_step`` crossed a multiple of ``eval_every``; record solving."""
+    learner, c = s.learner, s.counters
     every = learner.config.eval_every
     if not every or c.global_step // every == (c.global_step - steps) // every:
         return math.nan
     config = learner.config
-    mean, _ = evaluate(learner.policy, config.env, config.eval_episodes, seed=config.seed + 10_000)
+    mean, _ = evaluate(learner.policy, s.env, config.eval_episodes, seed=config.seed + 10_000)
     if target is not None and mean >= target and c.solved_at_step < 0:
         c.solved_at_step, c.solved_at_time = c.global_step, c.train_time
     return mean
-
-
-def load(run_dir: str | Path) -> ActorCritic:
-    """The policy saved in ``run_dir`` (built from its ``config.json``, weights loaded safely).
-
-    Raises:
-        FileNotFoundError: ``run_dir`` has no ``config.json``.
-        CheckpointError: no usable checkpoint, or one that does not fit the config's policy.
-    """
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
-    envs = make_env(config.env, num_envs=1, vectorization_mode="sync")
-    try:
-        policy = build_policy(config, envs)
-    finally:
-        envs.close()
-    load_policy_state(policy, state, config)
-    policy.eval()
-    return policy

@@ -176,16 +176,17 @@ def a2c_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
 def ppo_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     """``update_epochs`` passes of minibatch steps; logged values are the last epoch's means
     (weighted by minibatch size); stops after the first epoch whose mean KL passes
-    ``target_kl``."""
+    ``target_kl``. The first epoch's minibatch gradients give ``grad_snr``
+    (:func:`~logtrick.rl.learner.gradient_snr`; NaN with one minibatch)."""
     config = learner.config
     advantages, returns = gae(learner, ro)
     batch = flatten(ro, advantages=advantages, returns=returns)
     n, epochs, names, sums = len(batch["obs"]), 0, [], torch.zeros(0)
-    for epochs in range(1, config.update_epochs + 1):  # noqa: B007  (reported below)
+    for epochs in range(1, config.update_epochs + 1):
         sums = torch.zeros(0)
         for mb in learner.minibatches(batch):
             loss, info = actor_critic_loss(learner, mb, clipped_term)
-            info["grad_norm"] = learner.step(loss)
+            info["grad_norm"] = learner.step(loss, record_gradient=epochs == 1)
             names = list(info)
             values = torch.stack([v.float() for v in info.values()]) * len(mb["obs"])
             sums = values if not len(sums) else sums.add_(values)

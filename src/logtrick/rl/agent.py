@@ -1,0 +1,337 @@
+"""The Python API: an :class:`Agent` learns, predicts, evaluates, saves and loads.
+
+``rl.Agent`` is the one path to training: :func:`train` (``rl.train(config, resume=...)``),
+:func:`load` and the ``logtrick train`` / ``evaluate`` commands are thin layers over it, and it
+runs the one loop of :mod:`logtrick.rl.train`.
+
+```python
+from logtrick import rl
+agent = rl.Agent("CartPole-v1", algo="ppo", seed=0)   # presets apply; keywords are Config fields
+agent.learn(100_000, callback=fn)                      # fn(metrics) -> True stops
+action = agent.predict(obs, deterministic=True)        # numpy in, numpy out
+mean, std = agent.evaluate(episodes=20)
+agent.save("agent.pt"); agent = rl.Agent.load("agent.pt")
+```
+
+Nothing is written before training starts: the config is checked and the envs and policy are
+built when the Agent is made, the run directory is created by the first :meth:`Agent.learn`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from logtrick import runs
+from logtrick.checks import check_known_name, check_positive_int
+from logtrick.errors import CheckpointError
+from logtrick.rl.checkpoint import (
+    Counters,
+    checkpoint_state,
+    load_config,
+    load_policy_state,
+    merge_config,
+    restore,
+)
+from logtrick.rl.config import Config, is_custom_env, preset
+from logtrick.rl.rollout import make_env
+from logtrick.rl.train import (
+    Callback,
+    Session,
+    TrainResult,
+    evaluate,
+    floats,
+    make_learner,
+    new_collector,
+    run_loop,
+    target_return,
+)
+
+__all__ = ["Agent", "load", "train"]
+
+EnvLike = str | gym.Env | Callable[[], gym.Env]
+FORMAT = "logtrick-agent-1"
+"""The ``format`` entry of a file written by :meth:`Agent.save`."""
+
+
+def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
+    """What envs are made from: an id, or a zero-argument factory (an instance is deep-copied,
+    once per env: the instance itself is never stepped)."""
+    if isinstance(env, str):
+        return env
+    if isinstance(env, gym.Env):
+        try:
+            copy.deepcopy(env)
+        except Exception as err:
+            raise TypeError(f"env: the instance {env} cannot be copied ({err}); pass a "
+                            "zero-argument factory instead") from err  # fmt: skip
+        return partial(copy.deepcopy, env)
+    if callable(env):
+        return env
+    raise TypeError(f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
+                    f"got {type(env).__name__}")  # fmt: skip
+
+
+class Agent:
+    """A policy-gradient agent on one environment: learn, predict, evaluate, save, load.
+
+    Args:
+        env: a Gymnasium env id, a ``gymnasium.Env`` instance (deep-copied for each parallel
+            env) or a zero-argument factory returning one.
+        algo: ``reinforce``, ``a2c``, ``ppo`` or ``npg``; ``None``: the env's default (npg on
+            CartPole-v1, else ppo).
+        policy: your own ``nn.Module`` with ``distribution(obs)`` and ``value(obs)`` (see
+            :mod:`logtrick.rl.module_policy`); ``None`` builds the MLP actor-critic.
+        **fields: any :class:`~logtrick.rl.Config` field; the others come from the env's preset
+            or defaults (:func:`~logtrick.rl.preset`).
+
+    Raises:
+        TypeError: a keyword that is not a Config field (with close matches), a bad ``env`` or
+            ``policy``.
+        ValueError: a bad field value or an unknown env id.
+    """
+
+    def __init__(self, env: EnvLike = "CartPole-v1", algo: str | None = None, *,
+                 policy: torch.nn.Module | None = None, **fields: Any) -> None:  # fmt: skip
+        known = [f.name for f in dataclasses.fields(Config) if f.name not in ("env", "algo")]
+        for name in fields:  # TypeError, as for any unexpected keyword
+            check_known_name(name, known, "keyword of Agent: not a Config field", TypeError)
+        source = _env_source(env)
+        if policy is not None and "normalize_obs" not in fields:
+            fields["normalize_obs"] = False  # the network normalises its inputs itself
+        self._setup(preset(env, algo, **fields), source, policy)
+
+    @classmethod
+    def from_config(cls, config: Config, env: EnvLike | None = None,
+                    policy: torch.nn.Module | None = None) -> Agent:  # fmt: skip
+        """An agent for ``config`` exactly (no presets applied). ``env`` is needed when
+        ``config.env`` describes an instance or factory (``ValueError`` otherwise)."""
+        if env is None:
+            if is_custom_env(config.env):
+                raise ValueError(
+                    f"env: this agent was trained on {config.env[len('custom:') :]!r}, an env "
+                    "given as an instance or factory, which cannot be saved; pass it again "
+                    "with env=..."
+                )
+            env = config.env
+        agent = cls.__new__(cls)
+        agent._setup(config, _env_source(env), policy)
+        return agent
+
+    def _setup(self, config: Config, source: Any, policy: torch.nn.Module | None) -> None:
+        """Build the policy from one env; the training envs wait for :meth:`learn`."""
+        probe = make_env(source, num_envs=1)
+        try:
+            self.learner = make_learner(config, probe, policy)
+        finally:
+            probe.close()
+        self.config, self.env, self.custom_policy = config, source, policy is not None
+        self.counters = Counters.start(config)
+        self.history: list[dict[str, float]] = []
+        self.run_dir: Path | None = None
+        self.interrupted = False
+        self._envs: Any = None
+        self._collector: Any = None
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The policy being trained (an :class:`~logtrick.rl.ActorCritic`, or your network
+        wrapped in a :class:`~logtrick.rl.module_policy.ModulePolicy`)."""
+        return self.learner.policy
+
+    def learn(self, steps: int | None = None, callback: Callback | None = None) -> Agent:
+        """Train for ``steps`` more env steps (``None``: on to ``config.total_steps``).
+
+        The first call creates the run directory (``config.out``/``config.name``); later calls
+        continue the same run: same optimizer, the learning rate falling on from where it was
+        to 0 at the new end (``anneal_lr``). Training also stops at a Ctrl-C, after an
+        evaluation that reaches the env's threshold (``stop_at_threshold``), or when
+        ``callback`` returns true.
+
+        Args:
+            steps: env steps to add, summed over the parallel envs (rounded up to rollouts).
+            callback: ``fn(metrics: dict) -> bool``, called after every update with its logged
+                row (the evaluation's return in ``eval_return`` when one ran, else NaN).
+
+        Returns:
+            ``self``.
+        """
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+        self._set_budget(None if steps is None else check_positive_int("steps", steps))
+        first = self.run_dir is None
+        if self._envs is None:
+            self._envs = make_env(self.env, num_envs=self.config.num_envs,
+                                  vectorization_mode=self.config.vectorization_mode)  # fmt: skip
+            self._collector = new_collector(self.learner, self._envs, self.counters)
+        if first:
+            self.run_dir = runs.new_run_dir(self.config.out, self.config.name)
+        with runs.lock_run_dir(self.run_dir):
+            runs.write_config(self.run_dir, self.config.to_dict())
+            target = target_return(self.config, self.env)
+            session = Session(self.learner, self._collector, self.counters, self.env,
+                              self.run_dir, self.history, target)  # fmt: skip
+            self.interrupted = run_loop(session, first, callback)
+        return self
+
+    def _set_budget(self, steps: int | None) -> None:
+        """``config.total_steps`` for this call; the schedule extends to it on a later call."""
+        total = self.config.total_steps if steps is None else self.counters.global_step + steps
+        config = dataclasses.replace(self.config, total_steps=total)
+        if self.counters.global_step == 0:
+            self.counters = Counters.start(config)
+        else:
+            self.counters.extend(self.config, config)
+        self.config = self.learner.config = config
+
+    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """The action for one observation, or actions for a batch (the shape decides).
+
+        Args:
+            obs: ``observation_space.shape`` or ``(N, *observation_space.shape)``, array-like.
+            deterministic: the most likely action (Box: the mean); ``False`` samples.
+
+        Returns:
+            numpy actions as the env takes them: ``action_shape``, or ``(N, *action_shape)``.
+        """
+        return self.learner.policy.act(np.asarray(obs), deterministic=deterministic)
+
+    def evaluate(self, episodes: int = 20, seed: int | None = None,
+                 deterministic: bool = True) -> tuple[float, float]:  # fmt: skip
+        """Mean and std of the returns of ``episodes`` episodes (reset seeds ``seed + i``;
+        ``None``: ``config.seed + 10_000``, the seeds of the evaluations during training)."""
+        seed = self.config.seed + 10_000 if seed is None else seed
+        return evaluate(self.learner.policy, self.env, episodes, seed=seed,
+                        deterministic=deterministic)  # fmt: skip
+
+    @property
+    def result(self) -> TrainResult:
+        """What the training so far gives (:class:`~logtrick.rl.TrainResult`)."""
+        c, solved = self.counters, self.counters.solved_at_step >= 0
+        return TrainResult(self.learner.policy, self.history, self.run_dir or Path(),
+                           c.solved_at_step if solved else None,
+                           c.solved_at_time if solved else None, self.interrupted)  # fmt: skip
+
+    def save(self, path: str | Path) -> None:
+        """Write the agent (config, weights, optimizer, counters) to ``path``, atomically; a
+        dict of tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
+        state = {"format": FORMAT, "config": self.config.to_dict(),
+                 "custom_policy": self.custom_policy,
+                 "checkpoint": checkpoint_state(self.learner, self.counters)}  # fmt: skip
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        runs.atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, env: EnvLike | None = None,
+             policy: torch.nn.Module | None = None) -> Agent:  # fmt: skip
+        """The agent saved at ``path``, ready to predict, evaluate or learn on.
+
+        Args:
+            path: a file written by :meth:`save`.
+            env: needed only when the agent was made from an instance or factory.
+            policy: needed only when it was made with ``policy=`` (a network of the same
+                architecture; its weights are replaced).
+
+        Raises:
+            CheckpointError: not an agent file, or one that does not fit.
+            ValueError: ``env`` or ``policy`` is needed but missing.
+        """
+        state = runs.load_checkpoint(path)
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not an agent file written by Agent.save")
+        if state["custom_policy"] and policy is None:
+            raise ValueError(f"policy: {path} was trained with your own network; pass one of "
+                             "the same architecture: Agent.load(path, policy=net)")  # fmt: skip
+        agent = cls.from_config(Config.from_dict(state["config"]), env, policy)
+        agent.counters = restore(agent.learner, state["checkpoint"])
+        return agent
+
+    def close(self) -> None:
+        """Close the training envs (made again by a later :meth:`learn`)."""
+        if self._envs is not None:
+            self._envs.close()
+        self._envs = self._collector = None
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
+    """Train a policy as ``config`` says (``Agent.from_config(config).learn()``).
+
+    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
+    be omitted (the saved config is used) or differ from the saved one only in
+    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
+    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
+    writes a checkpoint.
+
+    Raises:
+        ValueError: bad or conflicting settings, unknown env id (before anything is written).
+        UnsupportedSpaceError: an observation or action space the policy cannot handle.
+        RunLockedError: another process is writing to the run directory.
+        CheckpointError: ``resume`` has no usable checkpoint.
+        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
+    """
+    agent = (
+        _resume(Path(resume), config)
+        if resume is not None
+        else Agent.from_config(config or Config())
+    )
+    try:
+        return agent.learn().result
+    finally:
+        agent.close()
+
+
+def _resume(run_dir: Path, config: Config | None) -> Agent:
+    """An agent continuing the run in ``run_dir`` from its checkpoint (its metrics up to it)."""
+    saved = load_config(run_dir)
+    config = saved if config is None else merge_config(saved, config, run_dir)
+    with runs.lock_run_dir(run_dir):
+        state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+        agent = Agent.from_config(config)
+        agent.counters = restore(agent.learner, state)
+    c = agent.counters
+    if config.total_steps < c.global_step:
+        raise ValueError(f"total_steps: {config.total_steps:,} is below the "
+                         f"{c.global_step:,} steps the run has taken")  # fmt: skip
+    c.extend(saved, config)
+    if agent.learner.reward_scale is not None:  # the envs are reset: new episodes
+        agent.learner.reward_scale.new_episodes()
+    rows = runs.read_metrics(run_dir / runs.METRICS) if (run_dir / runs.METRICS).exists() else []
+    agent.history = [floats(r) for r in rows if int(float(r["update"])) <= c.update]
+    agent.run_dir = run_dir
+    return agent
+
+
+def load(run_dir: str | Path, env: EnvLike | None = None,
+         policy: torch.nn.Module | None = None) -> torch.nn.Module:  # fmt: skip
+    """The policy saved in ``run_dir`` (built from its ``config.json``, weights loaded safely).
+
+    ``env`` is needed only for a run on an env given as an instance or factory, ``policy`` only
+    for a run with your own network.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``config.json``.
+        CheckpointError: no usable checkpoint, or one that does not fit the config's policy.
+        ValueError: ``env`` is needed but missing.
+    """
+    run_dir = Path(run_dir)
+    agent = Agent.from_config(load_config(run_dir), env, policy)
+    state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+    load_policy_state(agent.learner.policy, state, agent.config)
+    agent.learner.policy.eval()
+    return agent.learner.policy
