@@ -74,7 +74,8 @@ def record_video(
             done = False
             while not done:
                 action = policy.act(obs, deterministic, info.get("action_mask"))
-                obs, _, terminated, truncated, info = env.step(action)
+                step = action.item() if action.ndim == 0 else action  # Taxi wants an int
+                obs, _, terminated, truncated, info = env.step(step)
                 done = terminated or truncated
     finally:
         env.close()
