@@ -35,9 +35,8 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
 
-from logtrick.errors import UnsupportedSpaceError
 from logtrick.rl.masks import check_action_mask, combine_masks, mask_logits, sections
-from logtrick.rl.spaces import ObsLayout
+from logtrick.rl.spaces import ObsLayout, head_size
 
 __all__ = ["ACTIVATIONS", "ActorCritic", "merge_moments"]
 
@@ -118,25 +117,6 @@ def _refresh_after_load(module: ActorCritic, incompatible_keys: object) -> None:
     module._refresh_obs_norm()
 
 
-def _head_size(space: spaces.Space) -> int:
-    """Number of actor outputs for ``space``; ``UnsupportedSpaceError`` (a ``TypeError``) naming it
-    when unsupported."""
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, spaces.MultiDiscrete):
-        if space.nvec.ndim != 1:
-            raise UnsupportedSpaceError(
-                f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}"
-            )
-        return int(space.nvec.sum())
-    if isinstance(space, (spaces.MultiBinary, spaces.Box)):
-        return math.prod(space.shape)
-    raise UnsupportedSpaceError(
-        f"action_space: {space!r} is not supported; expected Discrete, MultiDiscrete, "
-        "MultiBinary or Box"
-    )
-
-
 def merge_moments(
     n_a: float, mean_a: Any, var_a: Any, n_b: float, mean_b: Any, var_b: Any
 ) -> tuple[float, Any, Any]:
@@ -201,9 +181,9 @@ class ActorCritic(nn.Module):
         self.observation_space, self.action_space = observation_space, action_space
         self.obs_shape, obs_dim = self.obs_layout.shape, self.obs_layout.dim
         sizes = [obs_dim, *[int(h) for h in hidden]]
-        self.actor = _mlp([*sizes, _head_size(action_space)], activation, 0.01)
+        self._head_dim = head_size(action_space)
+        self.actor = _mlp([*sizes, self._head_dim], activation, 0.01)
         self.critic = _mlp([*sizes, 1], activation, 1.0) if critic else None
-        self._head_dim = _head_size(action_space)
         nets = [self.actor] if self.critic is None else [self.actor, self.critic]
         self._fused = _FusedMLP(nets, activation)
         self.normalize_obs = bool(normalize_obs)
@@ -239,7 +219,7 @@ class ActorCritic(nn.Module):
             self._start = space.start if np.any(space.start != 0) else None
         elif isinstance(space, spaces.MultiBinary):
             self.kind = "multi_binary"
-        else:  # Box: _head_size has refused everything else
+        else:  # Box: head_size has refused everything else
             self.kind = "box"
             self.log_std = nn.Parameter(torch.full(self.action_shape, log_std_init))
             self._low, self._high = space.low, space.high

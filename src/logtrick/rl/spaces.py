@@ -19,7 +19,8 @@ vector. A ``Dict`` observation's ``"action_mask"`` key (PettingZoo's convention)
 ``OneOf`` leaves have no fixed-size vector: :class:`~logtrick.errors.UnsupportedSpaceError`
 names their path.
 
-Action masks are in :mod:`logtrick.rl.masks`.
+Action spaces: :func:`head_size` says how many outputs the policy's head has for one, and refuses
+the unsupported ones. Action masks are in :mod:`logtrick.rl.masks`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from gymnasium import spaces
 
 from logtrick.errors import UnsupportedSpaceError
 
-__all__ = ["MASK_KEY", "ObsLayout"]
+__all__ = ["MASK_KEY", "ObsLayout", "head_size"]
 
 MASK_KEY = "action_mask"
 """Name of the action mask in ``info`` (Gymnasium) and in a ``Dict`` observation (PettingZoo)."""
@@ -122,3 +123,22 @@ class ObsLayout:
             return _one_hot((x - space.start).reshape(*lead, -1), space.nvec.reshape(-1))
         lead = x.shape[: x.ndim - len(space.shape)]
         return x.reshape(*lead, leaf.width).astype(np.float32)
+
+
+def head_size(space: spaces.Space) -> int:
+    """Number of actor outputs for ``space``; ``UnsupportedSpaceError`` (a ``TypeError``) naming it
+    when unsupported."""
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete):
+        if space.nvec.ndim != 1:
+            raise UnsupportedSpaceError(
+                f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}"
+            )
+        return int(space.nvec.sum())
+    if isinstance(space, (spaces.MultiBinary, spaces.Box)):
+        return math.prod(space.shape)
+    raise UnsupportedSpaceError(
+        f"action_space: {space!r} is not supported; expected Discrete, MultiDiscrete, "
+        "MultiBinary or Box"
+    )
