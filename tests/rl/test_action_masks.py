@@ -66,11 +66,13 @@ def test_taxi_never_takes_a_masked_action(tmp_path: Path) -> None:
             obs, info = env.reset()
 
 
+@pytest.mark.parametrize("in_obs", [False, True])
 @pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
-def test_collector_stores_the_mask_each_action_was_sampled_with(mode: str) -> None:
-    """Autoreset in both modes: each stored mask allows its stored action, and re-evaluating
+def test_collector_stores_the_mask_each_action_was_sampled_with(mode: str, in_obs: bool) -> None:
+    """Autoreset in both modes, masks in info or in a Dict observation (SAME_STEP's final
+    observations flattened too): each stored mask allows its stored action, and re-evaluating
     the rollout under its masks gives the collected log-probs (PPO's ratio starts at 1)."""
-    envs = make_env(lambda: MaskedEnv(length=3), num_envs=3, autoreset_mode=mode)
+    envs = make_env(lambda: MaskedEnv(in_obs=in_obs, length=3), num_envs=3, autoreset_mode=mode)
     policy = ActorCritic(envs.single_observation_space, envs.single_action_space)
     collector = Collector(envs, policy, num_steps=20, seed=0)
     ro = collector.collect()
