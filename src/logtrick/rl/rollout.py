@@ -141,10 +141,11 @@ class Collector:
     ``ValueError`` names the first bad step and env): a check per step would cost about as much
     as all the rest of the bookkeeping.
 
-    The policy needs ``step(obs) -> (action, log_prob, value)``, ``value(obs)``,
-    ``to_env(action) -> np.ndarray`` and ``update_obs_stats(obs)`` (see
-    :class:`~logtrick.rl.policies.ActorCritic`); the observation statistics are updated with
-    each step's observations before the policy acts on them.
+    The policy needs ``step(obs) -> (action, log_prob, value)`` (``step(obs, action_mask)``
+    when the env gives masks), ``value(obs)``, ``to_env(action) -> np.ndarray`` and
+    ``update_obs_stats(obs)`` (see :class:`~logtrick.rl.policies.ActorCritic`); the observation
+    statistics are updated with each step's observations (features) before the policy acts on
+    them.
 
     Args:
         env: a ``VectorEnv``, or anything :func:`make_env` accepts (then one env).
