@@ -63,7 +63,7 @@ def doc_pages() -> list[Path]:
     )
 
 
-SLOW_PAGES = {"getting_started.md", "rl_guide.md"}  # train agents: several seconds
+SLOW_PAGES = {"getting_started.md", "rl_guide.md", "rl_spaces.md"}  # train agents: several seconds
 PAGES_WITH_CODE = [
     pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p
     for p in doc_pages()

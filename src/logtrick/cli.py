@@ -367,6 +367,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="reset seed of the first episode")
     p.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
+    p.add_argument("--video", metavar="DIR", help="also record the episodes as .mp4 files in "
+                   "DIR (needs rgb_array rendering and `pip install logtrick[video]`)")  # fmt: skip
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -378,6 +380,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         policy, env, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
     )
     print(f"{env}: {mean:.2f} ± {std:.2f} over {args.episodes} episodes")
+    if args.video:
+        from logtrick.rl.video import record_video
+
+        deterministic = not args.stochastic
+        videos = record_video(policy, env, args.video, args.episodes, args.seed, deterministic)
+        print(f"{len(videos)} videos in {args.video}")
     return 0
 
 

@@ -15,6 +15,8 @@ error                      also a                    raised when
                                                      or made for another policy
 ``UnsupportedSpaceError``  ``TypeError``             an observation or action space the
                                                      policies do not handle
+``MissingExtraError``      ``ImportError``           a feature needs an optional dependency
+                                                     (an extra) that is not installed
 =========================  ========================  ==========================================
 """
 
@@ -24,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "DivergenceError",
     "LogtrickError",
+    "MissingExtraError",
     "RunLockedError",
     "UnsupportedSpaceError",
 ]
@@ -47,3 +50,8 @@ class CheckpointError(LogtrickError, ValueError):
 
 class UnsupportedSpaceError(LogtrickError, TypeError):
     """An observation or action space the policies do not support."""
+
+
+class MissingExtraError(LogtrickError, ImportError):
+    """A feature needs an optional dependency that is not installed (the message names the
+    extra to install)."""

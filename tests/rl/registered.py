@@ -7,6 +7,9 @@
 * ``LogtrickRewardBomb-v0``: the counter with reward 1, except that every step from the
   ``bomb_at``-th step of the env's life on pays ``1e30`` (finite, but its square overflows
   float32): training on it diverges at a known update.
+* ``LogtrickMasked-v0`` (masks in ``info``), ``LogtrickMaskedObs-v0`` (in a Dict observation),
+  ``LogtrickMaskedMulti-v0`` (MultiDiscrete), ``LogtrickGoal-v0`` (Dict observation),
+  ``LogtrickTextObs-v0`` (unsupported observation space): see :mod:`space_envs`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import gymnasium as gym
 from envs import CounterEnv, counter
 from gymnasium.wrappers import TimeLimit
+from space_envs import GoalEnv, MaskedEnv, TextObsEnv
 
 
 class RewardBomb(CounterEnv):
@@ -38,6 +42,11 @@ for _id, _entry, _kwargs in (
     ("logtrick-test/Counter-v0", counter, {}),
     ("LogtrickEpisode7-v0", counter, {"terminal": 7}),
     ("LogtrickRewardBomb-v0", _bomb, {}),
+    ("LogtrickMasked-v0", MaskedEnv, {}),
+    ("LogtrickMaskedObs-v0", MaskedEnv, {"in_obs": True}),
+    ("LogtrickMaskedMulti-v0", MaskedEnv, {"nvec": (3, 4)}),
+    ("LogtrickGoal-v0", GoalEnv, {}),
+    ("LogtrickTextObs-v0", TextObsEnv, {}),
 ):
     if _id not in gym.registry:
         gym.register(_id, entry_point=_entry, kwargs=_kwargs)

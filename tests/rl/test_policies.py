@@ -193,9 +193,13 @@ def test_without_critic_values_are_zero() -> None:
 @pytest.mark.parametrize(
     ("obs_space", "action_space", "match"),
     [
-        (spaces.Dict({"a": OBS}), spaces.Discrete(2), "observation_space: Dict"),
-        (spaces.Tuple([OBS]), spaces.Discrete(2), "observation_space: Tuple"),
-        (spaces.Discrete(4), spaces.Discrete(2), "observation_space: Discrete"),
+        (spaces.Text(4), spaces.Discrete(2), "observation_space: Text"),
+        (spaces.Dict({"a": spaces.Text(4)}), spaces.Discrete(2), r"observation_space\['a'\]: Text"),
+        (
+            spaces.Tuple([OBS, spaces.Sequence(OBS)]),
+            spaces.Discrete(2),
+            r"observation_space\[1\]: Sequence",
+        ),
         (OBS, spaces.Text(5), "action_space: Text"),
         (OBS, spaces.Graph(OBS, None), "action_space: Graph"),
         (OBS, spaces.Tuple([spaces.Discrete(2)]), "action_space: Tuple"),

@@ -33,8 +33,8 @@ def _spy_minibatches(learner: object) -> list[tuple[torch.Tensor, torch.Tensor, 
     policy = learner.policy
     original = policy.evaluate_actions
 
-    def spy(obs: torch.Tensor, actions: torch.Tensor) -> tuple:
-        out = original(obs, actions)
+    def spy(obs: torch.Tensor, actions: torch.Tensor, action_mask: object = None) -> tuple:
+        out = original(obs, actions, action_mask)
         calls.append((obs, actions, out[0].detach()))
         return out
 

@@ -193,17 +193,23 @@ class Agent:
             self.counters.extend(self.config, config)
         self.config = self.learner.config = config
 
-    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+    def predict(self, obs: Any, deterministic: bool = True, action_mask: Any = None) -> np.ndarray:
         """The action for one observation, or actions for a batch (the shape decides).
 
         Args:
-            obs: ``observation_space.shape`` or ``(N, *observation_space.shape)``, array-like.
-            deterministic: the most likely action (Box: the mean); ``False`` samples.
+            obs: ``observation_space.shape`` or ``(N, *observation_space.shape)``, array-like (a
+                dict / tuple of them for ``Dict`` / ``Tuple`` spaces; a ``Dict`` observation's
+                ``"action_mask"`` key is honoured).
+            deterministic: the most likely allowed action (Box: the mean); ``False`` samples.
+            action_mask: bool ``(n,)`` or ``(N, n)`` allowed actions (e.g. the env's
+                ``info["action_mask"]``); masked actions are never returned.
 
         Returns:
             numpy actions as the env takes them: ``action_shape``, or ``(N, *action_shape)``.
         """
-        return self.learner.policy.act(np.asarray(obs), deterministic=deterministic)
+        if not isinstance(obs, (dict, tuple)):
+            obs = np.asarray(obs)
+        return self.learner.policy.act(obs, deterministic, action_mask)
 
     def evaluate(self, episodes: int = 20, seed: int | None = None,
                  deterministic: bool = True) -> tuple[float, float]:  # fmt: skip

@@ -93,6 +93,8 @@ class Learner:
     _norms: list[Tensor] = field(default_factory=list, init=False, repr=False)
     _grads: list[Tensor] = field(default_factory=list, init=False, repr=False)
     """Running ``[Σ g_i, Σ ‖g_i‖², K]`` of the recorded policy gradients (empty: none)."""
+    _recorded: int = field(default=0, init=False, repr=False)
+    """How many gradients the sums hold (``grad_snr`` is logged from two on)."""
 
     def __post_init__(self) -> None:
         self.params = list(self.policy.parameters())
@@ -121,6 +123,7 @@ class Learner:
     def _record_gradient(self) -> None:
         g = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
                        for p in self.actor_params])  # fmt: skip
+        self._recorded += 1
         if not self._grads:
             self._grads = [g.clone(), g.square().sum(), torch.ones(())]
         else:
@@ -131,6 +134,7 @@ class Learner:
     def begin(self) -> None:
         """Start an update: forget what the previous one recorded."""
         self._watched, self._losses, self._norms, self._grads = [], [], [], []
+        self._recorded = 0
 
     def watch(self, name: str, x: Tensor) -> None:
         """Check ``x`` for NaN and inf in :meth:`finish` (no host sync now)."""
@@ -157,7 +161,7 @@ class Learner:
         checked = [x for _, x in self._watched] + self._losses + self._norms
         with torch.no_grad():
             checked.append(torch.stack(torch._foreach_norm(self.params, math.inf)).amax())
-        if self._grads:
+        if self._recorded >= 2:  # the spread needs two gradients: no column, never a NaN
             info = {**info, "grad_snr": gradient_snr(*self._grads)}
         names = [k for k, v in info.items() if isinstance(v, Tensor)]
         values = torch.stack([*checked, *(info[k].float() for k in names)]).tolist()

@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Categorical, Distribution
+
+from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.masks import mask_logits
 
 __all__ = ["ModulePolicy", "check_policy_module"]
 
@@ -97,8 +100,18 @@ class ModulePolicy(nn.Module):
         self.module, self.action_space = module, action_space
         self.obs_shape = tuple(observation_space.shape)
 
-    def distribution(self, obs: Tensor) -> Distribution:
-        return self.module.distribution(obs)
+    def distribution(self, obs: Tensor, action_mask: Tensor | None = None) -> Distribution:
+        """The network's distribution; with a mask (``Discrete`` actions and a ``Categorical``
+        distribution only) the masked logits are :math:`-\\infty` (:func:`~.masks.mask_logits`)."""
+        dist = self.module.distribution(obs)
+        if action_mask is None:
+            return dist
+        if not isinstance(dist, Categorical):
+            raise UnsupportedSpaceError(
+                f"action_mask: policy= networks honour masks through a Categorical distribution, "
+                f"got {type(dist).__name__}; return Categorical(logits=...) from distribution()"
+            )
+        return Categorical(logits=mask_logits(dist.logits, action_mask))
 
     def value(self, obs: Tensor) -> Tensor:
         return self.module.value(obs)
@@ -111,15 +124,17 @@ class ModulePolicy(nn.Module):
     def update_obs_stats(self, obs: Tensor) -> None:
         """Nothing to update: the network normalises its inputs itself."""
 
-    def step(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, obs: Tensor, action_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(action, log_prob, value)`` for the collector."""
-        dist = self.distribution(obs)
+        dist = self.distribution(obs, action_mask)
         action = dist.sample()
         return action, dist.log_prob(action), self.value(obs)
 
-    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def evaluate_actions(
+        self, obs: Tensor, actions: Tensor, action_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(log_prob, entropy, value)`` of given actions; differentiable."""
-        dist = self.distribution(obs)
+        dist = self.distribution(obs, action_mask)
         return dist.log_prob(actions), dist.entropy(), self.value(obs)
 
     def to_env(self, action: Tensor) -> np.ndarray:
@@ -133,12 +148,20 @@ class ModulePolicy(nn.Module):
             a = a + np.asarray(space.start) if np.any(np.asarray(space.start) != 0) else a
         return a.astype(space.dtype if space.dtype is not None else a.dtype, copy=False)
 
-    def act(self, obs: np.ndarray | Tensor, deterministic: bool = False) -> np.ndarray:
-        """Env-ready actions for one observation or a batch (the mode when ``deterministic``)."""
+    def act(
+        self, obs: np.ndarray | Tensor, deterministic: bool = False, action_mask: Any = None
+    ) -> np.ndarray:
+        """Env-ready actions for one observation or a batch (the mode when ``deterministic``;
+        only actions ``action_mask`` allows)."""
         with torch.inference_mode():
             x = torch.as_tensor(obs, dtype=torch.float32)
             single = x.dim() == len(self.obs_shape)
-            dist = self.distribution(x.unsqueeze(0) if single else x.reshape(-1, *self.obs_shape))
+            mask = None
+            if action_mask is not None:
+                mask = torch.as_tensor(np.asarray(action_mask, dtype=bool))
+                mask = mask.reshape(-1, mask.shape[-1])
+            batch = x.unsqueeze(0) if single else x.reshape(-1, *self.obs_shape)
+            dist = self.distribution(batch, mask)
             action = dist.mode if deterministic else dist.sample()
             lead = tuple(x.shape[: x.dim() - len(self.obs_shape)])
             action = action.reshape(lead + tuple(action.shape[1:]))

@@ -12,10 +12,13 @@ action space        distribution
                     ``log_std``; actions are clipped to the bounds only in :meth:`to_env`
 ==================  ==================================================================
 
-Observations must be a ``Box`` (flattened). :meth:`ActorCritic.step`, the collector's hot path,
-evaluates actor and critic as one fused MLP (block-diagonal weights: one matmul per layer for
-both) and samples ``Discrete`` (Gumbel-max) and ``Box`` actions without building a
-``Distribution``; elsewhere distributions are built with ``validate_args=False``.
+Observations are feature vectors (:class:`~logtrick.rl.spaces.ObsLayout`: a ``Box`` flattened,
+``Dict`` / ``Tuple`` / discrete spaces one-hot per discrete leaf); ``Discrete`` and
+``MultiDiscrete`` actions honour action masks (:mod:`logtrick.rl.masks`).
+:meth:`ActorCritic.step`, the collector's hot path, evaluates actor and critic as one fused MLP
+(block-diagonal weights: one matmul per layer for both) and samples ``Discrete`` (Gumbel-max)
+and ``Box`` actions without building a ``Distribution``; elsewhere distributions are built
+with ``validate_args=False``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
 
-from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.masks import check_action_mask, combine_masks, mask_logits, sections
+from logtrick.rl.spaces import ObsLayout, head_size
 
 __all__ = ["ACTIVATIONS", "ActorCritic", "merge_moments"]
 
@@ -113,25 +117,6 @@ def _refresh_after_load(module: ActorCritic, incompatible_keys: object) -> None:
     module._refresh_obs_norm()
 
 
-def _head_size(space: spaces.Space) -> int:
-    """Number of actor outputs for ``space``; ``UnsupportedSpaceError`` (a ``TypeError``) naming it
-    when unsupported."""
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, spaces.MultiDiscrete):
-        if space.nvec.ndim != 1:
-            raise UnsupportedSpaceError(
-                f"action_space: MultiDiscrete needs a 1-D nvec, got {space.nvec.shape}"
-            )
-        return int(space.nvec.sum())
-    if isinstance(space, (spaces.MultiBinary, spaces.Box)):
-        return math.prod(space.shape)
-    raise UnsupportedSpaceError(
-        f"action_space: {space!r} is not supported; expected Discrete, MultiDiscrete, "
-        "MultiBinary or Box"
-    )
-
-
 def merge_moments(
     n_a: float, mean_a: Any, var_a: Any, n_b: float, mean_b: Any, var_b: Any
 ) -> tuple[float, Any, Any]:
@@ -157,14 +142,16 @@ class ActorCritic(nn.Module):
     r"""Separate MLP actor and critic for a policy-gradient method.
 
     Args:
-        observation_space: a ``gymnasium.spaces.Box``; observations are flattened.
+        observation_space: a ``Box``, ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or a
+            (nested) ``Dict`` / ``Tuple`` of them (:class:`~logtrick.rl.spaces.ObsLayout`).
         action_space: ``Discrete``, ``MultiDiscrete`` (1-D ``nvec``), ``MultiBinary`` or ``Box``.
         hidden: hidden layer widths, shared by actor and critic (separate weights).
         activation: ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"`` or ``"silu"``.
         critic: build a value network; without one :meth:`value` returns zeros.
         normalize_obs: keep running mean/variance of observations (updated by
             :meth:`update_obs_stats`, saved in the ``state_dict``) and feed the networks
-            :math:`\operatorname{clip}((s - \mu) / \sqrt{\sigma^2 + 10^{-8}}, \pm 10)`.
+            :math:`\operatorname{clip}((s - \mu) / \sqrt{\sigma^2 + 10^{-8}}, \pm 10)`
+            (features of ``Box`` leaves only; one-hot features pass unchanged).
         log_std_init: initial log standard deviation of a ``Box`` policy.
 
     Weights are orthogonally initialised (gain √2 for hidden layers, 0.01 for the policy head,
@@ -186,21 +173,17 @@ class ActorCritic(nn.Module):
         log_std_init: float = 0.0,
     ) -> None:
         super().__init__()
-        if not isinstance(observation_space, spaces.Box):
-            raise UnsupportedSpaceError(
-                f"observation_space: {observation_space!r} is not supported; expected a Box"
-            )
+        self.obs_layout = ObsLayout(observation_space)
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}"
             )
         self.observation_space, self.action_space = observation_space, action_space
-        self.obs_shape = tuple(observation_space.shape)
-        obs_dim = math.prod(self.obs_shape)
+        self.obs_shape, obs_dim = self.obs_layout.shape, self.obs_layout.dim
         sizes = [obs_dim, *[int(h) for h in hidden]]
-        self.actor = _mlp([*sizes, _head_size(action_space)], activation, 0.01)
+        self._head_dim = head_size(action_space)
+        self.actor = _mlp([*sizes, self._head_dim], activation, 0.01)
         self.critic = _mlp([*sizes, 1], activation, 1.0) if critic else None
-        self._head_dim = _head_size(action_space)
         nets = [self.actor] if self.critic is None else [self.actor, self.critic]
         self._fused = _FusedMLP(nets, activation)
         self.normalize_obs = bool(normalize_obs)
@@ -209,6 +192,8 @@ class ActorCritic(nn.Module):
         self.register_buffer("obs_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("_obs_shift", torch.zeros(obs_dim), persistent=False)
         self.register_buffer("_obs_scale", torch.ones(obs_dim), persistent=False)
+        normalized = torch.from_numpy(self.obs_layout.normalized)
+        self.register_buffer("_obs_normalized", normalized, persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self._setup_actions(action_space, float(log_std_init))
 
@@ -234,7 +219,7 @@ class ActorCritic(nn.Module):
             self._start = space.start if np.any(space.start != 0) else None
         elif isinstance(space, spaces.MultiBinary):
             self.kind = "multi_binary"
-        else:  # Box: _head_size has refused everything else
+        else:  # Box: head_size has refused everything else
             self.kind = "box"
             self.log_std = nn.Parameter(torch.full(self.action_shape, log_std_init))
             self._low, self._high = space.low, space.high
@@ -252,8 +237,9 @@ class ActorCritic(nn.Module):
     # ----------------------------------------------------------------- observations
     def _refresh_obs_norm(self) -> None:
         """Float32 copies of the statistics used by :meth:`_features`."""
-        self._obs_shift.copy_(self.obs_mean)
-        torch.rsqrt(self.obs_var + _OBS_EPS, out=self._obs_scale)
+        norm = self._obs_normalized
+        self._obs_shift.copy_(torch.where(norm, self.obs_mean, 0.0))
+        self._obs_scale.copy_(torch.where(norm, torch.rsqrt(self.obs_var + _OBS_EPS), 1.0))
 
     def _features(self, obs: Tensor) -> Tensor:
         """Flatten (and normalise) observations: ``batch + obs_shape`` -> ``batch + (obs_dim,)``."""
@@ -315,9 +301,10 @@ class ActorCritic(nn.Module):
         return obs.reshape(-1, self.obs_mean.shape[0]).to(torch.float64)
 
     # ----------------------------------------------------------------- distributions
-    def _dist(self, head: Tensor) -> Distribution:
-        """The action distribution given the actor's output ``batch + (head_size,)``."""
-        batch = head.shape[:-1]
+    def _dist(self, head: Tensor, action_mask: Tensor | None = None) -> Distribution:
+        """The action distribution given the actor's output ``batch + (head_size,)`` and an
+        optional bool action mask of the same shape (``Discrete`` / ``MultiDiscrete`` only)."""
+        head, batch = mask_logits(head, action_mask), head.shape[:-1]
         if self.kind == "discrete":
             return Categorical(logits=head, validate_args=False)
         if self.kind == "multi_discrete":
@@ -335,9 +322,9 @@ class ActorCritic(nn.Module):
         base = Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
         return Independent(base, len(self.action_shape), validate_args=False)
 
-    def distribution(self, obs: Tensor) -> Distribution:
-        r""":math:`\pi(\cdot \mid s)`, batch shape ``obs.shape[:-len(obs_shape)]``."""
-        return self._dist(self.actor(self._features(obs)))
+    def distribution(self, obs: Tensor, action_mask: Tensor | None = None) -> Distribution:
+        r""":math:`\pi(\cdot \mid s)` (masked), batch shape ``obs.shape[:-len(obs_shape)]``."""
+        return self._dist(self.actor(self._features(obs)), action_mask)
 
     def value(self, obs: Tensor) -> Tensor:
         """:math:`V(s)`, shape ``batch`` (zeros without a critic)."""
@@ -348,11 +335,12 @@ class ActorCritic(nn.Module):
             return x.new_zeros(x.shape[:-1])
         return self.critic(x).squeeze(-1)
 
-    def step(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, obs: Tensor, action_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample actions for the collector: ``(action, log_prob, value)``.
 
         Args:
             obs: ``batch + obs_shape`` float observations (raw; normalised inside).
+            action_mask: ``batch + (head_size,)`` bool, or None (:mod:`~logtrick.rl.masks`).
 
         Returns:
             ``action`` (``batch + action_shape``, unclipped), ``log_prob`` and ``value``
@@ -360,7 +348,7 @@ class ActorCritic(nn.Module):
         """
         x = self._features(obs)
         out = self._fused(x)
-        head = out[..., : self._head_dim]
+        head = mask_logits(out[..., : self._head_dim], action_mask)
         value = out[..., self._head_dim] if self.critic is not None else out.new_zeros(x.shape[:-1])
         if self.kind == "discrete":  # fast path: Gumbel-max sampling, no Distribution object
             log_p = torch.log_softmax(head, -1)
@@ -372,19 +360,22 @@ class ActorCritic(nn.Module):
             action = mean + noise * self.log_std.exp()
             norm = noise.square_().reshape(head.shape).sum(-1).mul_(-0.5)
             return action, norm.sub_(self.log_std.sum() + self._log_norm), value
-        dist = self._dist(head)
+        dist = self._dist(head)  # already masked
         action = dist.sample()
         return action, dist.log_prob(action), value
 
-    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def evaluate_actions(
+        self, obs: Tensor, actions: Tensor, action_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(log_prob, entropy, value)`` of given actions, each shape ``batch``; differentiable.
 
         Args:
             obs: ``batch + obs_shape``.
             actions: ``batch + action_shape``, as returned by :meth:`step` (unclipped).
+            action_mask: the mask they were sampled under, ``batch + (head_size,)``, or None.
         """
         x = self._features(obs)
-        dist = self._dist(self.actor(x))
+        dist = self._dist(self.actor(x), action_mask)
         return dist.log_prob(actions), dist.entropy(), self._value_of(x)
 
     # ----------------------------------------------------------------- env boundary
@@ -414,18 +405,27 @@ class ActorCritic(nn.Module):
             return a.astype(self.action_space.dtype)
         return a if self._start is None else a + self._start
 
-    def act(self, obs: np.ndarray | Tensor, deterministic: bool = False) -> np.ndarray:
+    def act(self, obs: Any, deterministic: bool = False, action_mask: Any = None) -> np.ndarray:
         """Env-ready actions for one observation or a batch (mode/mean when ``deterministic``).
 
         Args:
-            obs: ``obs_shape`` or ``batch + obs_shape``, numpy or tensor.
-            deterministic: take the most likely action (Box: the mean) instead of sampling.
+            obs: one observation or a batch, as the env gives them (numpy, tensor, or a dict /
+                tuple of them for ``Dict`` / ``Tuple`` spaces).
+            deterministic: take the most likely allowed action (Box: the mean), not a sample.
+            action_mask: bool ``batch + (head_size,)`` allowed actions (e.g. the env's
+                ``info["action_mask"]``), combined with a ``Dict`` observation's own mask.
 
         Returns:
             numpy actions, shape ``batch + action_shape`` (``action_shape`` for one observation).
         """
         device = self.obs_mean.device
+        if not (self.obs_layout.is_box and action_mask is None and isinstance(obs, Tensor)):
+            obs, obs_mask = self.obs_layout.split(obs)
+            action_mask = combine_masks(obs_mask, action_mask)
+        if action_mask is not None:
+            check_action_mask(action_mask, sections(self.action_space), "passed to act")
+            action_mask = torch.as_tensor(action_mask, device=device)
         with torch.inference_mode():
             obs = torch.as_tensor(obs, dtype=self._obs_shift.dtype, device=device)
-            dist = self.distribution(obs)
+            dist = self.distribution(obs, action_mask)
             return self.to_env(self._mode(dist) if deterministic else dist.sample())

@@ -16,6 +16,14 @@ Both Gymnasium autoreset modes are handled (``env.metadata["autoreset_mode"]``):
 
 ``DISABLED`` is refused: it needs the caller to reset environments by hand.
 
+Observations are stored as the policy's features (:class:`~logtrick.rl.spaces.ObsLayout`:
+``Dict`` / ``Tuple`` / discrete observations flattened, one-hot per discrete leaf). When the env
+gives an action mask at reset (``info["action_mask"]`` or a ``Dict`` observation's
+``"action_mask"`` key; :mod:`logtrick.rl.masks`), every step's mask (the one given with that
+step's observation: in NEXT_STEP mode a reset step's info is the reset's) is passed to the
+policy, checked (a row allowing nothing is an error naming the env and step) and stored in
+``Rollout.action_masks`` for the update.
+
 ``next_values`` are computed once, at the end of a rollout, by :func:`next_values_of` from the
 rollout's own values and the values of its *bootstrap observations* (the observation after the
 last step, and SAME_STEP's final observations of truncated episodes), which the rollout keeps:
@@ -32,15 +40,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from torch import Tensor
 
 from logtrick.checks import check_env_output, check_positive_int
-from logtrick.errors import UnsupportedSpaceError
 from logtrick.rl.envs import autoreset_mode, make_env
+from logtrick.rl.masks import check_action_mask, combine_masks, info_action_mask, sections
+from logtrick.rl.spaces import MASK_KEY, ObsLayout
 
 __all__ = ["Collector", "Rollout", "make_env", "next_values_of"]
 
@@ -73,6 +81,8 @@ class Rollout:
     ``bootstrap_obs``    (K, \*obs_shape)        the observations behind ``next_values`` that
                                                  are not ``obs[t + 1]``
     ``bootstrap_index``  (K,)                    their flat index ``t * B + b`` into (T, B)
+    ``action_masks``     (T, B, head_size)       bool allowed actions at :math:`s_t` (``None``
+                                                 when the env gives no mask)
     ===================  ======================  ==============================================
 
     ``episode_returns`` / ``episode_lengths`` list the episodes that finished during this
@@ -93,6 +103,7 @@ class Rollout:
     bootstrap_index: Tensor
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
+    action_masks: Tensor | None = None
 
 
 def next_values_of(
@@ -130,10 +141,11 @@ class Collector:
     ``ValueError`` names the first bad step and env): a check per step would cost about as much
     as all the rest of the bookkeeping.
 
-    The policy needs ``step(obs) -> (action, log_prob, value)``, ``value(obs)``,
-    ``to_env(action) -> np.ndarray`` and ``update_obs_stats(obs)`` (see
-    :class:`~logtrick.rl.policies.ActorCritic`); the observation statistics are updated with
-    each step's observations before the policy acts on them.
+    The policy needs ``step(obs) -> (action, log_prob, value)`` (``step(obs, action_mask)``
+    when the env gives masks), ``value(obs)``, ``to_env(action) -> np.ndarray`` and
+    ``update_obs_stats(obs)`` (see :class:`~logtrick.rl.policies.ActorCritic`); the observation
+    statistics are updated with each step's observations (features) before the policy acts on
+    them.
 
     Args:
         env: a ``VectorEnv``, or anything :func:`make_env` accepts (then one env).
@@ -161,11 +173,8 @@ class Collector:
         self.whole_episodes = bool(whole_episodes)
         self.device = torch.device(device)
         self.autoreset_mode = autoreset_mode(self.env)
-        space = self.env.single_observation_space
-        if not isinstance(space, gym.spaces.Box):
-            raise UnsupportedSpaceError(
-                f"env: observation space {space!r} is not supported; expected a Box"
-            )
+        self._layout = ObsLayout(self.env.single_observation_space)
+        self._mask_sizes: list[int] | None = None  # set at reset when the env gives masks
         self.num_envs = B = self.env.num_envs
         self._on_cpu = self.device.type == "cpu"
         self._same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
@@ -183,9 +192,11 @@ class Collector:
     def _allocate(self, rows: int) -> None:
         """(Re)allocate the ``(rows, B, ...)`` buffers and their views, keeping their contents."""
         B, f32 = self.num_envs, torch.float32
-        shapes = {"obs": (self.env.single_observation_space.shape, f32), "log_probs": ((), f32),
+        shapes = {"obs": (self._layout.shape, f32), "log_probs": ((), f32),
                   "values": ((), f32), "rewards": ((), f32), "terminated": ((), torch.bool),
                   "truncated": ((), torch.bool)}  # fmt: skip
+        if self._mask_sizes is not None:
+            shapes["action_masks"] = ((sum(self._mask_sizes),), torch.bool)
         old = self._buf
         self._buf = {k: torch.zeros((rows, B, *shape), dtype=dtype)
                      for k, (shape, dtype) in shapes.items()}  # fmt: skip
@@ -207,9 +218,13 @@ class Collector:
 
     def reset(self, seed: int | list[int] | None = None) -> None:
         """Reset every env (unfinished episodes are dropped) and the episode accumulators."""
-        obs, _ = self.env.reset(seed=seed)
-        check_env_output(obs, np.zeros(self.num_envs), "at reset")
-        self._next_obs = obs
+        obs, info = self.env.reset(seed=seed)
+        mask = combine_masks(*self._layout.split(obs)[1:], info_action_mask(info))
+        if mask is not None and self._mask_sizes is None:
+            self._mask_sizes = sections(self.env.single_action_space)
+            self._allocate(self.capacity)
+        self._next_obs, self._next_mask = self._observe(obs, info, None)
+        check_env_output(self._next_obs, np.zeros(self.num_envs), "at reset")
         self._last_done[:] = False
         self._carry_return[:] = 0.0
         self._carry_length[:] = 0
@@ -245,7 +260,12 @@ class Collector:
         arr["obs"][t] = self._next_obs
         obs = self._obs_rows[t] if self._on_cpu else self._obs_rows[t].to(self.device)
         policy.update_obs_stats(obs)
-        action, log_prob, value = policy.step(obs)
+        if self._mask_sizes is None:
+            action, log_prob, value = policy.step(obs)
+        else:
+            arr["action_masks"][t] = self._next_mask
+            mask = self._buf["action_masks"][t].to(self.device)
+            action, log_prob, value = policy.step(obs, mask)
         if self._actions is None:
             self._allocate_actions(action, self.capacity)
         if self._on_cpu:  # numpy writes are several times cheaper than torch indexing
@@ -262,7 +282,24 @@ class Collector:
         arr["truncated"][t] = truncated
         if self._same_step and truncated.any():  # V(final obs) bootstraps only truncations
             self._keep_finals(t, truncated & ~terminated, info)
-        self._next_obs = next_obs
+        self._next_obs, self._next_mask = self._observe(next_obs, info, t + 1)
+
+    def _observe(
+        self, obs: Any, info: dict[str, Any], t: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The features of the observations of rollout step ``t`` (None: a reset) and their
+        checked action mask (None when the env gives none)."""
+        if self._layout.is_box and self._mask_sizes is None and MASK_KEY not in info:
+            return obs, None
+        features, mask = self._layout.split(obs)
+        mask = combine_masks(mask, info_action_mask(info))
+        where = "at reset" if t is None else self._where(t)
+        if (mask is None) != (self._mask_sizes is None):
+            raise ValueError(f"env: an action mask {where} but not at reset, or the reverse; "
+                             "an env with masks must give one with every observation")  # fmt: skip
+        if mask is not None:
+            check_action_mask(mask, self._mask_sizes, where)
+        return features, mask
 
     def _where(self, t: int) -> str:
         return f"at rollout step {t} (global step {self.global_step + t * self.num_envs})"
@@ -273,7 +310,7 @@ class Collector:
             raise ValueError(f"env: truncated at step {t} but info has no 'final_obs' (SAME_STEP)")
         index = np.flatnonzero(truncated & info["_final_obs"])
         if len(index):
-            final = np.stack(info["final_obs"][index]).astype(np.float32)
+            final = np.stack([self._layout.flatten(o) for o in info["final_obs"][index]])
             check_env_output(final, np.zeros(len(index)), self._where(t), index)
             self._finals.append((t, index, final))
 

@@ -47,6 +47,7 @@ from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it
 )
 from logtrick.rl.config import Config
 from logtrick.rl.learner import Learner, RewardScale
+from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
 from logtrick.rl.update import update
@@ -110,12 +111,12 @@ def evaluate(
         raise ValueError(f"episodes: expected a positive int, got {episodes!r}")
     envs = make_env(env, num_envs=episodes, vectorization_mode="sync")
     try:
-        obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+        obs, info = envs.reset(seed=[seed + i for i in range(episodes)])
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
         while running.any():
-            action = policy.act(obs, deterministic=deterministic)
-            obs, reward, terminated, truncated, _ = envs.step(action)
+            action = policy.act(obs, deterministic, info_action_mask(info))
+            obs, reward, terminated, truncated, info = envs.step(action)
             totals += np.where(running, reward, 0.0)
             running &= ~(terminated | truncated)
     finally:

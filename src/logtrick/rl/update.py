@@ -75,7 +75,7 @@ def prepare(learner: Learner, ro: Rollout) -> Rollout:
     config, policy, changes = learner.config, learner.policy, {}
     if config.normalize_obs:
         with torch.no_grad():
-            log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions)
+            log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions, ro.action_masks)
             boot = policy.value(ro.bootstrap_obs)
         next_values = next_values_of(values, boot, ro.bootstrap_index, ro.terminated)
         changes.update(log_probs=log_probs, values=values, next_values=next_values)
@@ -86,10 +86,12 @@ def prepare(learner: Learner, ro: Rollout) -> Rollout:
 
 
 def flatten(ro: Rollout, **columns: Tensor) -> Batch:
-    """The valid transitions of ``ro`` (and of each ``(T, B)`` column) as flat tensors."""
+    """The valid transitions of ``ro`` (and of each ``(T, B)`` column) as flat tensors; with
+    action masks, ``"action_masks"`` too."""
     valid = ro.valid.reshape(-1)
     steps = {"log_probs": ro.log_probs, "values": ro.values, **columns}
-    batch = {"obs": ro.obs.flatten(0, 1)[valid], "actions": ro.actions.flatten(0, 1)[valid]}
+    per_step = {"obs": ro.obs, "actions": ro.actions, "action_masks": ro.action_masks}
+    batch = {k: v.flatten(0, 1)[valid] for k, v in per_step.items() if v is not None}
     return {**batch, **{k: v.expand_as(ro.values).reshape(-1)[valid] for k, v in steps.items()}}
 
 
@@ -112,7 +114,9 @@ def actor_critic_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``policy_term`` + ``vf_coef`` · value loss − ``ent_coef`` · entropy on one (mini)batch."""
     config = learner.config
-    log_prob, entropy, values = learner.policy.evaluate_actions(batch["obs"], batch["actions"])
+    log_prob, entropy, values = learner.policy.evaluate_actions(
+        batch["obs"], batch["actions"], batch.get("action_masks")
+    )
     loss, info = policy_term(learner, log_prob, batch)
     if config.ent_coef:
         loss = loss - config.ent_coef * entropy.mean()
@@ -204,18 +208,19 @@ def npg_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     advantages, returns = gae(learner, ro)
     batch = flatten(ro, advantages=advantages, returns=returns)
     obs, actions, old_log_probs = batch["obs"], batch["actions"], batch["log_probs"]
+    masks = batch.get("action_masks")
     adv = batch["advantages"]
     if config.normalize_advantages:
         adv = normalize_advantages(adv, check=False)
     with torch.no_grad():
-        old_dist = policy.distribution(obs)
+        old_dist = policy.distribution(obs, masks)
 
     def loss_fn() -> Tensor:  # the importance-weighted surrogate (unclipped), to minimise
-        log_prob = policy.distribution(obs).log_prob(actions)
+        log_prob = policy.distribution(obs, masks).log_prob(actions)
         return clipped_surrogate(log_prob, old_log_probs, adv, None)[0].mean()
 
     def kl_fn() -> Tensor:
-        return torch.distributions.kl_divergence(old_dist, policy.distribution(obs)).mean()
+        return torch.distributions.kl_divergence(old_dist, policy.distribution(obs, masks)).mean()
 
     _, info = natural_gradient(
         loss_fn, kl_fn, list(policy.actor_parameters()), max_kl=config.max_kl,
