@@ -11,6 +11,7 @@ the logged values into floats, in one host sync, and raises
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,9 @@ class Learner:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     reward_scale: RewardScale | None = None
+    grad_hook: Callable[[list[torch.nn.Parameter]], None] | None = field(default=None, repr=False)
+    """Called with the parameters after each backward, before clipping and the optimizer step
+    (data parallelism: :func:`~logtrick.rl.distributed.all_reduce_gradients`)."""
     params: list[torch.nn.Parameter] = field(init=False, repr=False)
     _watched: list[tuple[str, Tensor]] = field(default_factory=list, init=False, repr=False)
     _losses: list[Tensor] = field(default_factory=list, init=False, repr=False)
@@ -98,6 +102,8 @@ class Learner:
         """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_hook is not None:
+            self.grad_hook(self.params)
         norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],
                               self.config.max_grad_norm)  # fmt: skip
         self.optimizer.step()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import signal
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ import torch
 
 from logtrick import runs
 from logtrick.checks import check_env_id
+from logtrick.collective import world_size
 from logtrick.errors import DivergenceError
+from logtrick.rl import distributed
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
@@ -200,18 +203,42 @@ def train(config: Config | None = None, resume: str | Path | None = None) -> Tra
     if resume is not None:
         return _resume(Path(resume), config)
     config = config or Config()
-    envs = make_env(config.env, num_envs=config.num_envs,
+    ranks = distributed.init_ranks(config)
+    envs = make_env(config.env, num_envs=_local_envs(config, ranks),
                     vectorization_mode=config.vectorization_mode)  # fmt: skip
+    collector = None
     try:
-        learner = make_learner(config, envs)
+        learner = _place(make_learner(config, envs), ranks)
         counters = Counters.start(config)
         collector = _collector(config, envs, learner, counters)
+        if not ranks.writer:  # only rank 0 writes the run directory
+            with tempfile.TemporaryDirectory() as scratch:
+                return _run(learner, collector, counters, Path(scratch), resumed=False)
         run_dir = runs.new_run_dir(config.out, config.name)
         with runs.lock_run_dir(run_dir):
             runs.write_config(run_dir, config.to_dict())
             return _run(learner, collector, counters, run_dir, resumed=False)
     finally:
+        getattr(collector, "close", lambda: None)()
         envs.close()
+
+
+def _local_envs(config: Config, ranks: distributed.Ranks) -> int:
+    """Envs stepped in this process: its rank's share, or one (for the spaces) with workers."""
+    if config.workers and ranks.world > 1:
+        raise ValueError(f"workers: Ray workers ({config.workers}) and torchrun ranks "
+                         f"({ranks.world}) cannot be combined; use one of them")  # fmt: skip
+    return 1 if config.workers else config.num_envs // ranks.world
+
+
+def _place(learner: Learner, ranks: distributed.Ranks) -> Learner:
+    """Move the learner to ``config.device``; across ranks, average the gradients before each
+    step and give each rank its own action-sampling stream (the weights start equal)."""
+    learner.policy.to(distributed.learner_device(learner.config, ranks))
+    if ranks.world > 1:
+        learner.grad_hook = distributed.all_reduce_gradients
+        torch.manual_seed(learner.config.seed + 1_000_003 * ranks.rank)
+    return learner
 
 
 def _resume(run_dir: Path, config: Config | None) -> TrainResult:
@@ -219,10 +246,12 @@ def _resume(run_dir: Path, config: Config | None) -> TrainResult:
     config = saved if config is None else merge_config(saved, config, run_dir)
     with runs.lock_run_dir(run_dir):
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
-        envs = make_env(config.env, num_envs=config.num_envs,
+        ranks = distributed.init_ranks(config)
+        envs = make_env(config.env, num_envs=_local_envs(config, ranks),
                         vectorization_mode=config.vectorization_mode)  # fmt: skip
+        collector = None
         try:
-            learner = make_learner(config, envs)
+            learner = _place(make_learner(config, envs), ranks)
             counters = restore(learner, state)
             if config.total_steps < counters.global_step:
                 raise ValueError(f"total_steps: {config.total_steps:,} is below the "
@@ -235,14 +264,25 @@ def _resume(run_dir: Path, config: Config | None) -> TrainResult:
                 runs.write_config(run_dir, config.to_dict())
             return _run(learner, collector, counters, run_dir, resumed=True)
         finally:
+            getattr(collector, "close", lambda: None)()
             envs.close()
 
 
-def _collector(config: Config, envs: Any, learner: Learner, counters: Counters) -> Collector:
-    """The collector, its envs reset with the seeds of ``counters.update``."""
-    collector = Collector(envs, learner.policy, config.num_steps,
+def _collector(config: Config, envs: Any, learner: Learner, counters: Counters) -> Any:
+    """The collector, its envs reset with the seeds of ``counters.update``: in this process,
+    this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
+    seeds = _reset_seeds(config, counters.update)
+    if config.workers:
+        from logtrick.rl.workers import RayCollector  # Ray is imported only here
+
+        return RayCollector(config, learner.policy, seeds)
+    ranks = distributed.ranks_from_env()
+    device = learner.policy.obs_mean.device
+    collector = Collector(envs, learner.policy, config.num_steps, device=device,
                           whole_episodes=config.whole_episodes)  # fmt: skip
-    collector.reset(seed=_reset_seeds(config, counters.update))
+    collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
+    if ranks.world > 1:
+        return distributed.RankCollector(collector, learner.policy)
     return collector
 
 
@@ -287,7 +327,7 @@ def _loop(
                 group["lr"] = lr
             t0 = time.perf_counter()
             ro = collector.collect()
-            steps = ro.rewards.numel()
+            steps = ro.rewards.numel() * world_size()  # summed over the ranks
             try:
                 info = update(learner, ro)
             except DivergenceError as err:
