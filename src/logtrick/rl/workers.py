@@ -74,10 +74,12 @@ class RolloutWorker:
         self.collector = Collector(self.envs, self.policy, cfg.num_steps)
         self.collector.reset(seed=seeds)
 
-    def collect(self, state: dict[str, torch.Tensor]) -> Rollout:
-        """Load the learner's weights and statistics, then collect one rollout."""
+    def collect(self, state: dict[str, torch.Tensor]) -> tuple[Rollout, float]:
+        """Load the learner's weights and statistics, then collect one rollout; returns it and
+        the seconds it took in the worker."""
+        start = time.perf_counter()
         self.policy.load_state_dict(state)
-        return self.collector.collect()
+        return self.collector.collect(), time.perf_counter() - start
 
     def pid(self) -> int:
         """The actor's process id."""
@@ -112,7 +114,9 @@ class RayCollector:
     """Collect on ``config.workers`` Ray actors; ``collect()`` like the in-process collector.
 
     Starts a local Ray runtime when none is running (``ray.init()``), or joins
-    ``config.ray_address`` (``"auto"`` or ``"HOST:PORT"``). Each worker reserves one CPU.
+    ``config.ray_address`` (``"auto"`` or ``"HOST:PORT"``). Each worker reserves one CPU, or
+    an equal share of the CPUs still free when there are fewer than workers (a laptop with more
+    workers than cores oversubscribes them instead of waiting for ever).
 
     Args:
         config: the run's config (``workers > 0``; ``num_envs`` a multiple of it).
@@ -137,7 +141,12 @@ class RayCollector:
         self.iteration = 0
         self.restarts: list[tuple[int, int, float]] = []
         """``(iteration, worker, seconds)`` of each restart."""
-        self._actor = ray.remote(num_cpus=1, max_restarts=0)(RolloutWorker)
+        self.worker_seconds: list[float] = []
+        """Seconds each worker spent on its last rollout, inside the worker (the rest of
+        ``collect`` is Ray: sending the weights, the rollouts back, and merging)."""
+        free = ray.available_resources().get("CPU", 1.0)
+        cpus = min(1.0, max(free, 0.01) / config.workers)
+        self._actor = ray.remote(num_cpus=cpus, max_restarts=0)(RolloutWorker)
         self.workers = [self._start(w, seeds) for w in range(config.workers)]
         ray.get([w.pid.remote() for w in self.workers], timeout=startup_s)  # all started
 
@@ -150,13 +159,14 @@ class RayCollector:
         state = {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
         state_ref = ray.put(state)  # once per iteration, shared by all workers
         refs = [w.collect.remote(state_ref) for w in self.workers]
-        parts = [self._result(w, ref, state_ref) for w, ref in enumerate(refs)]
-        rollout = merge_rollouts(parts)
+        results = [self._result(w, ref, state_ref) for w, ref in enumerate(refs)]
+        self.worker_seconds = [seconds for _, seconds in results]
+        rollout = merge_rollouts([part for part, _ in results])
         self.policy.update_obs_stats(rollout.obs.to(self.policy.obs_mean.device))
         self.iteration += 1
         return rollout
 
-    def _result(self, w: int, ref: Any, state_ref: Any) -> Rollout:
+    def _result(self, w: int, ref: Any, state_ref: Any) -> tuple[Rollout, float]:
         """Worker ``w``'s rollout, restarting it while it fails or does not answer."""
         start = time.perf_counter()
         for attempt in range(self.max_restarts + 1):
