@@ -131,7 +131,36 @@ def test_training_run_survives_a_killed_worker(
     assert (result.run_dir / "checkpoint.pt").exists()
 
 
-def test_without_workers_nothing_imports_ray() -> None:
-    code = ("import sys; from logtrick.rl.train import train; from logtrick import cli; "
-            "assert 'ray' not in sys.modules, 'ray imported'")  # fmt: skip
+def test_without_workers_nothing_imports_ray(tmp_path: object) -> None:
+    code = (
+        "import sys; from logtrick import cli; from logtrick.rl import Config, train; "
+        f"train(Config(total_steps=64, num_envs=2, num_steps=32, num_minibatches=1, "
+        f"out={str(tmp_path)!r}, progress=False, plot=False, tensorboard=False)); "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"workers": -1}, "workers"),
+        ({"device": "tpu"}, "device"),
+        ({"ray_address": ""}, "ray_address"),
+    ],
+)
+def test_scale_out_fields_are_checked(overrides: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _config(**overrides)
+
+
+def test_envs_that_do_not_split_over_the_workers_are_refused_before_anything_runs(
+    tmp_path: object,
+) -> None:
+    config = _config(num_envs=3, out=str(tmp_path))
+    with pytest.raises(ValueError, match="num_envs: 3 envs cannot be split evenly over 2"):
+        train(config)
+    assert not any(tmp_path.iterdir())
+    reinforce = _config(algo="reinforce", baseline="none", out=str(tmp_path))
+    with pytest.raises(ValueError, match="whole episodes"):
+        train(reinforce)

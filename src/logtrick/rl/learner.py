@@ -51,7 +51,7 @@ class RewardScale:
 
     def __call__(self, rewards: Tensor, done: Tensor, valid: Tensor) -> Tensor:
         if self.running is None:
-            self.running = torch.zeros(rewards.shape[1], dtype=torch.float64)
+            self.running = torch.zeros(rewards.shape[1], dtype=torch.float64, device=rewards.device)
         seen = torch.empty_like(rewards, dtype=torch.float64)
         for t in range(rewards.shape[0]):
             running = torch.where(valid[t], self.running * self.gamma + rewards[t], self.running)

@@ -23,6 +23,7 @@ Nothing is lost and nothing fails silently:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import tempfile
@@ -244,7 +245,8 @@ def _place(learner: Learner, ranks: distributed.Ranks) -> Learner:
 def _resume(run_dir: Path, config: Config | None) -> TrainResult:
     saved = load_config(run_dir)
     config = saved if config is None else merge_config(saved, config, run_dir)
-    with runs.lock_run_dir(run_dir):
+    ranks = distributed.ranks_from_env()  # ranks > 0 read the checkpoint, write nothing there
+    with runs.lock_run_dir(run_dir) if ranks.writer else contextlib.nullcontext():
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
         ranks = distributed.init_ranks(config)
         envs = make_env(config.env, num_envs=_local_envs(config, ranks),
@@ -253,6 +255,8 @@ def _resume(run_dir: Path, config: Config | None) -> TrainResult:
         try:
             learner = _place(make_learner(config, envs), ranks)
             counters = restore(learner, state)
+            if ranks.rank:  # restore set rank 0's sampling stream
+                torch.manual_seed(config.seed + 1_000_003 * ranks.rank + counters.update)
             if config.total_steps < counters.global_step:
                 raise ValueError(f"total_steps: {config.total_steps:,} is below the "
                                  f"{counters.global_step:,} steps the run has taken")  # fmt: skip
@@ -260,6 +264,9 @@ def _resume(run_dir: Path, config: Config | None) -> TrainResult:
             if learner.reward_scale is not None:  # the envs are reset: new episodes
                 learner.reward_scale.new_episodes()
             collector = _collector(config, envs, learner, counters)
+            if not ranks.writer:
+                with tempfile.TemporaryDirectory() as scratch:
+                    return _run(learner, collector, counters, Path(scratch), resumed=False)
             if config != saved:
                 runs.write_config(run_dir, config.to_dict())
             return _run(learner, collector, counters, run_dir, resumed=True)
