@@ -73,6 +73,7 @@ def _assert_same(got: Rollout, want: Rollout) -> None:
     assert pairs == sorted(zip(want.episode_returns, want.episode_lengths))
 
 
+@pytest.mark.slow
 def test_workers_produce_the_transitions_of_one_process() -> None:
     config = _config()
     policy = _fixed_policy(config)
@@ -94,6 +95,7 @@ def _kill(collector: RayCollector, w: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_killed_or_silent_worker_is_restarted_and_its_share_collected() -> None:
     config = _config()
     collector = RayCollector(config, _fixed_policy(config), SEEDS, timeout_s=2.0)
@@ -113,6 +115,7 @@ def test_killed_or_silent_worker_is_restarted_and_its_share_collected() -> None:
         collector.close()
 
 
+@pytest.mark.slow
 def test_training_run_survives_a_killed_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
@@ -131,6 +134,7 @@ def test_training_run_survives_a_killed_worker(
     assert (result.run_dir / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_without_workers_nothing_imports_ray(tmp_path: object) -> None:
     code = (
         "import sys; from logtrick import cli; from logtrick.rl import Config, train; "
