@@ -33,6 +33,7 @@ from torch import Tensor
 
 from logtrick.collective import all_reduce_sum, is_distributed
 from logtrick.rl.config import Config
+from logtrick.rl.learner import Learner
 from logtrick.rl.policies import ActorCritic, merge_moments
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "check_data_parallel",
     "init_ranks",
     "learner_device",
+    "local_envs",
+    "place",
     "shard",
 ]
 
@@ -179,3 +182,21 @@ class RankCollector:
         rollout = self.collector.collect()  # type: ignore[attr-defined]
         all_reduce_obs_stats(self.policy, before, rollout.obs)
         return rollout
+
+
+def local_envs(config: Config, ranks: Ranks) -> int:
+    """Envs stepped in this process: its rank's share, or one (for the spaces) with workers."""
+    if config.workers and ranks.world > 1:
+        raise ValueError(f"workers: Ray workers ({config.workers}) and torchrun ranks "
+                         f"({ranks.world}) cannot be combined; use one of them")  # fmt: skip
+    return 1 if config.workers else config.num_envs // ranks.world
+
+
+def place(learner: Learner, ranks: Ranks) -> Learner:
+    """Move the learner to ``config.device``; across ranks, average the gradients before each
+    step and give each rank its own action-sampling stream (the weights start equal)."""
+    learner.policy.to(learner_device(learner.config, ranks))
+    if ranks.world > 1:
+        learner.grad_hook = all_reduce_gradients
+        torch.manual_seed(learner.config.seed + 1_000_003 * ranks.rank)
+    return learner

@@ -205,11 +205,11 @@ def train(config: Config | None = None, resume: str | Path | None = None) -> Tra
         return _resume(Path(resume), config)
     config = config or Config()
     ranks = distributed.init_ranks(config)
-    envs = make_env(config.env, num_envs=_local_envs(config, ranks),
+    envs = make_env(config.env, num_envs=distributed.local_envs(config, ranks),
                     vectorization_mode=config.vectorization_mode)  # fmt: skip
     collector = None
     try:
-        learner = _place(make_learner(config, envs), ranks)
+        learner = distributed.place(make_learner(config, envs), ranks)
         counters = Counters.start(config)
         collector = _collector(config, envs, learner, counters)
         if not ranks.writer:  # only rank 0 writes the run directory
@@ -224,24 +224,6 @@ def train(config: Config | None = None, resume: str | Path | None = None) -> Tra
         envs.close()
 
 
-def _local_envs(config: Config, ranks: distributed.Ranks) -> int:
-    """Envs stepped in this process: its rank's share, or one (for the spaces) with workers."""
-    if config.workers and ranks.world > 1:
-        raise ValueError(f"workers: Ray workers ({config.workers}) and torchrun ranks "
-                         f"({ranks.world}) cannot be combined; use one of them")  # fmt: skip
-    return 1 if config.workers else config.num_envs // ranks.world
-
-
-def _place(learner: Learner, ranks: distributed.Ranks) -> Learner:
-    """Move the learner to ``config.device``; across ranks, average the gradients before each
-    step and give each rank its own action-sampling stream (the weights start equal)."""
-    learner.policy.to(distributed.learner_device(learner.config, ranks))
-    if ranks.world > 1:
-        learner.grad_hook = distributed.all_reduce_gradients
-        torch.manual_seed(learner.config.seed + 1_000_003 * ranks.rank)
-    return learner
-
-
 def _resume(run_dir: Path, config: Config | None) -> TrainResult:
     saved = load_config(run_dir)
     config = saved if config is None else merge_config(saved, config, run_dir)
@@ -249,11 +231,11 @@ def _resume(run_dir: Path, config: Config | None) -> TrainResult:
     with runs.lock_run_dir(run_dir) if ranks.writer else contextlib.nullcontext():
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
         ranks = distributed.init_ranks(config)
-        envs = make_env(config.env, num_envs=_local_envs(config, ranks),
+        envs = make_env(config.env, num_envs=distributed.local_envs(config, ranks),
                         vectorization_mode=config.vectorization_mode)  # fmt: skip
         collector = None
         try:
-            learner = _place(make_learner(config, envs), ranks)
+            learner = distributed.place(make_learner(config, envs), ranks)
             counters = restore(learner, state)
             if ranks.rank:  # restore set rank 0's sampling stream
                 torch.manual_seed(config.seed + 1_000_003 * ranks.rank + counters.update)
@@ -280,8 +262,11 @@ def _collector(config: Config, envs: Any, learner: Learner, counters: Counters) 
     this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     seeds = _reset_seeds(config, counters.update)
     if config.workers:
-        from logtrick.rl.workers import RayCollector  # Ray is imported only here
-
+        try:
+            from logtrick.rl.workers import RayCollector  # Ray is imported only here
+        except ImportError as err:
+            raise ValueError(f"workers: {config.workers} Ray workers need Ray ({err}); "
+                             "pip install 'logtrick[distributed]'") from err  # fmt: skip
         return RayCollector(config, learner.policy, seeds)
     ranks = distributed.ranks_from_env()
     device = learner.policy.obs_mean.device
