@@ -7,6 +7,9 @@ preset (16 envs x 256 steps = 4,096 transitions per iteration, 8 minibatches x 4
 * **ray W=1, W=2**: ``RayCollector.collect()`` (weights through the object store, W actors
   stepping 16/W envs each, rollouts merged, observation statistics merged) + the same ``update``.
 
+All modes share one learner (the same weights at each point of the interleaving: the cost of a
+rollout depends on the policy, e.g. through how often LunarLander resets).
+
 It prints seconds per iteration (collect, update), env steps/s, the Ray overhead at one worker
 (iteration time of ray W=1 / in-process; target <= 1.10) and the 2-worker efficiency of the
 collection, where env stepping dominates: t_collect(W=1) / (2 t_collect(W=2)) (target >= 0.85).
@@ -29,7 +32,7 @@ ray W=1 and ray W=2, one seed each, evaluation every 10k steps (time excluded).
 
 Usage::
 
-    python benchmarks/scaling.py [--repeats 5] [--iterations 2] [--threshold] [--quick]
+    python benchmarks/scaling.py [--repeats 5] [--iterations 2] [--envs 16] [--threshold] [--quick]
 """
 
 from __future__ import annotations
@@ -54,9 +57,13 @@ MODES = ("in-process", "ray W=1", "ray W=2")
 clock = time.perf_counter
 
 
+ENVS: dict[str, int] = {}
+"""``--envs`` (the preset's 16 when absent)."""
+
+
 def _config(workers: int = 0, **overrides: object) -> object:
     return preset(ENV, "ppo", workers=workers, progress=False, plot=False, tensorboard=False,
-                  **overrides)  # fmt: skip
+                  **ENVS, **overrides)  # fmt: skip
 
 
 def _collector(config: object, learner: object) -> object:
@@ -88,12 +95,12 @@ def _iterate(collector: object, learner: object, iterations: int) -> tuple[float
 
 def measure_modes(repeats: int, iterations: int) -> dict[str, list[tuple[float, float, float]]]:
     """Interleaved (collect, update) seconds per iteration of each mode, one pair per repeat."""
+    envs = make_env(ENV, num_envs=1)
+    learner = make_learner(_config(), envs)  # one learner: every mode acts with the same weights
+    envs.close()
     setups = {}
     for mode in MODES:
         config = _config(workers=int(mode[-1]) if mode.startswith("ray") else 0)
-        envs = make_env(ENV, num_envs=1)
-        learner = make_learner(config, envs)
-        envs.close()
         setups[mode] = (_collector(config, learner), learner)
         _iterate(*setups[mode], 1)  # warm-up (worker start, first allocations)
     out: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
@@ -228,7 +235,7 @@ def report(modes: dict[str, list[tuple[float, float, float]]], config: object) -
 
 
 def report_model(c: dict[str, float]) -> None:
-    print("\n## Per-iteration costs (s) and the projection (weak scaling, 16 envs per worker)\n")
+    print("\n## Per-iteration costs (s); projection: weak scaling, E envs per worker\n")
     print(f"collect {c['collect']:.3f} (sd {c['sigma']:.3f}), update {c['update']:.3f}, "
           f"ray.put(weights) {c['put'] * 1e3:.2f} ms, rollout transfer {c['transfer']:.3f}, "
           f"all-reduce alpha {c['alpha'] * 1e6:.0f} us, beta {c['beta'] / 1e9:.2f} GB/s, "
@@ -247,7 +254,10 @@ def main() -> None:
     parser.add_argument("--threshold", action="store_true", help="also time to the threshold")
     parser.add_argument("--budget", type=int, default=800_000)
     parser.add_argument("--quick", action="store_true", help="2 repeats of 1 iteration")
+    parser.add_argument("--envs", type=int, help="total envs (default: the preset's 16)")
     args = parser.parse_args()
+    if args.envs:
+        ENVS["num_envs"] = args.envs
     torch.set_num_threads(1)
     import ray
 
