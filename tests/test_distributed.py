@@ -96,3 +96,16 @@ def test_ddppo_parameters_equal_on_ranks_and_to_one_process(
     reference = _reference_params(rollouts, config)
     for k in p0:
         torch.testing.assert_close(p0[k], reference[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_one_process_communicates_nothing_and_the_device_is_checked() -> None:
+    from logtrick.collective import all_reduce_sum, world_size
+    from logtrick.rl.config import Config
+    from logtrick.rl.distributed import learner_device
+
+    x = [torch.ones(3)]
+    assert all_reduce_sum(x, default=True) is x and world_size() == 1
+    if not torch.cuda.is_available():
+        assert learner_device(Config(device="auto")).type == "cpu"
+        with pytest.raises(ValueError, match="device: 'cuda'"):
+            learner_device(Config(device="cuda"))
