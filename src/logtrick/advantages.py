@@ -14,6 +14,11 @@ is unbiased whenever :math:`A_{c,i} = r_{c,i} - b_{c,i}` with :math:`b_{c,i}` in
 :math:`y_{c,i}`; a mean that includes :math:`r_{c,i}` shrinks it by :math:`(k-1)/k` (direction
 kept), while dividing by a group's standard deviation or using ranks changes the objective.
 
+Data-parallel training: the groups are the rows a rank holds (per-rank groups; keep the
+``k`` samples of one context on one rank), and the batch statistics of ``"reinforce_plus_plus"``
+and the moving average are the rank's own; nothing is communicated (the stateful baselines that
+can share their statistics across ranks take ``group=``, see :mod:`logtrick.baselines`).
+
 Every function returns a :class:`GroupedAdvantages`: the ``(contexts, k)`` advantages, detached,
 in the rewards' floating dtype (``float32`` for integer or bool rewards), and the number of
 *degenerate* groups, whose advantages are all zero because their rewards carry no signal (all

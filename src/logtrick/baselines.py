@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from logtrick.checks import check_broadcasts_to, check_finite
+from logtrick.collective import all_reduce_sum
 from logtrick.dice import first_order_only, magic_box, score_term
 from logtrick.optimal_scale import OptimalScale
 
@@ -205,15 +206,26 @@ class MovingAverage:
     (each position a different data point) use ``per_element=False``: one scalar average that
     every call updates, whatever its shape.
 
+    Data-parallel training (each rank draws its share of the samples): with ``group`` (a
+    ``torch.distributed`` process group) the cost sums and counts that enter :math:`\bar c_t` are
+    all-reduced over the group, so :math:`\bar c_t` is the mean over *all* ranks' samples and
+    every rank holds the same average and subtracts the same ``b``; the gradients averaged over
+    the ranks are then the single-process estimator on the concatenated samples. Every rank must
+    call it the same number of times with the same per-element shape (ranks split
+    ``sample_dim``; with ``per_element=False`` any split). ``group=None``, or no initialised
+    process group: nothing is communicated.
+
     Args:
         decay: :math:`\beta \in [0, 1)`.
         per_element: keep one average per batch element (``True``) or one scalar (``False``).
+        group: process group whose ranks share the average (``None``: this process alone).
     """
 
     decay: float = 0.9
     per_element: bool = True
     average: Tensor | None = field(default=None, repr=False)
     steps: int = 0
+    group: Any = field(default=None, repr=False, compare=False)
 
     active: ClassVar[bool] = True
     min_samples: ClassVar[int] = 1
@@ -225,7 +237,10 @@ class MovingAverage:
 
     def __call__(self, cost: Tensor, sample_dim: int = 0, context: Tensor | None = None) -> Tensor:
         c = cost.detach()
-        mean = c.mean(sample_dim, keepdim=True) if self.per_element else c.mean().reshape(())
+        total = c.sum(sample_dim, keepdim=True) if self.per_element else c.sum().reshape(())
+        count = torch.tensor(c.numel() // max(total.numel(), 1), dtype=c.dtype, device=c.device)
+        total, count = all_reduce_sum([total, count], self.group)
+        mean = total / count
         if self.average is None:
             self.average, self.steps = torch.zeros_like(mean), 0
         corrected = self.average / (1.0 - self.decay**self.steps) if self.steps else None
@@ -250,6 +265,11 @@ class LeaveOneOut:
 
     Unbiased because the samples are independent; needs ``K >= 2`` samples along ``sample_dim``.
     With it, :math:`\frac1K\sum_k (f_k - b_k) s_k = \frac{1}{K-1}\sum_k (f_k - \bar f) s_k`.
+
+    Data-parallel training: it has no state and no ``group``; each rank's ``b_k`` is the mean of
+    the other samples *on that rank* (per-rank leave-one-out, :math:`K` = the rank's samples).
+    Still unbiased, with slightly more variance than the leave-one-out over all ranks' samples;
+    keep the samples of one problem on one rank.
     """
 
     active: ClassVar[bool] = True

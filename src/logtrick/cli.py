@@ -13,6 +13,7 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -306,10 +307,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="any Config field (listed below), e.g. --set lr=1e-3 'hidden=(128,128)'",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", help="Ray rollout workers sharing --envs (default: 0, none)")
+    p.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (with --workers)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="learner device, default cpu")
 
 
 _FLAG_FIELDS = {"steps": "total_steps", "seed": "seed", "envs": "num_envs",
-                "eval_every": "eval_every", "out": "out"}  # fmt: skip
+                "eval_every": "eval_every", "out": "out", "workers": "workers",
+                "ray_address": "ray_address", "device": "device"}  # fmt: skip
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -345,6 +350,8 @@ def run_train(args: argparse.Namespace) -> int:
         result = rl.train(config, resume=args.resume)
     else:
         result = rl.train(rl.Config(**overrides))
+    if int(os.environ.get("RANK", 0)):  # torchrun: rank 0 reports (and writes) the run
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"run directory: {result.run_dir}")
     print(

@@ -7,10 +7,12 @@ Applied, like every baseline, through :func:`logtrick.baselines.score_terms`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from logtrick.collective import all_reduce_sum
 
 __all__ = ["OptimalScale"]
 
@@ -34,20 +36,31 @@ class OptimalScale:
     First derivatives only (a second derivative through it raises), and the score part flows
     only into ``params``.
 
+    Data-parallel training (each rank draws its share of the samples, the parameters are
+    replicated): with ``group`` the sums :math:`\sum_j f_j s_{j,i}^2` and
+    :math:`\sum_j s_{j,i}^2` are all-reduced over the group before sample :math:`k`'s own term is
+    left out, so each rank uses the leave-one-out coefficients of *all* ranks' samples, and the
+    gradients averaged over equal-sized ranks are the single-process estimator on the
+    concatenated samples. ``group=None``, or no initialised process group: nothing is
+    communicated.
+
     Args:
         params: the tensors whose gradient is estimated (e.g. ``[theta]`` or
             ``model.parameters()``).
+        eps: floor of the denominator.
+        group: process group whose ranks share the statistics (``None``: this process alone).
     """
 
     active: ClassVar[bool] = True
     min_samples: ClassVar[int] = 2
     max_order: ClassVar[float] = 1
 
-    def __init__(self, params: Iterable[Tensor], eps: float = 1e-12) -> None:
+    def __init__(self, params: Iterable[Tensor], eps: float = 1e-12, group: Any = None) -> None:
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("params: OptimalScale needs at least one tensor with requires_grad")
         self.eps = eps
+        self.group = group
 
     def __call__(self, cost: Tensor, sample_dim: int = 0, context: Tensor | None = None) -> None:
         raise TypeError("OptimalScale is per-parameter: use it through lt.surrogate/lt.expectation")
@@ -73,13 +86,15 @@ class OptimalScale:
             retain_graph=True, allow_unused=True, materialize_grads=True,
         )  # fmt: skip
         c = cost.detach().reshape(-1, 1)
+        flat = [s.detach().reshape(n, -1) for s in scores]
+        sums = [(c * s.pow(2)).sum(0, keepdim=True) for s in flat]  # sum_j f_j s_j^2
+        sums += [s.pow(2).sum(0, keepdim=True) for s in flat]  # sum_j s_j^2
+        sums = all_reduce_sum(sums, self.group)  # over every rank's samples
         out = torch.zeros_like(flat_lp)
-        for p, s in zip(self.params, scores):
-            s = s.reshape(n, -1)
+        for p, s, num_all, den_all in zip(self.params, flat, sums[: len(flat)], sums[len(flat) :]):
             s2 = s.pow(2)
-            num = (c * s2).sum(0, keepdim=True) - c * s2
-            den = s2.sum(0, keepdim=True) - s2
-            coef = (-num / den.clamp_min(self.eps) * s).detach()  # (n, numel(p)): -a s per sample
+            num, den = num_all - c * s2, den_all - s2  # leave sample k out
+            coef = -num / den.clamp_min(self.eps) * s  # (n, numel(p)): -a s per sample
             out = out + coef @ p.reshape(-1)
         out = out - out.detach()
         return out.reshape(log_prob.shape)

@@ -19,9 +19,11 @@ built when the Agent is made, the run directory is created by the first :meth:`A
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
+import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -34,6 +36,7 @@ import torch
 from logtrick import runs
 from logtrick.checks import check_known_name, check_positive_int
 from logtrick.errors import CheckpointError
+from logtrick.rl import distributed
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
@@ -129,9 +132,10 @@ class Agent:
 
     def _setup(self, config: Config, source: Any, policy: torch.nn.Module | None) -> None:
         """Build the policy from one env; the training envs wait for :meth:`learn`."""
+        self.ranks = distributed.init_ranks(config)  # torchrun: join the process group
         probe = make_env(source, num_envs=1)
         try:
-            self.learner = make_learner(config, probe, policy)
+            self.learner = distributed.place(make_learner(config, probe, policy), self.ranks)
         finally:
             probe.close()
         self.config, self.env, self.custom_policy = config, source, policy is not None
@@ -170,18 +174,27 @@ class Agent:
         self._set_budget(None if steps is None else check_positive_int("steps", steps))
         first = self.run_dir is None
         if self._envs is None:
-            self._envs = make_env(self.env, num_envs=self.config.num_envs,
+            local = distributed.local_envs(self.config, self.ranks)
+            self._envs = make_env(self.env, num_envs=local,
                                   vectorization_mode=self.config.vectorization_mode)  # fmt: skip
             self._collector = new_collector(self.learner, self._envs, self.counters)
+        if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
+            with tempfile.TemporaryDirectory() as scratch:
+                self._run(Path(scratch), True, callback)
+            return self
         if first:
             self.run_dir = runs.new_run_dir(self.config.out, self.config.name)
         with runs.lock_run_dir(self.run_dir):
             runs.write_config(self.run_dir, self.config.to_dict())
-            target = target_return(self.config, self.env)
-            session = Session(self.learner, self._collector, self.counters, self.env,
-                              self.run_dir, self.history, target)  # fmt: skip
-            self.interrupted = run_loop(session, first, callback)
+            self._run(self.run_dir, first, callback)
         return self
+
+    def _run(self, run_dir: Path, first: bool, callback: Callback | None) -> None:
+        """The loop of :func:`~logtrick.rl.train.run_loop`, writing into ``run_dir``."""
+        target = target_return(self.config, self.env)
+        session = Session(self.learner, self._collector, self.counters, self.env, run_dir,
+                          self.history, target)  # fmt: skip
+        self.interrupted = run_loop(session, first, callback)
 
     def _set_budget(self, steps: int | None) -> None:
         """``config.total_steps`` for this call; the schedule extends to it on a later call."""
@@ -264,6 +277,7 @@ class Agent:
 
     def close(self) -> None:
         """Close the training envs (made again by a later :meth:`learn`)."""
+        getattr(self._collector, "close", lambda: None)()  # Ray workers
         if self._envs is not None:
             self._envs.close()
         self._envs = self._collector = None
@@ -306,10 +320,13 @@ def _resume(run_dir: Path, config: Config | None) -> Agent:
     """An agent continuing the run in ``run_dir`` from its checkpoint (its metrics up to it)."""
     saved = load_config(run_dir)
     config = saved if config is None else merge_config(saved, config, run_dir)
-    with runs.lock_run_dir(run_dir):
+    writer = distributed.ranks_from_env().writer  # ranks > 0 read the checkpoint only
+    with runs.lock_run_dir(run_dir) if writer else contextlib.nullcontext():
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
         agent = Agent.from_config(config)
         agent.counters = restore(agent.learner, state)
+    if agent.ranks.rank:  # restore set rank 0's sampling stream
+        torch.manual_seed(config.seed + 1_000_003 * agent.ranks.rank + agent.counters.update)
     c = agent.counters
     if config.total_steps < c.global_step:
         raise ValueError(f"total_steps: {config.total_steps:,} is below the "

@@ -68,6 +68,7 @@ PRESET: Any = _Preset()
 RESUME_FIELDS = (
     "total_steps", "stop_at_threshold", "eval_every", "eval_episodes", "target_return",
     "checkpoint_every", "progress", "plot", "tensorboard",
+    "workers", "ray_address", "device",
 )  # fmt: skip
 """Fields a resumed run may change: when it stops, evaluates and checkpoints, and what it shows.
 Every other field defines what is learned and must equal the saved config."""
@@ -177,6 +178,16 @@ class Config:
     """Draw the learning curve (``curve.png`` in the run directory) at the end of the run."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (not used by training)."""
+    workers: int = 0
+    """Ray rollout workers (0: collect in this process). ``num_envs`` is the total: each worker
+    steps ``num_envs / workers`` of them (must divide), so the update is the one of the
+    in-process run with the same config (:mod:`logtrick.rl.workers`)."""
+    ray_address: str | None = None
+    """With ``workers``: the Ray cluster to join (``"auto"`` or ``"HOST:PORT"``); ``None`` starts
+    a local runtime when none is running."""
+    device: str = "cpu"
+    """Where the learner runs: ``"cpu"``, ``"cuda"`` or ``"auto"`` (cuda when available);
+    rollouts stay on the CPU."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()
@@ -296,6 +307,8 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "run_name": _optional(checks.check_path_name), "tensorboard": checks.check_bool,
     "torch_threads": checks.check_positive_int, "progress": checks.check_bool,
     "plot": checks.check_bool, "extra": _json_dict,
+    "workers": checks.check_nonnegative_int, "ray_address": _optional(checks.check_nonempty_str),
+    "device": _choice("cpu", "cuda", "auto"),
 }  # fmt: skip
 """The check of every Config field: ``check(name, value) -> value`` (converted, e.g. a list of
 hidden sizes to a tuple); ``TypeError`` / ``ValueError`` naming the field otherwise."""

@@ -12,6 +12,7 @@ together with turning the logged values into floats, in one host sync, and raise
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ class RewardScale:
 
     def __call__(self, rewards: Tensor, done: Tensor, valid: Tensor) -> Tensor:
         if self.running is None:
-            self.running = torch.zeros(rewards.shape[1], dtype=torch.float64)
+            self.running = torch.zeros(rewards.shape[1], dtype=torch.float64, device=rewards.device)
         seen = torch.empty_like(rewards, dtype=torch.float64)
         for t in range(rewards.shape[0]):
             running = torch.where(valid[t], self.running * self.gamma + rewards[t], self.running)
@@ -87,6 +88,9 @@ class Learner:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     reward_scale: RewardScale | None = None
+    grad_hook: Callable[[list[torch.nn.Parameter]], None] | None = field(default=None, repr=False)
+    """Called with the parameters after each backward, before clipping and the optimizer step
+    (data parallelism: :func:`~logtrick.rl.distributed.all_reduce_gradients`)."""
     params: list[torch.nn.Parameter] = field(init=False, repr=False)
     _watched: list[tuple[str, Tensor]] = field(default_factory=list, init=False, repr=False)
     _losses: list[Tensor] = field(default_factory=list, init=False, repr=False)
@@ -107,6 +111,8 @@ class Learner:
         of :func:`gradient_snr` (on the device: no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_hook is not None:
+            self.grad_hook(self.params)
         if record_gradient:
             self._record_gradient()
         norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 
 from logtrick import runs
+from logtrick.collective import world_size
 from logtrick.errors import DivergenceError
+from logtrick.rl import distributed
 from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it here)
     Counters,
     checkpoint_state,
@@ -194,12 +196,25 @@ def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = Non
     return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
 
 
-def new_collector(learner: Learner, envs: Any, counters: Counters) -> Collector:
-    """The collector, its envs reset with the seeds of ``counters.update``."""
+def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
+    """The collector, its envs reset with the seeds of ``counters.update``: in this process,
+    this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     config = learner.config
-    collector = Collector(envs, learner.policy, config.num_steps,
+    seeds = _reset_seeds(config, counters.update)
+    if config.workers:
+        try:
+            from logtrick.rl.workers import RayCollector  # Ray is imported only here
+        except ImportError as err:
+            raise ValueError(f"workers: {config.workers} Ray workers need Ray ({err}); "
+                             "pip install 'logtrick[distributed]'") from err  # fmt: skip
+        return RayCollector(config, learner.policy, seeds)
+    ranks = distributed.ranks_from_env()
+    device = next(learner.policy.parameters()).device
+    collector = Collector(envs, learner.policy, config.num_steps, device=device,
                           whole_episodes=config.whole_episodes)  # fmt: skip
-    collector.reset(seed=_reset_seeds(config, counters.update))
+    collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
+    if ranks.world > 1:
+        return distributed.RankCollector(collector, learner.policy)
     return collector
 
 
@@ -213,7 +228,8 @@ class Session:
     come from (an env id or factory) and the run directory (locked by the caller)."""
 
     learner: Learner
-    collector: Collector
+    collector: Any
+    """Anything with ``collect() -> Rollout`` (:func:`new_collector`)."""
     counters: Counters
     env: Any
     run_dir: Path
@@ -287,7 +303,7 @@ def _one_update(
     _set_lr(learner, lr)
     t0 = time.perf_counter()
     ro = s.collector.collect()
-    steps = ro.rewards.numel()
+    steps = ro.rewards.numel() * world_size()  # summed over the ranks
     try:
         info = update(learner, ro)
     except DivergenceError as err:
