@@ -32,7 +32,7 @@ from logtrick.checks import (
     check_same_shape,
     check_shape_in,
 )
-from logtrick.surrogate import clipped_surrogate
+from logtrick.surrogate import approx_kl, clipped_surrogate
 
 __all__ = ["sequence_surrogate", "token_kl"]
 
@@ -260,7 +260,7 @@ def sequence_surrogate(
         "policy_loss": policy_loss.detach(),
         "ratio_mean": _masked_mean(ratio, mask),
         "clip_fraction": _masked_mean(outside.to(work), mask),
-        "approx_kl": _masked_mean(ratio - 1.0 - log_ratio, mask),
+        "approx_kl": _masked_mean(approx_kl(ratio, log_ratio), mask),
         "kl": _masked_mean(kl, mask),
         "tokens": mask.sum(),
     }

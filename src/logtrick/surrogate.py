@@ -28,7 +28,7 @@ from logtrick.callable_module import make_callable
 from logtrick.checks import check_finite
 from logtrick.dice import magic_box
 
-__all__ = ["check_finite", "clipped_surrogate", "magic_box", "surrogate"]
+__all__ = ["approx_kl", "check_finite", "clipped_surrogate", "magic_box", "surrogate"]
 
 
 def surrogate(
@@ -133,3 +133,18 @@ def clipped_surrogate(
 
 # ``lt.surrogate(...)`` calls surrogate() while ``logtrick.surrogate`` stays this module
 make_callable(__name__)
+
+
+def approx_kl(ratio: Tensor, log_ratio: Tensor) -> Tensor:
+    r"""Per-element estimate of :math:`\mathrm{KL}(\pi_{\mathrm{old}} \| \pi_\theta)` on actions
+    drawn from :math:`\pi_{\mathrm{old}}`, from :func:`clipped_surrogate`'s ratio and log-ratio:
+    the diagnostic PPO and GRPO log (and ``target_kl`` reads).
+
+    .. math::  k_3 = (\rho - 1) - \log\rho \;\ge 0,\qquad \rho = \pi_\theta / \pi_{\mathrm{old}}
+
+    Unbiased, non-negative term by term, and zero only at :math:`\rho = 1`.
+
+    References:
+        Schulman (2020), Approximating KL Divergence (k3).
+    """
+    return (ratio - 1.0) - log_ratio

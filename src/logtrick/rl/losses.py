@@ -28,7 +28,7 @@ from logtrick.rl.natural_gradient import (  # re-exported: DESIGN maps the idea 
     fisher_vector_product,
     natural_gradient,
 )
-from logtrick.surrogate import clipped_surrogate
+from logtrick.surrogate import approx_kl, clipped_surrogate
 
 __all__ = [
     "advantage_moments",
@@ -169,7 +169,7 @@ def ppo_clip_loss(
     with torch.no_grad():
         info = {
             "policy_loss": loss.detach(),
-            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+            "approx_kl": masked_mean(approx_kl(ratio, log_ratio), mask),
             "clip_fraction": masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
