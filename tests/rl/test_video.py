@@ -60,3 +60,21 @@ def _spaces(env_id: str) -> tuple:
     env = gym.make(env_id)
     env.close()
     return env.observation_space, env.action_space
+
+
+@needs_moviepy
+def test_a_missing_renderer_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the env's renderer (pygame for classic control) recording is a one-line
+    ``MissingExtraError`` naming the ``video`` extra, not gymnasium's raw error."""
+    import gymnasium as gym
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+    def no_pygame(self: CartPoleEnv) -> None:
+        raise gym.error.DependencyNotInstalled("pygame is not installed")
+
+    monkeypatch.setattr(CartPoleEnv, "render", no_pygame)
+    policy = ActorCritic(*_spaces("CartPole-v1"))
+    with pytest.raises(MissingExtraError, match=r"CartPole-v1.*logtrick\[video\]"):
+        record_video(policy, "CartPole-v1", tmp_path)

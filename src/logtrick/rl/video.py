@@ -60,7 +60,8 @@ def record_video(
         The video files written, sorted.
 
     Raises:
-        MissingExtraError: moviepy is not installed (the ``video`` extra).
+        MissingExtraError: moviepy, or the env's renderer (pygame for classic control), is not
+            installed (the ``video`` extra).
         ValueError: the env cannot render ``rgb_array`` frames, or a bad argument.
     """
     check_positive_int("episodes", episodes)
@@ -77,6 +78,11 @@ def record_video(
                 step = action.item() if action.ndim == 0 else action  # Taxi wants an int
                 obs, _, terminated, truncated, info = env.step(step)
                 done = terminated or truncated
+    except gym.error.DependencyNotInstalled as err:  # the renderer (pygame, mujoco, box2d)
+        raise MissingExtraError(
+            f"video: {env_id} cannot render without a package it needs ({err}); the `video` "
+            "extra installs the classic-control renderer: `pip install logtrick[video]`"
+        ) from None
     finally:
         env.close()
     return sorted(directory.glob("*.mp4"))
