@@ -128,14 +128,7 @@ def test_the_namesakes_are_found() -> None:
     "package",
     [
         "logtrick",
-        pytest.param(
-            "logtrick.rl",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="rl.train and rl.natural_gradient still bind functions over their "
-                "submodules; rl/ is edited in parallel, make_callable is applied after the merge",
-            ),
-        ),
+        "logtrick.rl",
     ],
 )
 def test_no_submodule_is_shadowed_by_its_function(package: str) -> None:

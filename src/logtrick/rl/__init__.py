@@ -2,13 +2,13 @@
 the trainer (``Agent``; ``train``, ``load``, ``evaluate``)."""
 
 from logtrick.errors import CheckpointError, DivergenceError, RunLockedError, UnsupportedSpaceError
-from logtrick.rl.agent import Agent, load, train
+from logtrick.rl import natural_gradient, train  # modules that call their namesake function
+from logtrick.rl.agent import Agent, load
 from logtrick.rl.config import ALGOS, PRESETS, Config, preset
 from logtrick.rl.losses import (
     conjugate_gradient,
     entropy_bonus,
     fisher_vector_product,
-    natural_gradient,
     ppo_clip_loss,
     reinforce_loss,
     value_loss,

@@ -59,7 +59,7 @@ from logtrick.rl.train import (
     target_return,
 )
 
-__all__ = ["Agent", "load", "train"]
+__all__ = ["Agent", "load", "resume_agent"]
 
 EnvLike = str | gym.Env | Callable[[], gym.Env]
 FORMAT = "logtrick-agent-1"
@@ -289,34 +289,7 @@ class Agent:
         self.close()
 
 
-def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
-    """Train a policy as ``config`` says (``Agent.from_config(config).learn()``).
-
-    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
-    be omitted (the saved config is used) or differ from the saved one only in
-    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
-    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
-    writes a checkpoint.
-
-    Raises:
-        ValueError: bad or conflicting settings, unknown env id (before anything is written).
-        UnsupportedSpaceError: an observation or action space the policy cannot handle.
-        RunLockedError: another process is writing to the run directory.
-        CheckpointError: ``resume`` has no usable checkpoint.
-        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
-    """
-    agent = (
-        _resume(Path(resume), config)
-        if resume is not None
-        else Agent.from_config(config or Config())
-    )
-    try:
-        return agent.learn().result
-    finally:
-        agent.close()
-
-
-def _resume(run_dir: Path, config: Config | None) -> Agent:
+def resume_agent(run_dir: Path, config: Config | None) -> Agent:
     """An agent continuing the run in ``run_dir`` from its checkpoint (its metrics up to it)."""
     saved = load_config(run_dir)
     config = saved if config is None else merge_config(saved, config, run_dir)

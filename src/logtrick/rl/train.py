@@ -54,7 +54,7 @@ from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
 from logtrick.rl.update import update
 
-__all__ = ["TrainResult", "evaluate", "load_config", "make_learner", "run_loop"]
+__all__ = ["TrainResult", "evaluate", "load_config", "make_learner", "run_loop", "train"]
 
 
 @dataclass
@@ -342,3 +342,37 @@ def _maybe_evaluate(s: Session, target: float | None, steps: int) -> float:
     if target is not None and mean >= target and c.solved_at_step < 0:
         c.solved_at_step, c.solved_at_time = c.global_step, c.train_time
     return mean
+
+
+def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
+    """Train a policy as ``config`` says (``Agent.from_config(config).learn()``).
+
+    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
+    be omitted (the saved config is used) or differ from the saved one only in
+    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
+    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
+    writes a checkpoint.
+
+    Raises:
+        ValueError: bad or conflicting settings, unknown env id (before anything is written).
+        UnsupportedSpaceError: an observation or action space the policy cannot handle.
+        RunLockedError: another process is writing to the run directory.
+        CheckpointError: ``resume`` has no usable checkpoint.
+        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
+    """
+    from logtrick.rl.agent import Agent, resume_agent  # the Agent drives this module's loop
+
+    agent = (
+        resume_agent(Path(resume), config)
+        if resume is not None
+        else Agent.from_config(config or Config())
+    )
+    try:
+        return agent.learn().result
+    finally:
+        agent.close()
+
+
+from logtrick.callable_module import make_callable  # noqa: E402
+
+make_callable(__name__)  # rl.train(...) calls train(); logtrick.rl.train stays this module
