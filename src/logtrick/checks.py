@@ -12,10 +12,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
+
+if TYPE_CHECKING:
+    import numpy
 
 __all__ = [
     "check_aligned",
@@ -398,7 +402,7 @@ def check_env_output(
     obs: object,
     reward: object,
     where: str | Callable[[int], str],
-    env_index: Sequence[int] | None = None,
+    env_index: Sequence[int] | numpy.ndarray | None = None,
 ) -> None:
     """A vector env's observations and rewards are finite (numpy arrays).
 

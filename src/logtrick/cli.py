@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily at run time: `logtrick --help` need not load torch
     from rich.table import Table
@@ -317,12 +317,12 @@ _FLAG_FIELDS = {"steps": "total_steps", "seed": "seed", "envs": "num_envs",
                 "ray_address": "ray_address", "device": "device"}  # fmt: skip
 
 
-def train_overrides(args: argparse.Namespace) -> dict[str, object]:
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The Config fields set by the flags given (and ``--set``), parsed to their types:
     ``rl.Config(**train_overrides(args))`` is the run's configuration."""
     from logtrick.rl.config import parse_field
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     for flag, name in _FLAG_FIELDS.items():
         if getattr(args, flag) is not None:
             overrides[name] = parse_field(name, getattr(args, flag))
@@ -383,8 +383,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     env = rl.load_config(args.run_dir).env
     policy = rl.load(args.run_dir)
+    # load gives an ActorCritic or a ModulePolicy (typed nn.Module); evaluate calls only act()
     mean, std = rl.evaluate(
-        policy, env, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
+        policy,  # type: ignore[arg-type]
+        env,
+        episodes=args.episodes,
+        seed=args.seed,
+        deterministic=not args.stochastic,
     )
     print(f"{env}: {mean:.2f} ± {std:.2f} over {args.episodes} episodes")
     if args.video:

@@ -184,6 +184,7 @@ class Agent:
             return self
         if first:
             self.run_dir = runs.new_run_dir(self.config.out, self.config.name)
+        assert self.run_dir is not None  # set just above on the first call
         with runs.lock_run_dir(self.run_dir):
             runs.write_config(self.run_dir, self.config.to_dict())
             self._run(self.run_dir, first, callback)

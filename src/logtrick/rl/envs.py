@@ -9,6 +9,7 @@ mode the collector must follow (NEXT_STEP or SAME_STEP; DISABLED is refused).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import VectorizeMode
@@ -54,7 +55,9 @@ def make_env(
         )
     if num_envs is not None and (not isinstance(num_envs, int) or num_envs < 1):
         raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
-    kwargs = {} if autoreset_mode is None else {"autoreset_mode": AutoresetMode(autoreset_mode)}
+    kwargs: dict[str, Any] = (
+        {} if autoreset_mode is None else {"autoreset_mode": AutoresetMode(autoreset_mode)}
+    )
     if isinstance(env, VectorEnv):
         if num_envs not in (None, env.num_envs):
             raise ValueError(f"num_envs: the vector env has {env.num_envs} envs, got {num_envs}")

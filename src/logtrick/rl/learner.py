@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -88,10 +88,10 @@ class Learner:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     reward_scale: RewardScale | None = None
-    grad_hook: Callable[[list[torch.nn.Parameter]], None] | None = field(default=None, repr=False)
+    grad_hook: Callable[[list[Tensor]], None] | None = field(default=None, repr=False)
     """Called with the parameters after each backward, before clipping and the optimizer step
     (data parallelism: :func:`~logtrick.rl.distributed.all_reduce_gradients`)."""
-    params: list[torch.nn.Parameter] = field(init=False, repr=False)
+    params: list[Tensor] = field(init=False, repr=False)
     _watched: list[tuple[str, Tensor]] = field(default_factory=list, init=False, repr=False)
     _losses: list[Tensor] = field(default_factory=list, init=False, repr=False)
     _norms: list[Tensor] = field(default_factory=list, init=False, repr=False)
@@ -170,7 +170,7 @@ class Learner:
         if self._recorded >= 2:  # the spread needs two gradients: no column, never a NaN
             info = {**info, "grad_snr": gradient_snr(*self._grads)}
         names = [k for k, v in info.items() if isinstance(v, Tensor)]
-        values = torch.stack([*checked, *(info[k].float() for k in names)]).tolist()
+        values = torch.stack([*checked, *(cast(Tensor, info[k]).float() for k in names)]).tolist()
         found = [i for i, v in enumerate(values[: len(checked)]) if not math.isfinite(v)]
         if found:
             raise DivergenceError(self._diagnose(found[0], values[found[0]]))

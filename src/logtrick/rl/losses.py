@@ -115,6 +115,7 @@ def reinforce_loss(
                                         returns=returns, baseline=baseline)  # fmt: skip
     base = resolve_baseline(None if baseline is None else -baseline.detach())
     terms = score_terms(-returns.detach(), log_probs, base, 0, None)
+    assert terms is not None  # with_cost=True (the default) always gives terms
     loss = terms.mean() if mask is None else masked_mean(terms, mask)
     return loss, {"policy_loss": loss.detach()}
 

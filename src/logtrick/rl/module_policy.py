@@ -58,8 +58,9 @@ def check_policy_module(module: object, observation_space: spaces.Space, action_
         )
     obs = torch.as_tensor(np.stack([observation_space.sample() for _ in range(2)]),
                           dtype=torch.float32)  # fmt: skip
+    net: Any = module  # duck-typed: its distribution and value were checked just above
     with torch.no_grad():
-        dist, value = module.distribution(obs), module.value(obs)
+        dist, value = net.distribution(obs), net.value(obs)
     if not isinstance(dist, Distribution):
         raise TypeError(f"policy: distribution(obs) returned {type(dist).__name__}, expected a "
                         "torch.distributions.Distribution")  # fmt: skip
@@ -88,6 +89,8 @@ class ModulePolicy(nn.Module):
         config: the run's config (``algo``; ``normalize_obs`` must be False).
     """
 
+    module: Any  # an nn.Module with distribution() and value(), checked by check_policy_module
+
     def __init__(self, module: nn.Module, observation_space: spaces.Space,
                  action_space: spaces.Space, config: Any) -> None:  # fmt: skip
         super().__init__()
@@ -98,6 +101,7 @@ class ModulePolicy(nn.Module):
             )
         check_policy_module(module, observation_space, action_space, config.algo)
         self.module, self.action_space = module, action_space
+        assert observation_space.shape is not None  # check_policy_module stacked its samples
         self.obs_shape = tuple(observation_space.shape)
 
     def distribution(self, obs: Tensor, action_mask: Tensor | None = None) -> Distribution:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -162,6 +162,15 @@ class ActorCritic(nn.Module):
         Empirical Study*, ICLR 2021 (initialisation, observation normalisation).
     """
 
+    # buffers (register_buffer): declared for the type checker, which sees Tensor | Module
+    obs_mean: Tensor
+    obs_var: Tensor
+    obs_count: Tensor
+    _obs_shift: Tensor
+    _obs_scale: Tensor
+    _obs_normalized: Tensor
+    _pad_index: Tensor
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -199,8 +208,9 @@ class ActorCritic(nn.Module):
 
     def _setup_actions(self, space: spaces.Space, log_std_init: float) -> None:
         """Record what the action head needs: kind, shape, index maps, bounds, log-std."""
+        assert space.shape is not None  # head_size has refused shapeless spaces
         self.action_shape = tuple(space.shape)
-        self._start = None
+        self._start: int | np.ndarray | None = None
         if isinstance(space, spaces.Discrete):
             self.kind = "discrete"
             self._start = int(space.start) if int(space.start) != 0 else None
@@ -220,6 +230,7 @@ class ActorCritic(nn.Module):
         elif isinstance(space, spaces.MultiBinary):
             self.kind = "multi_binary"
         else:  # Box: head_size has refused everything else
+            assert isinstance(space, spaces.Box)
             self.kind = "box"
             self.log_std = nn.Parameter(torch.full(self.action_shape, log_std_init))
             self._low, self._high = space.low, space.high
@@ -316,7 +327,7 @@ class ActorCritic(nn.Module):
             return Independent(Categorical(logits=logits, validate_args=False), 1)
         if self.kind == "multi_binary":
             logits = head.reshape(*batch, *self.action_shape)
-            base = Bernoulli(logits=logits, validate_args=False)
+            base: Distribution = Bernoulli(logits=logits, validate_args=False)
             return Independent(base, len(self.action_shape), validate_args=False)
         mean = head.reshape(*batch, *self.action_shape)
         base = Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
@@ -381,12 +392,14 @@ class ActorCritic(nn.Module):
     # ----------------------------------------------------------------- env boundary
     def _mode(self, dist: Distribution) -> Tensor:
         if self.kind == "discrete":
-            return dist.logits.argmax(-1)
+            return cast(Categorical, dist).logits.argmax(-1)
+        base = cast(Independent, dist).base_dist  # _dist wraps every other kind
         if self.kind == "multi_discrete":
-            return dist.base_dist.logits.argmax(-1)
+            return cast(Categorical, base).logits.argmax(-1)
         if self.kind == "multi_binary":
-            return (dist.base_dist.logits > 0).to(dist.base_dist.logits.dtype)
-        return dist.base_dist.loc
+            logits = cast(Bernoulli, base).logits
+            return (logits > 0).to(logits.dtype)
+        return cast(Normal, base).loc
 
     def to_env(self, action: Tensor) -> np.ndarray:
         """Env-ready numpy actions: Box clipped to its bounds, discrete indices offset by ``start``.

@@ -23,6 +23,8 @@ Symbol / shape / description:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -56,7 +58,9 @@ def _inputs(
         raise ValueError(f"rewards: expected shape (T, B), got {tuple(rewards.shape)}")
     if isinstance(next_values, (int, float)) and not isinstance(next_values, bool):
         next_values = _as_tensor(next_values, rewards)
-    tensors = {"rewards": rewards, "next_values": next_values}
+    # a bool left here is refused by check_floating below
+    next_t = cast(Tensor, next_values)
+    tensors = {"rewards": rewards, "next_values": next_t}
     if values is not None:
         tensors["values"] = values
     for name, x in tensors.items():
@@ -64,7 +68,7 @@ def _inputs(
         check_finite(name, x)
     terminated = check_bool_tensor("terminated", terminated, rewards.shape)
     done = terminated | check_bool_tensor("truncated", truncated, rewards.shape)
-    return next_values.to(rewards.dtype), done
+    return next_t.to(rewards.dtype), done
 
 
 def discounted_returns(

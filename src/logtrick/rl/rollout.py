@@ -38,7 +38,7 @@ reset when the rollout ends, so each rollout holds whole episodes of one policy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -208,7 +208,7 @@ class Collector:
             actions = self._actions
             self._actions = None
             self._allocate_actions(actions[0], rows)
-            self._actions[: len(actions)] = actions
+            cast(Tensor, self._actions)[: len(actions)] = actions  # set by _allocate_actions
         self.capacity = rows
 
     def _allocate_actions(self, action: Tensor, rows: int) -> None:
@@ -218,7 +218,8 @@ class Collector:
 
     def reset(self, seed: int | list[int] | None = None) -> None:
         """Reset every env (unfinished episodes are dropped) and the episode accumulators."""
-        obs, info = self.env.reset(seed=seed)
+        # VectorEnv.reset is typed int | None; Sync/AsyncVectorEnv take one seed per env
+        obs, info = self.env.reset(seed=seed)  # type: ignore[arg-type]
         mask = combine_masks(*self._layout.split(obs)[1:], info_action_mask(info))
         if mask is not None and self._mask_sizes is None:
             self._mask_sizes = sections(self.env.single_action_space)
@@ -273,6 +274,7 @@ class Collector:
             arr["log_probs"][t] = log_prob.numpy()
             arr["values"][t] = value.numpy()
         else:
+            assert self._actions is not None  # allocated just above
             self._actions[t] = action
             self._buf["log_probs"][t] = log_prob
             self._buf["values"][t] = value
@@ -298,6 +300,7 @@ class Collector:
             raise ValueError(f"env: an action mask {where} but not at reset, or the reverse; "
                              "an env with masks must give one with every observation")  # fmt: skip
         if mask is not None:
+            assert self._mask_sizes is not None  # the test above: both or neither
             check_action_mask(mask, self._mask_sizes, where)
         return features, mask
 
@@ -368,6 +371,7 @@ class Collector:
             valid &= np.arange(rows)[:, None] <= self._ended
         returns, lengths = self._episode_stats(done, valid)
         device = self.device
+        assert self._actions is not None  # allocated at the first step
         return Rollout(
             actions=self._actions[:rows].to(device, copy=True),
             next_values=next_values.to(device),

@@ -92,7 +92,7 @@ class ObsLayout:
         self.leaves = _leaves(space)
         self.dim = sum(leaf.width for leaf in self.leaves)
         self.is_box = isinstance(space, spaces.Box)
-        self.shape = tuple(space.shape) if self.is_box else (self.dim,)
+        self.shape = tuple(space.shape) if isinstance(space, spaces.Box) else (self.dim,)
         self.has_mask = isinstance(space, spaces.Dict) and MASK_KEY in space.spaces
         self.normalized = np.concatenate(
             [np.full(leaf.width, isinstance(leaf.space, spaces.Box)) for leaf in self.leaves]
@@ -121,6 +121,7 @@ class ObsLayout:
         if isinstance(space, spaces.MultiDiscrete):
             lead = x.shape[: x.ndim - 1]
             return _one_hot((x - space.start).reshape(*lead, -1), space.nvec.reshape(-1))
+        assert space.shape is not None  # a Box leaf: every other leaf returned above
         lead = x.shape[: x.ndim - len(space.shape)]
         return x.reshape(*lead, leaf.width).astype(np.float32)
 

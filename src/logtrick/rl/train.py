@@ -113,7 +113,9 @@ def evaluate(
         raise ValueError(f"episodes: expected a positive int, got {episodes!r}")
     envs = make_env(env, num_envs=episodes, vectorization_mode="sync")
     try:
-        obs, info = envs.reset(seed=[seed + i for i in range(episodes)])
+        seeds = [seed + i for i in range(episodes)]
+        # VectorEnv.reset is typed int | None; Sync/AsyncVectorEnv take one seed per env
+        obs, info = envs.reset(seed=seeds)  # type: ignore[arg-type]
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
         while running.any():
@@ -193,7 +195,9 @@ def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = Non
                               config)  # fmt: skip
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5, fused=True)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
-    return Learner(config, policy, optimizer, torch.Generator().manual_seed(config.seed + 1), scale)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    # ModulePolicy duck-types ActorCritic's learner-facing methods (no shared Protocol yet)
+    return Learner(config, policy, optimizer, generator, scale)  # type: ignore[arg-type]
 
 
 def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:

@@ -72,7 +72,8 @@ def prepare(learner: Learner, ro: Rollout) -> Rollout:
     ones, so that all values come from one critic. With reward scaling the rewards are scaled
     (and the running statistics updated).
     """
-    config, policy, changes = learner.config, learner.policy, {}
+    config, policy = learner.config, learner.policy
+    changes: dict[str, Any] = {}
     if config.normalize_obs:
         with torch.no_grad():
             log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions, ro.action_masks)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import ray
 import torch
@@ -107,7 +107,7 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
         bootstrap_index=torch.cat(index),
         action_masks=None
         if parts[0].action_masks is None
-        else torch.cat([p.action_masks for p in parts], 1),
+        else torch.cat([cast(torch.Tensor, p.action_masks) for p in parts], 1),  # all have, or none
         episode_returns=[r for p in parts for r in p.episode_returns],
         episode_lengths=[n for p in parts for n in p.episode_lengths],
     )
