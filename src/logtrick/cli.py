@@ -343,13 +343,14 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from logtrick import rl
+    from logtrick.rl.train import train  # the function (rl.train is its callable module)
 
     overrides = train_overrides(args)
     if args.resume:
         config = dataclasses.replace(rl.load_config(args.resume), **overrides)
-        result = rl.train(config, resume=args.resume)
+        result = train(config, resume=args.resume)
     else:
-        result = rl.train(rl.Config(**overrides))
+        result = train(rl.Config(**overrides))
     if int(os.environ.get("RANK", 0)):  # torchrun: rank 0 reports (and writes) the run
         return 0
     last = result.history[-1] if result.history else {}
