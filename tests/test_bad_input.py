@@ -209,3 +209,47 @@ def test_pathwise_refuses_a_baseline(baseline: object) -> None:
     with pytest.raises(ValueError, match="baseline: the pathwise estimator has no score term"):
         lt.expectation(lambda x: x**2, _normal(), 4, "pathwise", baseline)
     lt.expectation(lambda x: x**2, _normal(), 4, "pathwise", None)  # no baseline: fine
+
+
+def _supported(name: str) -> tuple[Tensor, object, object]:
+    """A parameter, a distribution of it and an f that the estimator ``name`` accepts."""
+    theta = torch.zeros(3, requires_grad=True)
+    if name in ("measure_valued", "delta_method", "pathwise", "score_function", "auto"):
+        return theta, Normal(theta, 1.0), lambda x: (x - 0.3) ** 2
+    return theta, Bernoulli(logits=theta), lambda x: (x - 0.3) ** 2
+
+
+@pytest.mark.parametrize("name", sorted(lt.ESTIMATORS))
+@pytest.mark.parametrize("baseline", [0.5, "leave_one_out", "moving_average"])
+def test_an_estimator_without_a_score_term_refuses_a_baseline(name: str, baseline: object) -> None:
+    """Every estimator either uses a baseline or refuses it: none ignores it silently (ARM,
+    DisARM, the relaxations, measure-valued and the delta method used to, like pathwise in
+    defect 9). The same check guards the diagnostics, which run the estimators directly."""
+    est = lt.ESTIMATORS[name]()
+    theta, dist, f = _supported(name)
+    if est.takes_baseline:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # auto: "the baseline is unused" when pathwise picked
+            lt.expectation(f, dist, 4, name, baseline).sum().backward()
+        return
+    pattern = f"baseline: the {name} estimator has no score term"
+    with pytest.raises(ValueError, match=pattern):
+        lt.expectation(f, dist, 4, name, baseline)
+    with pytest.raises(ValueError, match=pattern):
+        lt.diagnostics.per_sample_gradients(f, dist, [theta], 4, name, baseline)
+    lt.expectation(f, dist, 4, name, None).sum().backward()  # no baseline: fine
+
+
+def test_a_used_baseline_changes_the_gradient() -> None:
+    """Where a baseline is taken, it changes the gradient at the same samples (score function
+    and REBAR, fixed seed): ``takes_baseline`` is true only where the baseline does something."""
+    for name in ("score_function", "rebar"):
+        grads = []
+        for baseline in (None, 0.5):
+            theta = torch.zeros(3, requires_grad=True)
+            torch.manual_seed(1)
+            lt.expectation(lambda x: (x - 0.3) ** 3, Bernoulli(logits=theta), 4, name,
+                           baseline).sum().backward()  # fmt: skip
+            grads.append(theta.grad)
+        assert not torch.allclose(grads[0], grads[1]), name

@@ -67,7 +67,7 @@ class ARM:
 
     with :math:`b = \mathbb 1[u < \sigma(\theta)]` and
     :math:`\tilde b = \mathbb 1[u > \sigma(-\theta)]`. Unbiased; f may be a black box; 2
-    evaluations of f per pair (``samples`` = pairs). The baseline is ignored (the antithetic pair
+    evaluations of f per pair (``samples`` = pairs). A baseline is refused (the antithetic pair
     is its own control variate). Value: exactly the mean of f over the 2K discrete samples.
 
     References:
@@ -78,6 +78,7 @@ class ARM:
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "Bernoulli; f may be a black box (2 evaluations per pair)"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = False
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -97,7 +98,7 @@ class DisARM:
 
     with the same antithetic pair as ARM. Unbiased, and its variance never exceeds ARM's
     (it is ARM conditioned on the pair, Rao-Blackwellised). f may be a black box; 2 evaluations
-    of f per pair (``samples`` = pairs). The baseline is ignored. Value: exactly the mean of f over
+    of f per pair (``samples`` = pairs). A baseline is refused. Value: exactly the mean of f over
     the 2K discrete samples.
 
     References:
@@ -109,6 +110,7 @@ class DisARM:
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "Bernoulli; f may be a black box (2 evaluations per pair)"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = False
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_aligned",
+    "check_baseline_used",
     "check_bool",
     "check_bool_tensor",
     "check_broadcasts_to",
@@ -520,3 +521,17 @@ def check_known_name(
     close = difflib.get_close_matches(name, list(known), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise error(f"{name}: unknown {what}{hint} (fields: {', '.join(known)})")
+
+
+def check_baseline_used(estimator: object, baseline: object) -> None:
+    """An active baseline given to an estimator without a score term (``takes_baseline`` false:
+    pathwise, ARM, DisARM, the relaxations, measure-valued, delta method) would be ignored:
+    refuse it rather than let the user believe it reduces the variance."""
+    if getattr(estimator, "takes_baseline", True) or not getattr(baseline, "active", False):
+        return
+    name = getattr(estimator, "name", type(estimator).__name__)
+    raise ValueError(
+        f"baseline: the {name} estimator has no score term, so the baseline {baseline!r} "
+        f"would be ignored; pass baseline=None, or estimator='score_function' (or 'rebar', "
+        f"'relax' for discrete samples) to use it"
+    )

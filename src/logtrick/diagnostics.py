@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from logtrick.baselines import resolve_baseline
 from logtrick.checks import check_in_range, check_param_list, check_positive_int
-from logtrick.estimators import CostFn, resolve_estimator
+from logtrick.estimators import CostFn, resolve_pair
 from logtrick.gradient_stats import GradientStats, flat, per_sample_gradients, summarise
 from logtrick.problems import Problem
 from logtrick.score import DistFn
@@ -121,7 +120,7 @@ def gradient_variance(
         raise ValueError(
             f"repeats: expected an int >= 4 (the number of estimates), got {repeats!r}"
         )
-    est, baseline = resolve_estimator(estimator), resolve_baseline(baseline)
+    est, baseline = resolve_pair(estimator, baseline, samples)
     if vectorize and getattr(baseline, "params", None) is not None:
         raise TypeError(
             f"baseline: {type(baseline).__name__} is tied to the tensors it was built with (its "

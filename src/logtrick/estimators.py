@@ -23,7 +23,7 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from logtrick.baselines import Baseline, resolve_baseline, score_terms
-from logtrick.checks import check_finite, check_positive_int
+from logtrick.checks import check_baseline_used, check_finite, check_positive_int
 
 __all__ = [
     "ESTIMATORS",
@@ -36,6 +36,7 @@ __all__ = [
     "expectation",
     "joint_log_prob",
     "resolve_estimator",
+    "resolve_pair",
 ]
 
 CostFn = Callable[[Tensor], Tensor]
@@ -60,6 +61,10 @@ class Estimator(Protocol):
     max_order: ClassVar[float]
     """The highest derivative order it estimates (``math.inf``: any, by repeated
     differentiation; 1: a second derivative through it raises or is not unbiased)."""
+    takes_baseline: ClassVar[bool]
+    """Whether it has a score term that a baseline combines with; one without (pathwise, ARM,
+    the relaxations, ...) refuses an active baseline (:func:`logtrick.checks.check_baseline_used`).
+    An estimator object without this attribute is taken to use its baseline."""
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -137,6 +142,7 @@ class ScoreFunction:
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "log_prob; f may be a black box"
     max_order: ClassVar[float] = math.inf
+    takes_baseline: ClassVar[bool] = True
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -179,6 +185,7 @@ class Pathwise:
     unbiased: ClassVar[str] = PATHWISE_CONDITION
     requires: ClassVar[str] = "rsample; f differentiable in x"
     max_order: ClassVar[float] = math.inf
+    takes_baseline: ClassVar[bool] = False
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -187,11 +194,6 @@ class Pathwise:
             raise ValueError(
                 f"Pathwise: {type(dist).__name__} has no rsample (not reparameterisable); use "
                 f"estimator='score_function' (lt.ScoreFunction()) instead"
-            )
-        if resolve_baseline(baseline).active:
-            raise ValueError(
-                f"baseline: the pathwise estimator has no score term, so the baseline {baseline!r} "
-                f"would be ignored; pass baseline=None, or estimator='score_function' to use it"
             )
         x = dist.rsample((samples,))
         cost = evaluate_cost(f, x, dist, samples)
@@ -238,6 +240,7 @@ class Auto:
     unbiased: ClassVar[str] = "as the estimator it picks: pathwise " + PATHWISE_CONDITION
     requires: ClassVar[str] = "log_prob; rsample and f differentiable in x for pathwise"
     max_order: ClassVar[float] = math.inf
+    takes_baseline: ClassVar[bool] = True  # used when the score function is picked
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -276,15 +279,34 @@ def resolve_estimator(spec: object) -> Estimator:
     return spec  # type: ignore[return-value]
 
 
+def resolve_pair(estimator: object, baseline: object, samples: int) -> tuple[Estimator, Baseline]:
+    """The estimator and baseline objects for a call with ``samples`` draws, checked together:
+    bad names fail here, a baseline needing more samples (leave-one-out) or one the estimator
+    would ignore (no score term) is refused. Every entry point that runs an estimator
+    (:func:`expectation`, the diagnostics) resolves through this function."""
+    est = resolve_estimator(estimator)
+    bl: Baseline = resolve_baseline(baseline)  # bad names fail here, even where b goes unused
+    if samples < bl.min_samples:
+        raise ValueError(
+            f"{type(bl).__name__}: needs at least {bl.min_samples} samples, got "
+            f"samples={samples}; use samples >= {bl.min_samples} or another baseline"
+        )
+    check_baseline_used(est, bl)
+    return est, bl
+
+
 def estimator_table() -> str:
     """The estimators by short name with what they assume, as a Markdown table (one row each,
-    from the ``unbiased``, ``requires`` and ``max_order`` metadata of the classes)."""
-    rows = ["| name | class | unbiased | requires | derivative orders |", "|---|---|---|---|---|"]
+    from the ``unbiased``, ``requires``, ``max_order`` and ``takes_baseline`` metadata of the
+    classes)."""
+    rows = ["| name | class | unbiased | requires | derivative orders | baseline |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
     for name, cls in sorted(ESTIMATORS.items()):
         order = getattr(cls, "max_order", 1)
         orders = "any" if order == math.inf else ("first only" if order == 1 else f"up to {order}")
+        takes = "used" if getattr(cls, "takes_baseline", True) else "refused (no score term)"
         rows.append(f"| `{name}` | `{cls.__name__}` | {getattr(cls, 'unbiased', '?')} | "
-                    f"{getattr(cls, 'requires', '?')} | {orders} |")  # fmt: skip
+                    f"{getattr(cls, 'requires', '?')} | {orders} | {takes} |")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -342,7 +364,9 @@ def expectation(
         estimator: ``"auto"``, ``"score_function"``, ``"pathwise"``, another name in
             :data:`ESTIMATORS` or an estimator object. ``"auto"`` picks pathwise when f is
             differentiable in x, which is unbiased only if f is also continuous along the path.
-        baseline: see :func:`logtrick.surrogate` (refused by the pathwise estimator).
+        baseline: see :func:`logtrick.surrogate`; refused by the estimators without a score
+            term (``takes_baseline`` false: pathwise, ARM, DisARM, the relaxations,
+            measure-valued, delta method), which would ignore it.
         context: input of a ``Learned`` baseline.
 
     Returns:
@@ -364,13 +388,7 @@ def expectation(
         raise TypeError(
             f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}"
         )
-    est = resolve_estimator(estimator)
-    bl: Baseline = resolve_baseline(baseline)  # bad names fail here, even where b goes unused
-    if samples < bl.min_samples:
-        raise ValueError(
-            f"{type(bl).__name__}: needs at least {bl.min_samples} samples, got "
-            f"samples={samples}; use samples >= {bl.min_samples} or another baseline"
-        )
+    est, bl = resolve_pair(estimator, baseline, samples)
     estimate = getattr(est, "estimate", None)
     try:
         out = (estimate(f, dist, samples, bl, context) if estimate is not None

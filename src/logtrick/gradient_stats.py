@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.checks import check_param_list, check_positive_int
-from logtrick.estimators import CostFn, resolve_estimator
+from logtrick.estimators import CostFn, resolve_pair
 
 __all__ = ["GradientStats", "flat", "per_sample_gradients", "summarise"]
 
@@ -149,7 +149,8 @@ def per_sample_gradients(
     """
     params = check_param_list("params", params, requires_grad=True)
     check_positive_int("samples", samples, "the number of draws K")
-    terms = resolve_estimator(estimator).terms(f, dist, samples, baseline, context)
+    est, bl = resolve_pair(estimator, baseline, samples)
+    terms = est.terms(f, dist, samples, bl, context)
     if terms.dim() == 0 or terms.shape[0] != samples:
         raise ValueError(
             f"estimator: expected terms of shape (samples={samples},) + batch, got "

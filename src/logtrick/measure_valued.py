@@ -89,7 +89,7 @@ class MeasureValued:
     Requires: ``Normal`` or ``Independent(Normal)``; f need not be differentiable (a black box).
     Cost: per draw, one evaluation at the base sample plus **4 per component** of a joint sample
     (+/- for loc and for scale), i.e. :math:`K(1 + 4n)` for n components (batched into 5 calls).
-    The baseline is ignored. Value: exactly the mean of f at the base samples.
+    A baseline is refused (no score term). Value: exactly the mean of f at the base samples.
 
     Args:
         coupling: share random numbers between the positive and negative parts.
@@ -106,6 +106,7 @@ class MeasureValued:
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "Normal or Independent(Normal); f may be a black box"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = False
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
@@ -189,7 +190,7 @@ class DeltaMethod:
     Requires: ``Normal`` or ``Independent(Normal)``; f twice differentiable at μ. Cost per call:
     K evaluations of f, one of f at μ with its gradient, and n Hessian-vector products for the
     n components of a joint sample (the Hessian is one :math:`n\times n` block per independent
-    batch element, so keep n small); ``samples >= 2`` for ``"optimal"``. The baseline is ignored
+    batch element, so keep n small); ``samples >= 2`` for ``"optimal"``. A baseline is refused
     (:math:`f(\mu)` in h plays its part). Value: exactly the mean of f at the samples.
 
     Args:
@@ -207,6 +208,7 @@ class DeltaMethod:
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "Normal or Independent(Normal); f twice differentiable at the mean"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.coefficient != "optimal" and not isinstance(self.coefficient, (int, float)):

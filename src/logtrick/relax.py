@@ -224,6 +224,7 @@ class Rebar(nn.Module):
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "Bernoulli or categorical; f differentiable on relaxed inputs"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = True
 
     def __init__(self, temperature: float = 0.5, scale: float = 1.0) -> None:
         super().__init__()
@@ -340,6 +341,7 @@ class Relax(nn.Module):
     unbiased: ClassVar[str] = "yes"
     requires: ClassVar[str] = "Bernoulli or categorical; f may be a black box"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = True
 
     def __init__(
         self,

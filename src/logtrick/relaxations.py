@@ -160,7 +160,7 @@ class GumbelSoftmax:
     Requires: ``Bernoulli`` (binary Concrete), ``Categorical`` or ``OneHotCategorical``,
     optionally inside ``Independent``; f differentiable in its input and defined on relaxed
     values (see the module docstring for shapes: categorical f always takes one-hot vectors).
-    The baseline is ignored.
+    A baseline is refused (no score term).
 
     Value: the mean of f at the relaxed samples (``hard=False``) or exactly the mean of f at the
     discrete samples (``hard=True``).
@@ -181,6 +181,7 @@ class GumbelSoftmax:
     unbiased: ClassVar[str] = "no (exact for the relaxed objective only)"
     requires: ClassVar[str] = "Bernoulli or categorical; f differentiable on relaxed inputs"
     max_order: ClassVar[float] = math.inf
+    takes_baseline: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_positive("temperature", self.temperature)
@@ -211,8 +212,8 @@ class StraightThrough:
     in each Bernoulli component separately (multilinear) or linear in the one-hot vector.
 
     Requires: ``Bernoulli``, ``Categorical`` or ``OneHotCategorical``, optionally inside
-    ``Independent``; f differentiable in its input (categorical f takes one-hot vectors). The
-    baseline is ignored. Value: exactly the mean of f at the discrete samples.
+    ``Independent``; f differentiable in its input (categorical f takes one-hot vectors). A
+    baseline is refused. Value: exactly the mean of f at the discrete samples.
 
     References:
         Bengio, Léonard & Courville (2013), Estimating or Propagating Gradients Through Stochastic
@@ -223,6 +224,7 @@ class StraightThrough:
     unbiased: ClassVar[str] = "no (unless f is multilinear in the Bernoulli components)"
     requires: ClassVar[str] = "Bernoulli or categorical; f differentiable in its input"
     max_order: ClassVar[float] = 1
+    takes_baseline: ClassVar[bool] = False
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
