@@ -130,6 +130,17 @@ def test_surrogate_shapes_and_finiteness() -> None:
         lt.surrogate(cost, torch.zeros(4, 3))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
+def test_surrogate_refuses_a_log_prob_that_is_not_finite(bad: float) -> None:
+    """A NaN log-probability (or −inf: a sample the distribution cannot produce) gave a NaN
+    estimate and NaN gradients without a word; it is an error naming ``log_prob``."""
+    log_prob = torch.zeros(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"log_prob: 1 of 12 entries are NaN or inf"):
+        lt.surrogate(
+            torch.ones(4, 3), log_prob + torch.where(torch.arange(12) == 7, bad, 0.0).view(4, 3)
+        )
+
+
 def test_baseline_constructors() -> None:
     with pytest.raises(ValueError, match="decay: expected a float in"):
         lt.MovingAverage(decay=1.0)
@@ -147,8 +158,24 @@ def test_score_arguments() -> None:
         lt.score(lambda p: Categorical(logits=p[0]), [torch.zeros(3, dtype=torch.long)], theta)
     with pytest.raises(ValueError, match=r"x: expected shape sample_shape \+ \(3,\)"):
         lt.score(lambda p: Normal(p[0], 1.0), [theta], torch.zeros(5, 2))
-    with pytest.raises(TypeError, match="dist_fn: expected it to return a Distribution"):
+    with pytest.raises(TypeError, match=r"dist_fn\(params\): expected a torch.distributions"):
         lt.score(lambda p: p[0], [theta], torch.zeros(5, 3))
+
+
+def test_every_dist_fn_taker_checks_what_it_returns() -> None:
+    """``fisher`` and the diagnostics sampled from ``dist_fn(params)`` before checking it, so a
+    tensor returned by mistake ended in ``AttributeError: 'Tensor' object has no attribute
+    'sample'``; one check (``score.call_dist_fn``) now names it everywhere."""
+    theta = torch.zeros(3, requires_grad=True)
+    match = r"dist_fn\(params\): expected a torch.distributions.Distribution, got Tensor"
+    with pytest.raises(TypeError, match=match):
+        lt.fisher(lambda p: p[0], [theta], samples=4)
+    with pytest.raises(TypeError, match=match):
+        lt.diagnostics.gradient_variance(lambda x: x, lambda p: p[0], [theta], 4, repeats=4)
+    with pytest.raises(TypeError, match=match):
+        lt.diagnostics.check_pathwise(lambda x: x, lambda p: p[0], [theta], samples=4)
+    with pytest.raises(TypeError, match=r"dist: expected a torch\.distributions\.Distribution"):
+        lt.diagnostics.per_sample_gradients(lambda x: x, theta, [theta], 4)  # type: ignore[arg-type]
 
 
 # --- issue 11 ----------------------------------------------------------------------------------

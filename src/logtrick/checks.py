@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,8 @@ __all__ = [
     "check_nonempty_str",
     "check_nonnegative",
     "check_nonnegative_int",
+    "check_not_a_directory",
+    "check_not_a_file",
     "check_param_list",
     "check_path_name",
     "check_positive",
@@ -371,6 +374,21 @@ def check_path_name(name: str, value: object) -> str:
             f"{name}: expected a file or directory name (no '/', not '.' or '..'), got {value!r}"
         )
     return value  # type: ignore[return-value]
+
+
+def check_not_a_directory(name: str, value: object) -> str:
+    """``value`` (a str or ``os.PathLike``) names a file to write, not an existing directory."""
+    path = check_nonempty_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; expected a file path (e.g. agent.pt)")
+    return path
+
+
+def check_not_a_file(name: str, value: str) -> str:
+    """``value`` names a directory, or nothing yet (it is created later): not a file."""
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError(f"{name}: {value!r} is a file; expected a directory (or a new path)")
+    return value
 
 
 def check_env_id(name: str, value: object) -> object:

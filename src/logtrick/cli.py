@@ -13,6 +13,7 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -354,11 +355,12 @@ def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)):  # torchrun: rank 0 reports (and writes) the run
         return 0
     last = result.history[-1] if result.history else {}
+    ret = float(last.get("episode_return", math.nan))
     print(f"run directory: {result.run_dir}")
     print(
         f"env steps: {int(last.get('global_step', 0)):,}   training time: "
         f"{last.get('time', 0.0):.1f} s   recent training return: "
-        f"{last.get('episode_return', float('nan')):.1f}"
+        + (f"{ret:.1f}" if math.isfinite(ret) else "none (no episode has ended yet)")
     )
     if result.solved_at_step is not None:
         print(

@@ -32,7 +32,7 @@ from logtrick.checks import check_in_range, check_param_list, check_positive_int
 from logtrick.estimators import CostFn, resolve_pair
 from logtrick.gradient_stats import GradientStats, flat, per_sample_gradients, summarise
 from logtrick.problems import Problem
-from logtrick.score import DistFn
+from logtrick.score import DistFn, call_dist_fn
 
 __all__ = [
     "ComparisonRow",
@@ -121,6 +121,7 @@ def gradient_variance(
             f"repeats: expected an int >= 4 (the number of estimates), got {repeats!r}"
         )
     est, baseline = resolve_pair(estimator, baseline, samples)
+    call_dist_fn(dist_fn, params)  # a distribution, checked once before the repeats
     if vectorize and getattr(baseline, "params", None) is not None:
         raise TypeError(
             f"baseline: {type(baseline).__name__} is tied to the tensors it was built with (its "
@@ -151,7 +152,7 @@ def _estimates(
             for _ in range(repeats)
         ])  # fmt: skip
     replicas = [p.detach().expand(repeats, *p.shape).clone().requires_grad_(True) for p in params]
-    dist = dist_fn(replicas)
+    dist = call_dist_fn(dist_fn, replicas)
     if tuple(dist.batch_shape[:1]) != (repeats,):
         raise ValueError(
             f"dist_fn: with vectorize=True it must map parameters with a leading dimension "
@@ -226,6 +227,7 @@ def check_pathwise(
     if samples < 2:
         raise ValueError(f"samples: expected at least 2 draws (a standard error), got {samples}")
     check_in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
+    call_dist_fn(dist_fn, params)  # a distribution, checked once
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from logtrick.checks import check_param_list, check_positive_int
+from logtrick.checks import check_distribution, check_param_list, check_positive_int
 from logtrick.estimators import CostFn, resolve_pair
 
 __all__ = ["GradientStats", "flat", "per_sample_gradients", "summarise"]
@@ -148,6 +148,7 @@ def per_sample_gradients(
         Mohamed et al. (2020), JMLR 21(132), section 3 (variance of per-sample estimators).
     """
     params = check_param_list("params", params, requires_grad=True)
+    check_distribution("dist", dist)
     check_positive_int("samples", samples, "the number of draws K")
     est, bl = resolve_pair(estimator, baseline, samples)
     terms = est.terms(f, dist, samples, bl, context)

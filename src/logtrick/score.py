@@ -27,6 +27,7 @@ from torch.distributions import Distribution
 
 from logtrick.callable_module import make_callable
 from logtrick.checks import (
+    check_distribution,
     check_finite,
     check_in_support,
     check_log_prob_differentiable,
@@ -35,9 +36,21 @@ from logtrick.checks import (
     check_tensor,
 )
 
-__all__ = ["fisher", "flatten_scores", "score"]
+__all__ = ["call_dist_fn", "fisher", "flatten_scores", "score"]
 
 DistFn = Callable[[list[Tensor]], Distribution]
+
+
+def call_dist_fn(dist_fn: DistFn, params: list[Tensor]) -> Distribution:
+    """``dist_fn(params)``, checked to be a distribution: the one place the functions taking a
+    ``dist_fn`` (:func:`score`, :func:`fisher`, the diagnostics) call it first."""
+    if not callable(dist_fn):
+        raise TypeError(
+            f"dist_fn: expected a function of the parameter list returning a distribution, got "
+            f"{type(dist_fn).__name__}"
+        )
+    return check_distribution("dist_fn(params)", dist_fn(params))
+
 
 # rl/natural_gradient.py imports this name; it is checks.check_param_list for "params"
 _check_params = functools.partial(check_param_list, "params")
@@ -149,9 +162,7 @@ def score(dist_fn: DistFn, params: Sequence[Tensor], x: Tensor) -> list[Tensor]:
     params = [p.detach() for p in check_param_list("params", params)]
     x = check_tensor("x", x)
     with torch.no_grad():
-        dist = dist_fn(params)
-    if not isinstance(dist, Distribution):
-        raise TypeError(f"dist_fn: expected it to return a Distribution, got {type(dist).__name__}")
+        dist = call_dist_fn(dist_fn, params)
     tail = len(dist.batch_shape) + len(dist.event_shape)
     expected = tuple(dist.batch_shape + dist.event_shape)
     if x.dim() < tail or tuple(x.shape[x.dim() - tail :]) != expected:
@@ -209,7 +220,7 @@ def fisher(
         )
     params = check_param_list("params", params)
     with torch.no_grad():
-        x = dist_fn([p.detach() for p in params]).sample((samples,))
+        x = call_dist_fn(dist_fn, [p.detach() for p in params]).sample((samples,))
     s = flatten_scores(score(dist_fn, params, x))
     if centered:
         s = s - s.mean(0)

@@ -82,6 +82,7 @@ def surrogate(
     if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
         cost = cost.to(log_prob.dtype)
     check_finite("cost", cost)
+    check_finite("log_prob", log_prob)  # -inf: a sample the distribution cannot produce
     out = score_terms(cost, log_prob, resolve_baseline(baseline), sample_dim, context)
     return out  # type: ignore[return-value]
 

@@ -161,6 +161,22 @@ def test_save_load_round_trip_predicts_the_same(tmp_path: Path) -> None:
         rl.Agent.load(agent.run_dir / "checkpoint.pt")
 
 
+def test_predict_refuses_a_nan_observation_and_save_takes_a_file_path(tmp_path: Path) -> None:
+    """``predict`` acted on a NaN observation without a word, and ``save`` raised bare
+    FileNotFoundError / IsADirectoryError. Now: a NaN observation is an error naming ``obs``;
+    ``save`` creates missing parent directories and refuses a directory, naming ``path``."""
+    agent = rl.Agent("CartPole-v1", algo="ppo", out=str(tmp_path), **TINY)
+    with pytest.raises(ValueError, match=r"obs: 1 of 4 entries are NaN or inf"):
+        agent.predict(np.array([0.0, np.nan, 0.0, 0.0], np.float32))
+    with pytest.raises(ValueError, match=r"obs: .*NaN or inf"):
+        agent.predict(np.full((3, 4), np.inf, np.float32))
+    nested = tmp_path / "new" / "dirs" / "agent.pt"
+    agent.save(nested)
+    assert rl.Agent.load(nested).config == agent.config
+    with pytest.raises(ValueError, match=r"path: .* is a directory; expected a file path"):
+        agent.save(tmp_path)
+
+
 class TinyPolicy(nn.Module):
     """A user's own network: ``distribution(obs)`` and ``value(obs)``."""
 

@@ -76,6 +76,8 @@ def test_unwritable_out_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = _error(capsys, ["train", "LogtrickCounter-v0", "--out", str(blocker / "runs"),
                           *SMALL])  # fmt: skip
     assert "a-file" in err, err
+    err = _error(capsys, ["train", "LogtrickCounter-v0", "--out", str(blocker), *SMALL])
+    assert "out: " in err and "is a file; expected a directory" in err, err  # was [Errno 17]
     if os.geteuid() != 0:  # root writes through permissions
         readonly = tmp_path / "readonly"
         readonly.mkdir(mode=0o500)
@@ -106,3 +108,16 @@ def test_evaluate_of_a_non_run_directory_is_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert "config.json" in _error(capsys, ["evaluate", str(tmp_path)])
+
+
+def test_the_summary_says_when_no_episode_has_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A budget shorter than one episode printed "recent training return: nan", which reads as
+    a divergence; it says that no episode has ended."""
+    capsys.readouterr()
+    assert main(["train", "Pendulum-v1", "--algo", "a2c", "--steps", "16", "--out",
+                 str(tmp_path), *SMALL]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "recent training return: none (no episode has ended yet)" in out, out
+    assert "nan" not in out, out

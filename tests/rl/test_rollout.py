@@ -236,3 +236,43 @@ def test_whole_episodes_refuse_episodes_that_never_end(monkeypatch: pytest.Monke
                           4, whole_episodes=True)  # fmt: skip
     with pytest.raises(ValueError, match=r"envs \[1\] did not end within 20 steps"):
         collector.collect()
+
+
+class _BadObsEnv(gym.Env):
+    """MultiBinary actions; step 3 returns a NaN observation (``bad="nan"``) or one of the
+    wrong shape (``bad="shape"``)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.MultiBinary(3)
+
+    def __init__(self, bad: str) -> None:
+        self.bad, self.t = bad, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple:
+        self.t += 1
+        obs = np.zeros(3, np.float32)
+        if self.t == 3:
+            obs = np.full(3, np.nan, np.float32) if self.bad == "nan" else np.zeros(4, np.float32)
+        return obs, 1.0, False, self.t >= 10, {}
+
+
+@pytest.mark.parametrize("bad", ["nan", "shape"])
+def test_a_bad_observation_is_named_even_when_the_policy_fails_on_it_first(bad: str) -> None:
+    """The finiteness check runs once per rollout, but a NaN observation can break the next
+    ``policy.step`` first (a Bernoulli head raises torch's ``Expected p_in >= 0 && p_in <= 1``);
+    an observation of the wrong shape broke gymnasium's vector env with numpy's "Output array is
+    the wrong shape". Both now name the env, the step and what was wrong."""
+    envs = gym.vector.SyncVectorEnv([lambda: _BadObsEnv(bad)] * 2)
+    policy = ActorCritic(envs.single_observation_space, envs.single_action_space)
+    collector = Collector(envs, policy, 8, seed=0)
+    match = {  # the observation returned by the third step, rollout step 2
+        "nan": r"env: NaN or inf observation at rollout step 2 .*env index 0",
+        "shape": r"env: step\(\) at rollout step 2 .* does not fit observation_space Box",
+    }[bad]
+    with pytest.raises(ValueError, match=match):
+        collector.collect()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from logtrick import runs
-from logtrick.checks import check_known_name, check_positive_int
+from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
 from logtrick.errors import CheckpointError
 from logtrick.rl import distributed
 from logtrick.rl.checkpoint import (
@@ -243,12 +243,15 @@ class Agent:
 
     def save(self, path: str | Path) -> None:
         """Write the agent (config, weights, optimizer, counters) to ``path``, atomically; a
-        dict of tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
+        dict of tensors and numbers, loadable with ``torch.load(weights_only=True)``. Missing
+        parent directories are created; a directory as ``path`` is an error."""
         state = {"format": FORMAT, "config": self.config.to_dict(),
                  "custom_policy": self.custom_policy,
                  "checkpoint": checkpoint_state(self.learner, self.counters)}  # fmt: skip
+        path = Path(check_not_a_directory("path", path))
         buffer = io.BytesIO()
         torch.save(state, buffer)
+        path.parent.mkdir(parents=True, exist_ok=True)  # like the run directory's parents
         runs.atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod

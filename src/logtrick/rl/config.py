@@ -269,10 +269,12 @@ def _rate(name: str, value: object) -> float:
 
 
 def _path(name: str, value: object) -> str:
-    """A non-empty string; a ``pathlib.Path`` is taken as its string."""
-    return checks.check_nonempty_str(
+    """A non-empty string naming a directory or a new path (a ``pathlib.Path`` is taken as its
+    string), not an existing file."""
+    path = checks.check_nonempty_str(
         name, os.fspath(value) if isinstance(value, os.PathLike) else value
     )
+    return checks.check_not_a_file(name, path)
 
 
 def _json_dict(name: str, value: object) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
 
+from logtrick.checks import check_finite
 from logtrick.rl.masks import check_action_mask, combine_masks, mask_logits, sections
 from logtrick.rl.spaces import ObsLayout, head_size
 
@@ -439,6 +440,7 @@ class ActorCritic(nn.Module):
             check_action_mask(action_mask, sections(self.action_space), "passed to act")
             action_mask = torch.as_tensor(action_mask, device=device)
         with torch.inference_mode():
-            obs = torch.as_tensor(obs, dtype=self._obs_shift.dtype, device=device)
+            obs = check_finite("obs", torch.as_tensor(obs, dtype=self._obs_shift.dtype,
+                                                       device=device))  # fmt: skip
             dist = self.distribution(obs, action_mask)
             return self.to_env(self._mode(dist) if deterministic else dist.sample())

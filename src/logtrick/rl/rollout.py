@@ -238,7 +238,11 @@ class Collector:
         self._finals = []
         with torch.inference_mode():
             for t in range(self.num_steps):
-                self._step(t)
+                try:
+                    self._step(t)
+                except (RuntimeError, ValueError) as err:
+                    self._explain(t, err)
+                    raise
             rows = self._run_on() if self.whole_episodes else self.num_steps
             obs, rewards = self._np["obs"], self._np["rewards"]  # env outputs, once per rollout
             check_env_output(obs[1:rows], rewards[: rows - 1], self._where)
@@ -285,6 +289,19 @@ class Collector:
         if self._same_step and truncated.any():  # V(final obs) bootstraps only truncations
             self._keep_finals(t, truncated & ~terminated, info)
         self._next_obs, self._next_mask = self._observe(next_obs, info, t + 1)
+
+    def _explain(self, t: int, err: Exception) -> None:
+        """Step ``t`` failed with ``err``: the finiteness check is deferred to the end of the
+        rollout, so first check the env outputs of rows 0..t (a NaN observation makes the next
+        ``policy.step`` fail, e.g. a Bernoulli head); then name an observation of the wrong shape
+        (gymnasium's vector env fails on it with numpy's bare message). Else return: re-raise."""
+        obs, rewards = self._np["obs"], self._np["rewards"]
+        check_env_output(obs[1 : t + 1], rewards[:t], self._where)
+        if isinstance(err, ValueError) and "wrong shape" in str(err):
+            raise ValueError(
+                f"env: step() {self._where(t)} returned an observation that does not fit "
+                f"observation_space {self.env.single_observation_space} ({err})"
+            ) from err
 
     def _observe(
         self, obs: Any, info: dict[str, Any], t: int | None
