@@ -11,9 +11,12 @@ from torch.distributions import (
     AffineTransform,
     Bernoulli,
     Categorical,
+    Independent,
     Normal,
+    Pareto,
     Poisson,
     TransformedDistribution,
+    Uniform,
 )
 
 import logtrick as lt
@@ -280,3 +283,43 @@ def test_a_used_baseline_changes_the_gradient() -> None:
                            baseline).sum().backward()  # fmt: skip
             grads.append(theta.grad)
         assert not torch.allclose(grads[0], grads[1]), name
+
+
+@pytest.mark.parametrize("estimator", ["score_function", "auto"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: Uniform(t, t + 2.0),
+        lambda t: Uniform(torch.zeros(3), t.exp() + 1.0),
+        lambda t: Independent(Uniform(t, t + 2.0), 1),
+        lambda t: Pareto(t.exp(), torch.full((3,), 3.0)),
+    ],
+    ids=["uniform", "uniform_high", "independent_uniform", "pareto"],
+)
+def test_the_score_function_refuses_a_support_that_moves_with_theta(
+    make: object, estimator: str
+) -> None:
+    """For Uniform(θ, θ + 2) the log-density is −log 2 on the support, so the score-function
+    gradient of E[x²] was exactly 0 on every sample against the true 2θ + 2: silently biased.
+    The score-function path (also when ``auto`` falls back to it) refuses such a distribution."""
+    theta = torch.zeros(3, requires_grad=True)
+    dist = make(theta)  # type: ignore[operator]
+    reduce = isinstance(dist, Independent)  # its batch shape is (), f sums the 3 coordinates
+
+    def f(x: Tensor) -> Tensor:  # a black box: auto falls back to the score function
+        return (x.detach() ** 2).sum(-1) if reduce else x.detach() ** 2
+
+    with pytest.raises(ValueError, match=r"dist: the support of \w+ depends on its parameters"):
+        lt.expectation(f, dist, 4, estimator)
+
+
+def test_a_fixed_support_and_the_pathwise_estimator_still_work_for_uniform() -> None:
+    theta = torch.zeros(3, requires_grad=True)
+    with pytest.warns(UserWarning, match="no parameter of this Uniform requires grad"):
+        lt.expectation(
+            lambda x: x**2, Uniform(torch.zeros(3), torch.full((3,), 2.0)), 4, "score_function"
+        )  # fmt: skip  (constant bounds: accepted)
+    torch.manual_seed(0)
+    est = lt.expectation(lambda x: x**2, Uniform(theta, theta + 2.0), 20_000, "pathwise")
+    est.sum().backward()  # d/dθ E[x²] = 2θ + 2 = 2 at θ = 0
+    torch.testing.assert_close(theta.grad, torch.full((3,), 2.0), atol=0.05, rtol=0)

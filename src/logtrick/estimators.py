@@ -23,7 +23,12 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from logtrick.baselines import Baseline, resolve_baseline, score_terms
-from logtrick.checks import check_baseline_used, check_finite, check_positive_int
+from logtrick.checks import (
+    check_baseline_used,
+    check_finite,
+    check_fixed_support,
+    check_positive_int,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -115,6 +120,7 @@ def _score_function(
 ) -> Tensor:  # fmt: skip
     """The score-function terms (their mean if ``reduce``) at samples ``x`` drawn without
     gradient; ``cost`` if f was already evaluated there."""
+    check_fixed_support("dist", dist)
     if cost is None:
         cost = evaluate_cost(f, x, dist, x.shape[0])
     log_prob = joint_log_prob(dist, x, cost)
@@ -131,8 +137,10 @@ class ScoreFunction:
     .. math::  \nabla_\theta \mathbb{E}_p[f] \approx \frac1K \sum_{k=1}^K
                (f(x_k) - b_k)\, \nabla_\theta \log p(x_k;\theta), \quad x_k \sim p
 
-    Requires: ``log_prob`` only. f may be a black box, non-differentiable, discrete. Unbiased for
-    any baseline independent of the sample it multiplies; the variance grows with the magnitude of
+    Requires: ``log_prob`` and a support that does not depend on θ (``Uniform(low, high)`` with
+    bounds that require grad is refused: the estimator would miss the boundary term). f may be a
+    black box, non-differentiable, discrete. Unbiased for any baseline independent of the sample
+    it multiplies; the variance grows with the magnitude of
     ``f - b`` and the dimension. Derivatives of every order (DiCE's magic box).
 
     References: Williams (1992); Glynn (1990); Mohamed et al. (2020), section 4.
@@ -140,7 +148,7 @@ class ScoreFunction:
 
     name: ClassVar[str] = "score_function"
     unbiased: ClassVar[str] = "yes"
-    requires: ClassVar[str] = "log_prob; f may be a black box"
+    requires: ClassVar[str] = "log_prob; a support independent of θ; f may be a black box"
     max_order: ClassVar[float] = math.inf
     takes_baseline: ClassVar[bool] = True
 
