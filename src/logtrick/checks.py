@@ -159,9 +159,10 @@ def check_fixed_support(name: str, dist: Distribution) -> Distribution:
         and getattr(constraint, bound).requires_grad
     ]
     if moving:
+        verb = "requires" if len(moving) == 1 else "require"
         raise ValueError(
             f"{name}: the support of {type(dist).__name__} depends on its parameters (its "
-            f"{' and '.join(moving)} {'requires' if len(moving) == 1 else 'require'} grad), so the score-function estimator would miss "
+            f"{' and '.join(moving)} {verb} grad), so the score-function estimator would miss "
             f"the boundary term and be biased; use estimator='pathwise' if it has rsample and f is "
             f"differentiable, or make the bounds constants"
         )
