@@ -13,8 +13,10 @@ observations                running mean/std normalisation,     Huang et al. 202
                                                                 2021 (§3.6: "always")
 rewards                     divided by the running std of the   Engstrom et al. 2020; Huang et al.
                             discounted return                   2022 (details 6–7)
-γ, GAE λ                    0.99, 0.95                          Schulman et al. 2017 (MuJoCo
-                                                                table); SB3 and CleanRL defaults
+γ                           1 − 1/T for a time limit of T       below; 0.99 is Schulman et al.
+                            steps, within [0.99, 0.995]         2017's MuJoCo value
+GAE λ                       0.95 at γ = 0.99, else 0.98         Schulman et al. 2016 (0.96–0.99
+                                                                for long horizons); rl-zoo
 network                     separate actor and critic, tanh     Huang et al. 2022 (details 2, 13);
                             64 × 64, orthogonal init            SB3 ``MlpPolicy``
 Adam                        lr 3·10⁻⁴ annealed linearly to 0,   Huang et al. 2022 (details 3–4);
@@ -31,6 +33,17 @@ Two choices depart from the single-env references, for wall-clock on CPU: the 2,
 of a rollout come from 8 environments × 256 steps instead of 1 × 2,048 (one batched forward pass
 serves 8 environments; GAE bootstraps each 256-step segment with :math:`V(s_{T})`), and the
 deterministic evaluation is spaced by the time limit (below).
+
+**Discount.** Success is judged on the undiscounted return of a whole episode (the env's
+``reward_threshold``), so the discount's horizon :math:`1/(1-\gamma)` should reach far into the
+episode: with γ = 0.99 (a 100-step horizon) LunarLanderContinuous-v3's PPO learnt to hover
+instead of landing on 2 of 3 seeds in 1M steps (the landing bonus lies hundreds of steps ahead).
+γ = 1 − 1/T for a time limit of T, clipped to [0.99, 0.995], with λ = 0.98 when γ > 0.99; an env
+without a time limit keeps 0.99 and 0.95. The upper end is measured, not derived: γ = 0.999 (a
+horizon spanning 1,000-step episodes) also landed LunarLanderContinuous on 3 of 3 seeds, but it
+held Hopper-v5 at the alive bonus's plateau (final return ≈ 1,000 at 300k steps on 3 of 3 seeds;
+at 0.995 the median is 2,406, at 0.99 1,438) and halved HalfCheetah's and Walker2d's. At 0.995
+Walker2d-v5's median at 300k is below 0.99's (644 against 1,921): BENCHMARKS.md §5, round 3b.
 
 **Evaluation.** An evaluation runs ``eval_episodes`` episodes of up to ``max_episode_steps``
 steps, so ``eval_every`` is at least their product: an evaluation then takes no more env steps
@@ -61,7 +74,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-__all__ = ["EnvFacts", "default_overrides", "env_facts"]
+__all__ = ["EnvFacts", "default_overrides", "discount", "env_facts"]
 
 EVAL_EPISODES = 20
 """Episodes per evaluation (``Config.eval_episodes``'s default)."""
@@ -69,11 +82,14 @@ MIN_EVAL_EVERY = 5_000
 """Fewest env steps between two evaluations."""
 
 COMMON: dict[str, Any] = {
-    "total_steps": 1_000_000, "gamma": 0.99, "gae_lambda": 0.95, "lr": 3e-4, "anneal_lr": True,
+    "total_steps": 1_000_000, "lr": 3e-4, "anneal_lr": True,
     "hidden": (64, 64), "activation": "tanh", "normalize_obs": True, "normalize_rewards": True,
     "max_grad_norm": 0.5, "vf_coef": 0.5, "ent_coef": 0.0, "log_std_init": 0.0,
 }  # fmt: skip
-"""Every algorithm, every space."""
+"""Every algorithm, every space (γ and λ: :func:`discount`)."""
+
+GAMMA_RANGE = (0.99, 0.995)
+"""The smallest and largest discount :func:`discount` chooses."""
 
 PER_ALGO: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "num_steps": 256, "update_epochs": 10, "num_minibatches": 32,
@@ -163,6 +179,24 @@ def eval_every(facts: EnvFacts, episodes: int = EVAL_EPISODES) -> int:
     return max(MIN_EVAL_EVERY, episodes * limit)
 
 
+def discount(facts: EnvFacts) -> dict[str, float]:
+    r"""γ and GAE λ from the time limit T: a horizon that grows with the episode, up to 200 steps.
+
+    .. math::  \gamma = \min(0.995,\ \max(0.99,\ 1 - 1/T)),\qquad
+               \lambda = 0.98 \text{ if } \gamma > 0.99 \text{ else } 0.95
+
+    Args:
+        facts: the env's :class:`EnvFacts` (without a time limit: 0.99 and 0.95).
+
+    Returns:
+        ``{"gamma": γ, "gae_lambda": λ}``.
+    """
+    low, high = GAMMA_RANGE
+    limit = facts.max_episode_steps
+    gamma = low if not limit else round(min(high, max(low, 1.0 - 1.0 / limit)), 6)
+    return {"gamma": gamma, "gae_lambda": 0.98 if gamma > low else 0.95}
+
+
 def default_overrides(
     env: str | gym.Env | Callable[[], gym.Env] | EnvFacts, algo: str = "ppo"
 ) -> dict[str, Any]:
@@ -182,4 +216,4 @@ def default_overrides(
     if algo not in PER_ALGO:
         raise ValueError(f"algo: expected one of {tuple(PER_ALGO)}, got {algo!r}")
     facts = env if isinstance(env, EnvFacts) else env_facts(env)
-    return {**COMMON, **PER_ALGO[algo], "eval_every": eval_every(facts)}
+    return {**COMMON, **discount(facts), **PER_ALGO[algo], "eval_every": eval_every(facts)}
