@@ -51,6 +51,7 @@ __all__ = [
     "check_not_a_directory",
     "check_not_a_file",
     "check_param_list",
+    "check_path",
     "check_path_name",
     "check_positive",
     "check_positive_int",
@@ -406,19 +407,26 @@ def check_path_name(name: str, value: object) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_path(name: str, value: object) -> str:
+    """``value`` is a non-empty str or an ``os.PathLike``; returns it as a str."""
+    return check_nonempty_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
 def check_not_a_directory(name: str, value: object) -> str:
     """``value`` (a str or ``os.PathLike``) names a file to write, not an existing directory."""
-    path = check_nonempty_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
+    path = check_path(name, value)
     if os.path.isdir(path):
         raise ValueError(f"{name}: {path!r} is a directory; expected a file path (e.g. agent.pt)")
     return path
 
 
-def check_not_a_file(name: str, value: str) -> str:
-    """``value`` names a directory, or nothing yet (it is created later): not a file."""
-    if os.path.exists(value) and not os.path.isdir(value):
-        raise ValueError(f"{name}: {value!r} is a file; expected a directory (or a new path)")
-    return value
+def check_not_a_file(name: str, value: object) -> str:
+    """``value`` (a str or ``os.PathLike``) names a directory, or nothing yet (it is created
+    later): not a file."""
+    path = check_path(name, value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a file; expected a directory (or a new path)")
+    return path
 
 
 def check_env_id(name: str, value: object) -> object:

@@ -121,7 +121,6 @@ def gradient_variance(
             f"repeats: expected an int >= 4 (the number of estimates), got {repeats!r}"
         )
     est, baseline = resolve_pair(estimator, baseline, samples)
-    call_dist_fn(dist_fn, params)  # a distribution, checked once before the repeats
     if vectorize and getattr(baseline, "params", None) is not None:
         raise TypeError(
             f"baseline: {type(baseline).__name__} is tied to the tensors it was built with (its "
@@ -132,7 +131,7 @@ def gradient_variance(
         if seed is not None:
             torch.manual_seed(seed)
         for _ in range(warmup):
-            _estimate(f, dist_fn(params), params, samples, est, baseline, context)
+            _estimate(f, call_dist_fn(dist_fn, params), params, samples, est, baseline, context)
         start = time.perf_counter()
         grads = _estimates(counted, dist_fn, params, samples, est, baseline, repeats, context,
                            vectorize)  # fmt: skip
@@ -147,10 +146,11 @@ def _estimates(
 ) -> Tensor:  # fmt: skip
     """``(R, P)`` estimates: R calls in a loop, or one pass with a leading replica dimension."""
     if not vectorize:
-        return torch.cat([
-            flat(_estimate(f, dist_fn(params), params, samples, est, baseline, context), 1)
-            for _ in range(repeats)
-        ])  # fmt: skip
+        rows = []
+        for _ in range(repeats):
+            dist = call_dist_fn(dist_fn, params)
+            rows.append(flat(_estimate(f, dist, params, samples, est, baseline, context), 1))
+        return torch.cat(rows)
     replicas = [p.detach().expand(repeats, *p.shape).clone().requires_grad_(True) for p in params]
     dist = call_dist_fn(dist_fn, replicas)
     if tuple(dist.batch_shape[:1]) != (repeats,):
@@ -227,11 +227,11 @@ def check_pathwise(
     if samples < 2:
         raise ValueError(f"samples: expected at least 2 draws (a standard error), got {samples}")
     check_in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
-    call_dist_fn(dist_fn, params)  # a distribution, checked once
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        pathwise = per_sample_gradients(f, dist_fn(params), params, samples, "pathwise").double()
+        dist = call_dist_fn(dist_fn, params)
+        pathwise = per_sample_gradients(f, dist, params, samples, "pathwise").double()
         with torch.no_grad():
             pilot = torch.as_tensor(f(dist_fn(params).sample((samples,)))).mean(0)
         score = per_sample_gradients(

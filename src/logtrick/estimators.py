@@ -25,6 +25,7 @@ from torch.distributions.transforms import Transform
 from logtrick.baselines import Baseline, resolve_baseline, score_terms
 from logtrick.checks import (
     check_baseline_used,
+    check_distribution,
     check_finite,
     check_fixed_support,
     check_positive_int,
@@ -392,10 +393,7 @@ def expectation(
         torch.Size([3])
     """
     check_positive_int("samples", samples, "the number of draws K")
-    if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}"
-        )
+    check_distribution("dist", dist)
     est, bl = resolve_pair(estimator, baseline, samples)
     estimate = getattr(est, "estimate", None)
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import itertools
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,15 +267,6 @@ def _rate(name: str, value: object) -> float:
     return checks.check_in_range(name, value, 0.0, 1.0)
 
 
-def _path(name: str, value: object) -> str:
-    """A non-empty string naming a directory or a new path (a ``pathlib.Path`` is taken as its
-    string), not an existing file."""
-    path = checks.check_nonempty_str(
-        name, os.fspath(value) if isinstance(value, os.PathLike) else value
-    )
-    return checks.check_not_a_file(name, path)
-
-
 def _json_dict(name: str, value: object) -> dict[str, Any]:
     return checks.check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
 
@@ -305,7 +295,7 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "line_search": checks.check_bool, "eval_every": checks.check_nonnegative_int,
     "eval_episodes": checks.check_positive_int, "stop_at_threshold": checks.check_bool,
     "target_return": _optional(checks.check_finite_number),
-    "checkpoint_every": checks.check_positive_int, "out": _path,
+    "checkpoint_every": checks.check_positive_int, "out": checks.check_not_a_file,
     "run_name": _optional(checks.check_path_name), "tensorboard": checks.check_bool,
     "torch_threads": checks.check_positive_int, "progress": checks.check_bool,
     "plot": checks.check_bool, "extra": _json_dict,
