@@ -11,7 +11,7 @@ exact gradient and, for the score-function family, the exact variance by enumera
 joint outcomes. Part 2: Adam (lr 0.01, 2000 steps) from theta = 0 for 32 seeds at once (theta
 has one entry per seed; every estimator, baseline and Adam act elementwise), reporting the final
 theta and the fraction of seeds that went the right way (theta < 0). ARM, DisARM and REBAR
-(untrained eta = 1, lambda = 0.5) are included when ``logtrick.arm`` / ``logtrick.relax`` are
+(untrained eta = 1, lambda = 0.5) are included when ``logtrick.arm`` / ``logtrick.rebar`` are
 importable. A plot goes to ``benchmarks/out/bernoulli_toy.png``.
 
 Run:  python benchmarks/bernoulli_toy.py [--steps 2000] [--seeds 32] [--repeats 200000]
@@ -68,11 +68,11 @@ def setups() -> list[Setup]:
     except ImportError:
         print("(logtrick.arm not available: no ARM/DisARM rows)")
     try:
-        from logtrick.relax import Rebar
+        from logtrick.rebar import Rebar
 
         out.append(Setup("REBAR (eta=1, lambda=0.5)", 1, lambda p: (Rebar(), None), False, False))
     except ImportError:
-        print("(logtrick.relax not available: no REBAR row)")
+        print("(logtrick.rebar not available: no REBAR row)")
     return out
 
 

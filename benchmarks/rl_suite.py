@@ -59,7 +59,7 @@ from rl_suite_report import (
 from logtrick import rl
 from logtrick.rl.defaults import default_overrides
 
-rl_train = importlib.import_module("logtrick.rl.train")  # the module (rl.train is the function)
+rl_train = importlib.import_module("logtrick.rl.loop")  # the module (rl.train is the function)
 
 OUT = Path(__file__).parent / "out"
 BUDGETS = {"Pendulum-v1": 300_000}  # others: 1M

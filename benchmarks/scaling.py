@@ -49,7 +49,7 @@ import torch
 import torch.multiprocessing as mp
 
 from logtrick.rl import Collector, make_env, preset
-from logtrick.rl.train import _reset_seeds, make_learner, train
+from logtrick.rl.loop import _reset_seeds, make_learner, train
 from logtrick.rl.update import update
 
 ENV = "LunarLander-v3"
@@ -155,7 +155,7 @@ def costs(modes: dict[str, list[tuple[float, float, float]]], config: object) ->
     """The per-iteration costs of the model, from the measured iterations."""
     import ray
 
-    from logtrick.rl.train import build_policy
+    from logtrick.rl.loop import build_policy
 
     envs = make_env(ENV, num_envs=1)
     policy = build_policy(config, envs)

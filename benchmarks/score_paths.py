@@ -22,7 +22,7 @@ import torch.distributions as D
 from torch import Tensor
 
 import logtrick as lt
-import logtrick.score as score_module
+import logtrick.scores as score_module
 
 DT = torch.float64
 FAMILIES: dict[str, tuple[Callable[[list[Tensor]], D.Distribution], list[Tensor], str]] = {

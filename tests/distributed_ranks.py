@@ -73,7 +73,7 @@ def main(out: Path) -> None:
 
     import torch.distributed as dist
 
-    train_module = importlib.import_module("logtrick.rl.train")
+    train_module = importlib.import_module("logtrick.rl.loop")
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from logtrick.advantages import (
+from logtrick.language.advantages import (
     METHODS,
     GroupedAdvantages,
     MovingAverageState,

@@ -1,4 +1,4 @@
-"""Tests for token log-probabilities and sampling under causal models (``logtrick.language``)."""
+"""Tests for token log-probabilities and sampling under causal models (language.tokens)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 import logtrick as lt
-from logtrick.language import Completions, logits_of, sequence_log_probs, token_log_probs
+from logtrick.language.tokens import Completions, logits_of, sequence_log_probs, token_log_probs
 from stats import z_bonferroni
 
 V = 7

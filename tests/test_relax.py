@@ -15,8 +15,8 @@ import logtrick as lt
 from logtrick.baselines import OptimalScale
 from logtrick.enumeration import enumerate_expectation
 from logtrick.estimators import expectation
-from logtrick.relax import ControlVariateNet, Rebar, Relax, variance_backward
-from logtrick.relaxations import GumbelSoftmax, StraightThrough, perturbed_logits
+from logtrick.gumbel import GumbelSoftmax, StraightThrough, perturbed_logits
+from logtrick.rebar import ControlVariateNet, Rebar, Relax, variance_backward
 
 DT = torch.float64
 THETA = torch.tensor([-1.0, 0.3, 1.5], dtype=DT)

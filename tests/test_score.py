@@ -29,7 +29,7 @@ from torch.distributions import (
 )
 
 import logtrick as lt
-from logtrick.score import flatten_scores
+from logtrick.scores import flatten_scores
 from stats import assert_mean, z_bonferroni, z_scores
 
 DT = torch.float64

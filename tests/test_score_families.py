@@ -25,8 +25,8 @@ from torch import Tensor
 from torch.distributions import transforms as T
 
 import logtrick as lt
-import logtrick.score as score_module
-from logtrick.score import flatten_scores
+import logtrick.scores as score_module
+from logtrick.scores import flatten_scores
 from stats import assert_mean
 
 DT = torch.float64

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from logtrick.language import token_log_probs
-from logtrick.sequence import sequence_surrogate
+from logtrick.language.sequence import sequence_surrogate
+from logtrick.language.tokens import token_log_probs
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli
 
 import logtrick as lt
-from logtrick.relax import Rebar, Relax, variance_backward
+from logtrick.rebar import Rebar, Relax, variance_backward
 
 DT = torch.float64
 THETA = torch.tensor([-0.4, 0.3, 1.1], dtype=DT)

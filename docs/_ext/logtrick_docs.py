@@ -7,7 +7,7 @@
   scripts they are: with ``--quick`` unless ``LOGTRICK_DOCS_EXAMPLES=full``, and with the figure
   each script saves (it closes its figures, so matplotlib's own scraper sees none).
 - :func:`function_docstring`: the API entry of a module that is also its function
-  (``logtrick.score``) shows the function's docstring.
+  (``logtrick.scores``) shows the function's docstring.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from docutils import nodes
 from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
-
-from logtrick.callable_module import CallableModule
 
 BUILD_STARTED = time.time()
 
@@ -176,21 +174,7 @@ def example_title(app: Sphinx, docname: str, source: list[str]) -> None:
         source[0] = "\n".join(lines)
 
 
-def function_docstring(
-    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
-) -> None:
-    """``.. autofunction:: logtrick.score`` shows the function's docstring, not the module's.
-
-    ``logtrick.score`` is a module that calls its function ``score``
-    (:mod:`logtrick.callable_module`); autodoc would read the module's docstring. Runs before
-    napoleon (a lower priority), which then reads the function's Google-style sections.
-    """
-    if what == "function" and isinstance(obj, CallableModule):
-        lines[:] = (inspect.getdoc(obj.function) or "").splitlines()
-
-
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("estimator-table", EstimatorTable)
     app.connect("source-read", example_title)
-    app.connect("autodoc-process-docstring", function_docstring, priority=400)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -4,23 +4,7 @@ Unbiased, low-variance gradients of expectations whose integrand may be a black 
 fast policy-gradient trainer built on the same estimator (:mod:`logtrick.rl`).
 """
 
-# score and surrogate are modules that call their namesake function: lt.score(...) is
-# logtrick.score.score(...), and ``import logtrick.score`` still gives the module
-# (logtrick.callable_module)
-from logtrick import diagnostics, problems, score, surrogate
-from logtrick.advantages import (
-    GroupedAdvantages,
-    MovingAverageState,
-    baseline_advantages,
-    batch_normalized_advantages,
-    group_mean_advantages,
-    group_normalized_advantages,
-    grouped_advantages,
-    moving_average_advantages,
-    rank_advantages,
-    reinforce_advantages,
-    rloo_advantages,
-)
+from logtrick import diagnostics, problems
 from logtrick.arm import ARM, DisARM
 from logtrick.baselines import (
     Constant,
@@ -39,7 +23,22 @@ from logtrick.estimators import (
     estimator_table,
     expectation,
 )
-from logtrick.language import (
+from logtrick.gumbel import GumbelSoftmax, StraightThrough
+from logtrick.language.advantages import (
+    GroupedAdvantages,
+    MovingAverageState,
+    baseline_advantages,
+    batch_normalized_advantages,
+    group_mean_advantages,
+    group_normalized_advantages,
+    grouped_advantages,
+    moving_average_advantages,
+    rank_advantages,
+    reinforce_advantages,
+    rloo_advantages,
+)
+from logtrick.language.sequence import sequence_surrogate, token_kl
+from logtrick.language.tokens import (
     Completions,
     logits_of,
     sample_completions,
@@ -47,12 +46,10 @@ from logtrick.language import (
     token_log_probs,
 )
 from logtrick.measure_valued import DeltaMethod, MeasureValued
-from logtrick.relax import Rebar, Relax, variance_backward
-from logtrick.relaxations import GumbelSoftmax, StraightThrough
-from logtrick.score import fisher
-from logtrick.sequence import sequence_surrogate, token_kl
+from logtrick.rebar import Rebar, Relax, variance_backward
+from logtrick.scores import fisher, score
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
-from logtrick.surrogate import magic_box
+from logtrick.surrogates import magic_box, surrogate
 from logtrick.vimco import vimco_signals, vimco_surrogate
 
 # The estimators of other modules, by short name (they import estimators.py, so they register

@@ -5,7 +5,7 @@ problem and writes a plot of the variance per estimator. A subcommand is a :clas
 (name, help, a function adding its arguments, a function running it) passed to :func:`register`;
 ``main`` builds one ``argparse`` subparser per registered command.
 
-Errors the user can act on (``ValueError``, ``OSError`` and :mod:`logtrick.errors`) are printed
+Errors the user can act on (``ValueError``, ``OSError`` and :mod:`logtrick.rl.errors`) are printed
 as one line with exit code 2; ``logtrick --traceback ...`` shows their traceback instead. Any
 other exception is a bug and keeps its traceback.
 """
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    from logtrick.errors import LogtrickError
+    from logtrick.rl.errors import LogtrickError
 
     try:
         return int(args.run(args))
@@ -344,7 +344,7 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from logtrick import rl
-    from logtrick.rl.train import train  # the function (rl.train is its callable module)
+    from logtrick.rl.loop import train
 
     overrides = train_overrides(args)
     if args.resume:

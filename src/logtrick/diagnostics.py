@@ -32,7 +32,7 @@ from logtrick.checks import check_in_range, check_param_list, check_positive_int
 from logtrick.estimators import CostFn, resolve_pair
 from logtrick.gradient_stats import GradientStats, flat, per_sample_gradients, summarise
 from logtrick.problems import Problem
-from logtrick.score import DistFn, call_dist_fn
+from logtrick.scores import DistFn, call_dist_fn
 
 __all__ = [
     "ComparisonRow",

@@ -373,7 +373,7 @@ def expectation(
         estimator: ``"auto"``, ``"score_function"``, ``"pathwise"``, another name in
             :data:`ESTIMATORS` or an estimator object. ``"auto"`` picks pathwise when f is
             differentiable in x, which is unbiased only if f is also continuous along the path.
-        baseline: see :func:`logtrick.surrogate`; refused by the estimators without a score
+        baseline: see :func:`logtrick.surrogates`; refused by the estimators without a score
             term (``takes_baseline`` false: pathwise, ARM, DisARM, the relaxations,
             measure-valued, delta method), which would ignore it.
         context: input of a ``Learned`` baseline.

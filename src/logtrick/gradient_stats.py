@@ -136,7 +136,7 @@ def per_sample_gradients(
             and concatenated in order.
         samples: K > 0 draws.
         estimator: a name or an estimator object (see :func:`logtrick.expectation`).
-        baseline: a baseline spec (see :func:`logtrick.surrogate`).
+        baseline: a baseline spec (see :func:`logtrick.surrogates`).
         context: input of a ``Learned`` baseline.
         chunk: rows per batched backward.
 

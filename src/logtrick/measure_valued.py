@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Normal
 
 from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
-from logtrick.relaxations import unwrap_independent
+from logtrick.gumbel import unwrap_independent
 
 __all__ = ["DeltaMethod", "MeasureValued"]
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Normal
 
 from logtrick.estimators import CostFn
-from logtrick.score import DistFn
+from logtrick.scores import DistFn
 
 __all__ = [
     "GAUSSIAN_FUNCTIONS",

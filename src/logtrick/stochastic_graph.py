@@ -193,7 +193,7 @@ def dice_surrogate(
             (indices into ``log_probs`` or keys) upstream of it; ``[]`` for none. A list of lists
             or a dict, e.g. ``{"c2": ["x1", "x2"]}``; :func:`chain_dependencies` for chains.
         baselines: optional, a list or dict of baselines per node (any spec that
-            :func:`logtrick.surrogate` accepts: a number, a tensor, ``"leave_one_out"``,
+            :func:`logtrick.surrogates` accepts: a number, a tensor, ``"leave_one_out"``,
             ``"moving_average"``, an ``lt.MovingAverage()`` kept across steps, ``lt.Learned``).
             A baseline object is called with the sum of the costs downstream of its node.
         sample_dim: the dimension that indexes the samples (for leave-one-out and moving

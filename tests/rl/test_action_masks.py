@@ -16,10 +16,10 @@ from torch.distributions import Categorical
 
 from logtrick import rl
 from logtrick.rl.envs import make_env
+from logtrick.rl.loop import make_learner
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector
-from logtrick.rl.train import make_learner
 from logtrick.rl.update import update
 
 ENVS = ["LogtrickMasked-v0", "LogtrickMaskedObs-v0", "LogtrickMaskedMulti-v0"]

@@ -20,7 +20,7 @@ from torch.distributions import Categorical
 
 from logtrick import rl
 from logtrick.cli import build_parser, main, train_overrides
-from logtrick.runs import read_metrics
+from logtrick.rl.runs import read_metrics
 
 QUIET = {"progress": False, "tensorboard": False, "plot": False}
 TINY = {"num_envs": 2, "num_steps": 16, "eval_every": 0, **QUIET}

@@ -20,7 +20,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal, 
 
 import logtrick as lt
 from logtrick.rl.losses import conjugate_gradient, fisher_vector_product, natural_gradient
-from logtrick.score import flatten_scores
+from logtrick.scores import flatten_scores
 
 torch.set_num_threads(1)
 f64 = torch.float64

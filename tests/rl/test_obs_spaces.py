@@ -14,7 +14,7 @@ from gymnasium.spaces.utils import flatdim, flatten
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from logtrick import rl
-from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.errors import UnsupportedSpaceError
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.spaces import ObsLayout
 

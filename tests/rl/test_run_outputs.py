@@ -14,8 +14,8 @@ import torch
 
 from logtrick import rl
 from logtrick.rl.learner import gradient_snr
-from logtrick.rl.train import make_learner
-from logtrick.runs import plot_learning_curve, read_metrics
+from logtrick.rl.loop import make_learner
+from logtrick.rl.runs import plot_learning_curve, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"progress": False, "plot": False, "eval_every": 0}

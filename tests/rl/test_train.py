@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from logtrick import rl
-from logtrick.runs import read_metrics
+from logtrick.rl.runs import read_metrics
 
 QUIET = {"progress": False, "tensorboard": False}
 DETERMINISTIC_COLUMNS = ("global_step", "episode_return", "episode_length", "policy_loss",

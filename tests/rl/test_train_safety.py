@@ -23,7 +23,7 @@ import torch
 from logtrick import rl
 from logtrick.cli import main
 
-train_module = importlib.import_module("logtrick.rl.train")  # rl.train is the function
+train_module = importlib.import_module("logtrick.rl.loop")  # rl.train is the function
 
 QUIET = {"progress": False, "tensorboard": False, "plot": False}
 COUNTER = dict(env="LogtrickCounter-v0", num_envs=2, num_steps=8, num_minibatches=1,

@@ -10,7 +10,7 @@ import pytest
 import registered  # noqa: F401  (registers the test environments)
 
 from logtrick.cli import main
-from logtrick.errors import MissingExtraError
+from logtrick.rl.errors import MissingExtraError
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.video import record_video
 

@@ -1,10 +1,15 @@
 """Policy-gradient reinforcement learning on Gymnasium: returns, rollouts, policies, losses, and
 the trainer (``Agent``; ``train``, ``load``, ``evaluate``)."""
 
-from logtrick.errors import CheckpointError, DivergenceError, RunLockedError, UnsupportedSpaceError
-from logtrick.rl import natural_gradient, train  # modules that call their namesake function
 from logtrick.rl.agent import Agent, load
 from logtrick.rl.config import ALGOS, PRESETS, Config, preset
+from logtrick.rl.errors import (
+    CheckpointError,
+    DivergenceError,
+    RunLockedError,
+    UnsupportedSpaceError,
+)
+from logtrick.rl.loop import TrainResult, evaluate, load_config, train
 from logtrick.rl.losses import (
     conjugate_gradient,
     entropy_bonus,
@@ -13,10 +18,10 @@ from logtrick.rl.losses import (
     reinforce_loss,
     value_loss,
 )
+from logtrick.rl.npg import natural_gradient
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Collector, Rollout, make_env
-from logtrick.rl.train import TrainResult, evaluate, load_config
 
 __all__ = [
     "ALGOS",

@@ -2,7 +2,7 @@
 
 ``rl.Agent`` is the one path to training: :func:`train` (``rl.train(config, resume=...)``),
 :func:`load` and the ``logtrick train`` / ``evaluate`` commands are thin layers over it, and it
-runs the one loop of :mod:`logtrick.rl.train`.
+runs the one loop of :mod:`logtrick.rl.loop`.
 
 ```python
 from logtrick import rl
@@ -33,10 +33,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick import runs
 from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
-from logtrick.errors import CheckpointError
-from logtrick.rl import distributed
+from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
@@ -46,8 +44,8 @@ from logtrick.rl.checkpoint import (
     restore,
 )
 from logtrick.rl.config import Config, is_custom_env, preset
-from logtrick.rl.rollout import make_env
-from logtrick.rl.train import (
+from logtrick.rl.errors import CheckpointError
+from logtrick.rl.loop import (
     Callback,
     Session,
     TrainResult,
@@ -58,6 +56,7 @@ from logtrick.rl.train import (
     run_loop,
     target_return,
 )
+from logtrick.rl.rollout import make_env
 
 __all__ = ["Agent", "load", "resume_agent"]
 
@@ -191,7 +190,7 @@ class Agent:
         return self
 
     def _run(self, run_dir: Path, first: bool, callback: Callback | None) -> None:
-        """The loop of :func:`~logtrick.rl.train.run_loop`, writing into ``run_dir``."""
+        """The loop of :func:`~logtrick.rl.loop.run_loop`, writing into ``run_dir``."""
         target = target_return(self.config, self.env)
         session = Session(self.learner, self._collector, self.counters, self.env, run_dir,
                           self.history, target)  # fmt: skip

@@ -15,7 +15,7 @@ reward_scale    the reward scale's running statistics (``None`` without reward s
 
 A resumed run may change only :data:`~logtrick.rl.config.RESUME_FIELDS` of its config
 (:func:`merge_config`); a checkpoint that does not fit the config's policy is a
-:class:`~logtrick.errors.CheckpointError`.
+:class:`~logtrick.rl.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from logtrick import runs
-from logtrick.errors import CheckpointError
+from logtrick.rl import runs
 from logtrick.rl.config import RESUME_FIELDS, Config
+from logtrick.rl.errors import CheckpointError
 from logtrick.rl.learner import Learner
 
 __all__ = [

@@ -6,7 +6,7 @@ worth checking (advantages, value targets, the critic's values), all as tensors:
 during the update. Steps taken with ``record_gradient=True`` also add their policy gradient to
 the running sums of :func:`gradient_snr`. :meth:`Learner.finish` checks them and the parameters,
 together with turning the logged values into floats, in one host sync, and raises
-:class:`~logtrick.errors.DivergenceError` naming the first non-finite one.
+:class:`~logtrick.rl.errors.DivergenceError` naming the first non-finite one.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-from logtrick.errors import DivergenceError
 from logtrick.rl.config import Config
+from logtrick.rl.errors import DivergenceError
 from logtrick.rl.policies import ActorCritic, merge_moments
 
 __all__ = ["Batch", "Learner", "RewardScale", "clip_grad_norm", "gradient_snr"]

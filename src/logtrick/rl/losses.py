@@ -23,12 +23,12 @@ from torch import Tensor
 
 from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_aligned, check_positive, check_same_shape, check_tensor
-from logtrick.rl.natural_gradient import (  # re-exported: DESIGN maps the idea to losses.py
+from logtrick.rl.npg import (  # re-exported: DESIGN maps the idea to losses.py
     conjugate_gradient,
     fisher_vector_product,
     natural_gradient,
 )
-from logtrick.surrogate import approx_kl, clipped_surrogate
+from logtrick.surrogates import approx_kl, clipped_surrogate
 
 __all__ = [
     "advantage_moments",
@@ -86,7 +86,7 @@ def reinforce_loss(
                -\nabla_\theta L = \frac{1}{N}\sum (G_t - b_t)\,\nabla_\theta
                \log\pi_\theta(a_t|s_t)
 
-    (:func:`logtrick.surrogate.surrogate`: value :math:`-\overline{G}`, the negative mean
+    (:func:`logtrick.surrogates.surrogate`: value :math:`-\overline{G}`, the negative mean
     return-to-go; gradient the score-function estimate of :math:`-\nabla J` with the advantage
     :math:`\hat A_t = G_t - b_t`). Requires: ``log_probs`` differentiable in the policy
     parameters, computed at the actions that were *sampled*; ``returns`` and ``baseline`` are
@@ -129,7 +129,7 @@ def ppo_clip_loss(
     *,
     check: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    r"""The PPO clipped surrogate loss (:func:`logtrick.surrogate.clipped_surrogate`).
+    r"""The PPO clipped surrogate loss (:func:`logtrick.surrogates.clipped_surrogate`).
 
     .. math::  r_t = \frac{\pi_\theta(a_t|s_t)}{\pi_{\mathrm{old}}(a_t|s_t)},\qquad
                L(\theta) = -\overline{\min\big(r_t \hat A_t,\

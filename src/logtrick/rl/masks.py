@@ -34,7 +34,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.errors import UnsupportedSpaceError
 from logtrick.rl.spaces import MASK_KEY
 
 __all__ = ["check_action_mask", "combine_masks", "info_action_mask", "mask_logits", "sections"]

@@ -31,7 +31,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution
 
-from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.errors import UnsupportedSpaceError
 from logtrick.rl.masks import mask_logits
 
 __all__ = ["ModulePolicy", "check_policy_module"]

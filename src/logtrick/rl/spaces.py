@@ -16,7 +16,7 @@ leaf                features                              normalised        widt
 A ``Box`` observation space keeps its shape (the policy flattens it); every other one becomes a
 vector. A ``Dict`` observation's ``"action_mask"`` key (PettingZoo's convention) is not a feature:
 :meth:`ObsLayout.split` returns it as the action mask. ``Text``, ``Graph``, ``Sequence`` and
-``OneOf`` leaves have no fixed-size vector: :class:`~logtrick.errors.UnsupportedSpaceError`
+``OneOf`` leaves have no fixed-size vector: :class:`~logtrick.rl.errors.UnsupportedSpaceError`
 names their path.
 
 Action spaces: :func:`head_size` says how many outputs the policy's head has for one, and refuses
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from logtrick.errors import UnsupportedSpaceError
+from logtrick.rl.errors import UnsupportedSpaceError
 
 __all__ = ["MASK_KEY", "ObsLayout", "head_size"]
 

@@ -15,7 +15,7 @@ npg        GAE(γ, λ)                                   natural gradient in a K
 :func:`update` is the one entry point: :func:`prepare` (the rollout as the update sees it, never
 changed in place), then ``UPDATES[config.algo]``, then one host sync that reports the logged
 values and checks that the update's inputs, every loss, every gradient norm and the parameters
-are finite (:class:`~logtrick.errors.DivergenceError` otherwise). The losses are the public ones
+are finite (:class:`~logtrick.rl.errors.DivergenceError` otherwise). The losses are the public ones
 of :mod:`logtrick.rl.losses` with ``check=False``: their inputs are checked by that sync.
 Nothing here depends on where the rollout came from (env id, instance or factory).
 """
@@ -42,7 +42,7 @@ from logtrick.rl.losses import (
 )
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Rollout, next_values_of
-from logtrick.surrogate import clipped_surrogate
+from logtrick.surrogates import clipped_surrogate
 
 __all__ = ["UPDATES", "prepare", "update"]
 
@@ -53,7 +53,7 @@ __all__ = ["UPDATES", "prepare", "update"]
 def update(learner: Learner, rollout: Rollout) -> dict[str, float]:
     """One update of the policy (and critic) from one rollout; returns the logged values.
 
-    ``rollout`` is not changed. Raises :class:`~logtrick.errors.DivergenceError` when anything
+    ``rollout`` is not changed. Raises :class:`~logtrick.rl.errors.DivergenceError` when anything
     the update computed is NaN or inf (the parameters are then unusable: do not save them).
     """
     learner.begin()

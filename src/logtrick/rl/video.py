@@ -15,7 +15,7 @@ import gymnasium as gym
 from gymnasium.wrappers import RecordVideo
 
 from logtrick.checks import check_env_id, check_positive_int
-from logtrick.errors import MissingExtraError
+from logtrick.rl.errors import MissingExtraError
 
 __all__ = ["record_video"]
 

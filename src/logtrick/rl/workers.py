@@ -63,7 +63,7 @@ class RolloutWorker:
     """
 
     def __init__(self, config: dict[str, Any], index: int, seeds: list[int]) -> None:
-        from logtrick.rl.train import build_policy
+        from logtrick.rl.loop import build_policy
 
         cfg = Config.from_dict(config)
         torch.set_num_threads(cfg.torch_threads)

@@ -10,9 +10,9 @@ Nothing is lost and nothing fails silently:
 
 * a config is checked when it is made, and the envs, policy and collector are built before the
   run directory is created, so bad input leaves nothing behind;
-* one process writes a run directory at a time (:func:`~logtrick.runs.lock_run_dir`);
+* one process writes a run directory at a time (:func:`~logtrick.rl.runs.lock_run_dir`);
 * an update that produces NaN or inf stops the run with a
-  :class:`~logtrick.errors.DivergenceError` before anything of it is logged or saved: the last
+  :class:`~logtrick.rl.errors.DivergenceError` before anything of it is logged or saved: the last
   checkpoint stays the last good one;
 * a resumed run continues its learner exactly (weights, optimizer, random generators,
   observation and reward statistics, learning-rate schedule) and refuses settings that
@@ -37,10 +37,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick import runs
 from logtrick.collective import world_size
-from logtrick.errors import DivergenceError
-from logtrick.rl import distributed
+from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it here)
     Counters,
     checkpoint_state,
@@ -48,6 +46,7 @@ from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it
     restore,
 )
 from logtrick.rl.config import Config
+from logtrick.rl.errors import DivergenceError
 from logtrick.rl.learner import Learner, RewardScale
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
@@ -375,8 +374,3 @@ def train(config: Config | None = None, resume: str | Path | None = None) -> Tra
         return agent.learn().result
     finally:
         agent.close()
-
-
-from logtrick.callable_module import make_callable  # noqa: E402
-
-make_callable(__name__)  # rl.train(...) calls train(); logtrick.rl.train stays this module

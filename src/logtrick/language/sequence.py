@@ -8,8 +8,8 @@ sequence reward is
 .. math::  \nabla_\theta J \approx \frac{1}{B} \sum_b A_b \sum_t m_{b,t}\,
            \nabla_\theta \log \pi(y_{b,t} \mid x_b, y_{b,<t}),
 
-with :math:`A_b` a per-sequence advantage (see :mod:`logtrick.advantages`) and :math:`m` the mask
-of valid (non-padding) tokens. :func:`sequence_surrogate` builds the loss whose gradient is the
+with :math:`A_b` a per-sequence advantage (see :mod:`logtrick.language.advantages`) and
+:math:`m` the mask of valid (non-padding) tokens. :func:`sequence_surrogate` builds the loss whose gradient is the
 negative of this estimate, with the reductions, the clipped importance ratio (PPO/GRPO) and the KL
 penalty used in RL fine-tuning of language models.
 """
@@ -32,7 +32,7 @@ from logtrick.checks import (
     check_same_shape,
     check_shape_in,
 )
-from logtrick.surrogate import approx_kl, clipped_surrogate
+from logtrick.surrogates import approx_kl, clipped_surrogate
 
 __all__ = ["sequence_surrogate", "token_kl"]
 

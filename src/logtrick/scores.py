@@ -10,9 +10,6 @@ with ``torch.func`` (``vmap`` over ``grad``): no Python loop over samples. A ``l
 ``vmap`` cannot run (``Geometric`` and ``Multinomial`` index with a boolean mask in place) gets
 the same result from one backward pass through a copy of the parameters per sample, or, where
 ``dist_fn`` cannot take such copies, from a loop of ``torch.autograd.grad`` over the samples.
-
-The module is callable: ``logtrick.score(dist_fn, params, x)`` calls :func:`score`
-(:mod:`logtrick.callable_module`).
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from logtrick.callable_module import make_callable
 from logtrick.checks import (
     check_distribution,
     check_finite,
@@ -52,7 +48,7 @@ def call_dist_fn(dist_fn: DistFn, params: list[Tensor]) -> Distribution:
     return check_distribution("dist_fn(params)", dist_fn(params))
 
 
-# rl/natural_gradient.py imports this name; it is checks.check_param_list for "params"
+# rl/npg.py imports this name; it is checks.check_param_list for "params"
 _check_params = functools.partial(check_param_list, "params")
 
 
@@ -228,5 +224,4 @@ def fisher(
     return s.T @ s / samples
 
 
-# ``lt.score(...)`` calls score() while ``logtrick.score`` stays this module
-make_callable(__name__)
+# ``lt.score(...)`` calls score() while ``logtrick.scores`` stays this module

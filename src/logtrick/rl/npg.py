@@ -240,8 +240,3 @@ def natural_gradient(
         "cg_residual": residual,
     }
     return frac * full_step, info
-
-
-from logtrick.callable_module import make_callable  # noqa: E402
-
-make_callable(__name__)  # rl.natural_gradient(...) calls the function; the module stays a module

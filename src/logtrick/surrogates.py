@@ -13,9 +13,6 @@ estimates of higher derivatives of :math:`\mathbb{E}[c]` (``b`` enters as a cons
 changes no expectation). The construction is one fused autograd node
 (:class:`logtrick.dice.ScoreTerm`); the baseline is applied by
 :func:`logtrick.baselines.score_terms`, the one path every estimator shares.
-
-The module is callable: ``logtrick.surrogate(cost, log_prob, ...)`` calls :func:`surrogate`
-(:mod:`logtrick.callable_module`).
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import torch
 from torch import Tensor
 
 from logtrick.baselines import resolve_baseline, score_terms
-from logtrick.callable_module import make_callable
 from logtrick.checks import check_finite
 from logtrick.dice import magic_box
 
@@ -130,10 +126,6 @@ def clipped_surrogate(
     if clip_eps is not None:
         surr = torch.minimum(surr, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
     return -surr, ratio, log_ratio
-
-
-# ``lt.surrogate(...)`` calls surrogate() while ``logtrick.surrogate`` stays this module
-make_callable(__name__)
 
 
 def approx_kl(ratio: Tensor, log_ratio: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ and numbers, loadable with ``torch.load(weights_only=True)``: loading one runs n
 
 One process writes a run directory at a time: :func:`lock_run_dir` holds an exclusive
 ``flock`` on its ``.lock`` file while training (the kernel releases it when the process exits,
-crash or not); a second writer gets :class:`~logtrick.errors.RunLockedError`.
+crash or not); a second writer gets :class:`~logtrick.rl.errors.RunLockedError`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from logtrick.errors import CheckpointError, RunLockedError
+from logtrick.rl.errors import CheckpointError, RunLockedError
 
 try:
     import fcntl

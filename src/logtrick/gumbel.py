@@ -9,7 +9,7 @@ A Bernoulli or categorical sample is a hard threshold / argmax of perturbed logi
 
 and replacing the hard threshold by a tempered sigmoid / softmax :math:`\sigma_\lambda(z)` gives
 a *relaxed* sample that is differentiable in :math:`\theta`. The estimators here differentiate
-through a relaxation and are **biased**; :mod:`logtrick.relax` (REBAR, RELAX) uses the same
+through a relaxation and are **biased**; :mod:`logtrick.rebar` (REBAR, RELAX) uses the same
 relaxation only as a control variate and is unbiased.
 
 Conventions: for ``Bernoulli`` f receives ``(K,) + batch_shape`` tensors of 0/1 (or relaxed values

@@ -3,7 +3,7 @@ control variate.
 
 With :math:`z \sim p(z;\theta)` the perturbed logits, :math:`b = H(z)` the discrete sample and
 :math:`\tilde z \sim p(z \mid b)` a second draw of the logits *given* b (see
-:mod:`logtrick.relaxations`), any differentiable :math:`c(z)` gives the unbiased estimator
+:mod:`logtrick.gumbel`), any differentiable :math:`c(z)` gives the unbiased estimator
 
 .. math::  \hat g = \big[f(b) - c(\tilde z)\big]\nabla_\theta \log p(b)
            + \nabla_\theta c(z) - \nabla_\theta c(\tilde z),
@@ -12,7 +12,7 @@ because :math:`\mathbb{E}[c(\tilde z)\nabla\log p(b)] + \mathbb{E}[\nabla c(\til
 = \nabla\mathbb{E}[c(z)]`. REBAR takes :math:`c = \eta f(\sigma_\lambda(z))`, RELAX a learned
 network; both tune :math:`c` to minimise the variance (:func:`variance_backward`).
 
-Conventions as in :mod:`logtrick.relaxations`: ``Bernoulli`` f takes 0/1 tensors, categorical f
+Conventions as in :mod:`logtrick.gumbel`: ``Bernoulli`` f takes 0/1 tensors, categorical f
 takes one-hot vectors ``(K,) + batch_shape + (n,)``, also for ``Categorical``.
 """
 
@@ -31,7 +31,7 @@ from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_finite, check_in_range, check_positive, check_positive_int
 from logtrick.dice import magic_box
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
-from logtrick.relaxations import (
+from logtrick.gumbel import (
     discrete_base,
     hard_sample,
     open_uniform,
@@ -59,7 +59,7 @@ def conditional_logits(dist: Distribution, hard: Tensor) -> Tensor:
                \log(-\log v_b)\big),\ i\neq b
 
     A masked category (:math:`\theta_i = -\infty`) gets :math:`\tilde z_i = -\infty` with zero
-    gradient, as in :func:`~logtrick.relaxations.perturbed_logits`: it is never sampled.
+    gradient, as in :func:`~logtrick.gumbel.perturbed_logits`: it is never sampled.
 
     Args:
         dist: the Bernoulli or categorical distribution (optionally inside ``Independent``).
