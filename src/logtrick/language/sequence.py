@@ -9,9 +9,9 @@ sequence reward is
            \nabla_\theta \log \pi(y_{b,t} \mid x_b, y_{b,<t}),
 
 with :math:`A_b` a per-sequence advantage (see :mod:`logtrick.language.advantages`) and
-:math:`m` the mask of valid (non-padding) tokens. :func:`sequence_surrogate` builds the loss whose gradient is the
-negative of this estimate, with the reductions, the clipped importance ratio (PPO/GRPO) and the KL
-penalty used in RL fine-tuning of language models.
+:math:`m` the mask of valid (non-padding) tokens. :func:`sequence_surrogate` builds the loss whose
+gradient is the negative of this estimate, with the reductions, the clipped importance ratio
+(PPO/GRPO) and the KL penalty used in RL fine-tuning of language models.
 """
 
 from __future__ import annotations
