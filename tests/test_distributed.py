@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import distributed_ranks as ranks
-from logtrick.rl.loop import make_learner
+from logtrick.rl.build import make_learner
 from logtrick.rl.update import actor_critic_loss, clipped_term, flatten, gae, prepare
 
 HERE = Path(__file__).parent

@@ -252,7 +252,7 @@ register(
 
 
 def _presets_table() -> str:
-    from logtrick.rl.config import PRESETS
+    from logtrick.rl.presets import PRESETS
 
     lines = []
     for env, rows in PRESETS.items():
@@ -264,8 +264,8 @@ def _presets_table() -> str:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from logtrick.rl.config import ALGOS, RESUME_FIELDS, fields_help
-    from logtrick.rl.presets import BASE
+    from logtrick.rl.config import RESUME_FIELDS, fields_help
+    from logtrick.rl.presets import ALGOS, BASE
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = (
@@ -344,7 +344,7 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from logtrick import rl
-    from logtrick.rl.loop import train
+    from logtrick.rl.agent import train
 
     overrides = train_overrides(args)
     if args.resume:

@@ -12,7 +12,7 @@ import torch
 
 from logtrick import rl
 from logtrick.rl import update as update_module
-from logtrick.rl.loop import make_learner
+from logtrick.rl.build import make_learner
 from logtrick.rl.rollout import Collector, Rollout, make_env
 from logtrick.rl.update import update
 

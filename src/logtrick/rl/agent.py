@@ -1,8 +1,8 @@
 """The Python API: an :class:`Agent` learns, predicts, evaluates, saves and loads.
 
 ``rl.Agent`` is the one path to training: :func:`train` (``rl.train(config, resume=...)``),
-:func:`load` and the ``logtrick train`` / ``evaluate`` commands are thin layers over it, and it
-runs the one loop of :mod:`logtrick.rl.loop`.
+:func:`load` and the ``logtrick train`` / ``evaluate`` commands are thin layers over it. It
+assembles a run with :mod:`logtrick.rl.build` and runs the one loop of :mod:`logtrick.rl.loop`.
 
 ```python
 from logtrick import rl
@@ -25,6 +25,7 @@ import dataclasses
 import io
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 
 from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
 from logtrick.rl import distributed, runs
+from logtrick.rl.build import make_learner, new_collector, target_return
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
@@ -43,26 +45,33 @@ from logtrick.rl.checkpoint import (
     merge_config,
     restore,
 )
-from logtrick.rl.config import Config, is_custom_env, preset
+from logtrick.rl.config import Config, preset
+from logtrick.rl.envs import make_env
 from logtrick.rl.errors import CheckpointError
-from logtrick.rl.loop import (
-    Callback,
-    Session,
-    TrainResult,
-    evaluate,
-    floats,
-    make_learner,
-    new_collector,
-    run_loop,
-    target_return,
-)
-from logtrick.rl.rollout import make_env
+from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
+from logtrick.rl.policies import ActorCritic
+from logtrick.rl.presets import is_custom_env
 
-__all__ = ["Agent", "load", "resume_agent"]
+__all__ = ["Agent", "TrainResult", "load", "resume_agent", "train"]
 
 EnvLike = str | gym.Env | Callable[[], gym.Env]
 FORMAT = "logtrick-agent-1"
 """The ``format`` entry of a file written by :meth:`Agent.save`."""
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns."""
+
+    policy: ActorCritic
+    history: list[dict[str, float]]
+    run_dir: Path
+    solved_at_step: int | None = None
+    """First env step at which an evaluation reached the target return (``None``: never)."""
+    solved_at_time: float | None = None
+    """Training wall-clock (s, evaluation excluded) at that evaluation."""
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
@@ -334,3 +343,30 @@ def load(run_dir: str | Path, env: EnvLike | None = None,
     load_policy_state(agent.learner.policy, state, agent.config)
     agent.learner.policy.eval()
     return agent.learner.policy
+
+
+def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
+    """Train a policy as ``config`` says (``Agent.from_config(config).learn()``).
+
+    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
+    be omitted (the saved config is used) or differ from the saved one only in
+    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
+    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
+    writes a checkpoint.
+
+    Raises:
+        ValueError: bad or conflicting settings, unknown env id (before anything is written).
+        UnsupportedSpaceError: an observation or action space the policy cannot handle.
+        RunLockedError: another process is writing to the run directory.
+        CheckpointError: ``resume`` has no usable checkpoint.
+        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
+    """
+    agent = (
+        resume_agent(Path(resume), config)
+        if resume is not None
+        else Agent.from_config(config or Config())
+    )
+    try:
+        return agent.learn().result
+    finally:
+        agent.close()

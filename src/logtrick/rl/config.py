@@ -20,35 +20,24 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logtrick import checks
 from logtrick.rl.policies import ACTIVATIONS
-from logtrick.rl.presets import (
-    BASE,
-    DEFAULT_ALGOS,
-    PRESETS,
-    default_algo,
-    is_custom_env,
-    preset,
-    resolve,
-)
+from logtrick.rl.presets import ALGOS, BASE, is_custom_env, resolve
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 __all__ = [
-    "ALGOS",
-    "DEFAULT_ALGOS",
     "FIELD_CHECKS",
     "FIELD_DOCS",
     "PRESET",
-    "PRESETS",
     "RESUME_FIELDS",
     "Config",
-    "default_algo",
     "parse_field",
     "preset",
 ]
-
-ALGOS = ("reinforce", "a2c", "ppo", "npg")
 
 
 class _Preset:
@@ -256,6 +245,20 @@ class Config:
         if unknown:
             raise ValueError(f"config: unknown fields {sorted(unknown)}")
         return cls(**d)
+
+
+def preset(
+    env: str | gym.Env | Callable[[], gym.Env] = "CartPole-v1",
+    algo: str | None = None,
+    **overrides: Any,
+) -> Config:
+    """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
+    defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
+    with ``overrides`` applied last; :func:`~logtrick.rl.presets.resolve` says how. ``algo=None``
+    is :func:`~logtrick.rl.presets.default_algo` of ``env``. ``preset(env, algo, **f) ==
+    Config(env=env, algo=algo, **f)`` for an env id; an instance or factory is described by
+    :func:`~logtrick.rl.presets.describe_env`."""
+    return Config(**resolve(env, algo, overrides))
 
 
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:

@@ -23,12 +23,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from logtrick.rl.config import Config
-
 __all__ = [
-    "BASE", "CUSTOM_PREFIX", "DEFAULT_ALGOS", "PRESETS", "default_algo", "describe_env",
-    "is_custom_env", "keep_minibatch_size", "preset", "resolve",
-]  # fmt: skip
+    "ALGOS",
+    "BASE",
+    "CUSTOM_PREFIX",
+    "DEFAULT_ALGOS",
+    "PRESETS",
+    "default_algo",
+    "describe_env",
+    "is_custom_env",
+    "keep_minibatch_size",
+    "resolve",
+]
+
+ALGOS = ("reinforce", "a2c", "ppo", "npg")
+"""The algorithms, by name: ``Config.algo`` is one of them (their updates:
+:data:`logtrick.rl.update.UPDATES`)."""
 
 BASE: dict[str, Any] = {
     "total_steps": 200_000, "seed": 0, "num_envs": 8, "num_steps": 128,
@@ -160,26 +170,9 @@ def resolve(
     else:
         if isinstance(env, str):
             check_env_id("env", env)
-        base = default_overrides(env, algo) if algo in ALGO_NAMES else {}
+        base = default_overrides(env, algo) if algo in ALGOS else {}
     merged = keep_minibatch_size({**BASE, **base}, fields)
     return {**merged, "env": name, "algo": algo}
-
-
-ALGO_NAMES = ("reinforce", "a2c", "ppo", "npg")
-
-
-def preset(
-    env: str | gym.Env | Callable[[], gym.Env] = "CartPole-v1", algo: str | None = None,
-    **overrides: Any,
-) -> Config:  # fmt: skip
-    """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
-    defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
-    with ``overrides`` applied last; :func:`resolve` says how. ``algo=None`` is
-    :func:`default_algo` of ``env``. ``preset(env, algo, **f) == Config(env=env, algo=algo, **f)``
-    for an env id; an instance or factory is described by :func:`describe_env`."""
-    from logtrick.rl.config import Config
-
-    return Config(**resolve(env, algo, overrides))
 
 
 def keep_minibatch_size(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -43,8 +43,9 @@ from ray.exceptions import RayActorError
 
 from logtrick.rl.config import Config
 from logtrick.rl.distributed import check_data_parallel, shard
-from logtrick.rl.policies import ActorCritic
-from logtrick.rl.rollout import Collector, Rollout, make_env
+from logtrick.rl.envs import make_env
+from logtrick.rl.policies import ActorCritic, build_policy
+from logtrick.rl.rollout import Collector, Rollout
 
 __all__ = ["RayCollector", "RolloutWorker", "merge_rollouts"]
 
@@ -63,8 +64,6 @@ class RolloutWorker:
     """
 
     def __init__(self, config: dict[str, Any], index: int, seeds: list[int]) -> None:
-        from logtrick.rl.loop import build_policy
-
         cfg = Config.from_dict(config)
         torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed + 1_000_003 * (index + 1))
