@@ -12,15 +12,8 @@ from logtrick.rl.errors import (
     UnsupportedSpaceError,
 )
 from logtrick.rl.loop import evaluate
-from logtrick.rl.losses import (
-    conjugate_gradient,
-    entropy_bonus,
-    fisher_vector_product,
-    ppo_clip_loss,
-    reinforce_loss,
-    value_loss,
-)
-from logtrick.rl.npg import natural_gradient
+from logtrick.rl.losses import entropy_bonus, ppo_clip_loss, reinforce_loss, value_loss
+from logtrick.rl.npg import conjugate_gradient, fisher_vector_product, natural_gradient
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.presets import ALGOS, PRESETS
 from logtrick.rl.returns import compute_gae, discounted_returns
