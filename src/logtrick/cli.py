@@ -360,8 +360,12 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="reset seed of the first episode")
     p.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
-    p.add_argument("--video", metavar="DIR", help="also record the episodes as .mp4 files in "
-                   "DIR (needs rgb_array rendering and `pip install logtrick[video]`)")  # fmt: skip
+    p.add_argument(
+        "--video",
+        metavar="DIR",
+        help="also record the episodes as .mp4 files in "
+        "DIR (needs rgb_array rendering and `pip install logtrick[video]`)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

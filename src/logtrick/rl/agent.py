@@ -83,13 +83,17 @@ def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
         try:
             copy.deepcopy(env)
         except Exception as err:
-            raise TypeError(f"env: the instance {env} cannot be copied ({err}); pass a "
-                            "zero-argument factory instead") from err  # fmt: skip
+            raise TypeError(
+                f"env: the instance {env} cannot be copied ({err}); pass a "
+                "zero-argument factory instead"
+            ) from err
         return partial(copy.deepcopy, env)
     if callable(env):
         return env
-    raise TypeError(f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
-                    f"got {type(env).__name__}")  # fmt: skip
+    raise TypeError(
+        f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
+        f"got {type(env).__name__}"
+    )
 
 
 class Agent:
@@ -111,8 +115,14 @@ class Agent:
         ValueError: a bad field value or an unknown env id.
     """
 
-    def __init__(self, env: EnvLike = "CartPole-v1", algo: str | None = None, *,
-                 policy: torch.nn.Module | None = None, **fields: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: EnvLike = "CartPole-v1",
+        algo: str | None = None,
+        *,
+        policy: torch.nn.Module | None = None,
+        **fields: Any,
+    ) -> None:
         known = [f.name for f in dataclasses.fields(Config) if f.name not in ("env", "algo")]
         for name in fields:  # TypeError, as for any unexpected keyword
             check_known_name(name, known, "keyword of Agent: not a Config field", TypeError)
@@ -122,8 +132,9 @@ class Agent:
         self._setup(preset(env, algo, **fields), source, policy)
 
     @classmethod
-    def from_config(cls, config: Config, env: EnvLike | None = None,
-                    policy: torch.nn.Module | None = None) -> Agent:  # fmt: skip
+    def from_config(
+        cls, config: Config, env: EnvLike | None = None, policy: torch.nn.Module | None = None
+    ) -> Agent:
         """An agent for ``config`` exactly (no presets applied). ``env`` is needed when
         ``config.env`` describes an instance or factory (``ValueError`` otherwise)."""
         if env is None:
@@ -183,8 +194,9 @@ class Agent:
         first = self.run_dir is None
         if self._envs is None:
             local = distributed.local_envs(self.config, self.ranks)
-            self._envs = make_env(self.env, num_envs=local,
-                                  vectorization_mode=self.config.vectorization_mode)  # fmt: skip
+            self._envs = make_env(
+                self.env, num_envs=local, vectorization_mode=self.config.vectorization_mode
+            )
             self._collector = new_collector(self.learner, self._envs, self.counters)
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
             with tempfile.TemporaryDirectory() as scratch:
@@ -201,8 +213,9 @@ class Agent:
     def _run(self, run_dir: Path, first: bool, callback: Callback | None) -> None:
         """The loop of :func:`~logtrick.rl.loop.run_loop`, writing into ``run_dir``."""
         target = target_return(self.config, self.env)
-        session = Session(self.learner, self._collector, self.counters, self.env, run_dir,
-                          self.history, target)  # fmt: skip
+        session = Session(
+            self.learner, self._collector, self.counters, self.env, run_dir, self.history, target
+        )
         self.interrupted = run_loop(session, first, callback)
 
     def _set_budget(self, steps: int | None) -> None:
@@ -233,29 +246,39 @@ class Agent:
             obs = np.asarray(obs)
         return self.learner.policy.act(obs, deterministic, action_mask)
 
-    def evaluate(self, episodes: int = 20, seed: int | None = None,
-                 deterministic: bool = True) -> tuple[float, float]:  # fmt: skip
+    def evaluate(
+        self, episodes: int = 20, seed: int | None = None, deterministic: bool = True
+    ) -> tuple[float, float]:
         """Mean and std of the returns of ``episodes`` episodes (reset seeds ``seed + i``;
         ``None``: ``config.seed + 10_000``, the seeds of the evaluations during training)."""
         seed = self.config.seed + 10_000 if seed is None else seed
-        return evaluate(self.learner.policy, self.env, episodes, seed=seed,
-                        deterministic=deterministic)  # fmt: skip
+        return evaluate(
+            self.learner.policy, self.env, episodes, seed=seed, deterministic=deterministic
+        )
 
     @property
     def result(self) -> TrainResult:
         """What the training so far gives (:class:`~logtrick.rl.TrainResult`)."""
         c, solved = self.counters, self.counters.solved_at_step >= 0
-        return TrainResult(self.learner.policy, self.history, self.run_dir or Path(),
-                           c.solved_at_step if solved else None,
-                           c.solved_at_time if solved else None, self.interrupted)  # fmt: skip
+        return TrainResult(
+            self.learner.policy,
+            self.history,
+            self.run_dir or Path(),
+            c.solved_at_step if solved else None,
+            c.solved_at_time if solved else None,
+            self.interrupted,
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the agent (config, weights, optimizer, counters) to ``path``, atomically; a
         dict of tensors and numbers, loadable with ``torch.load(weights_only=True)``. Missing
         parent directories are created; a directory as ``path`` is an error."""
-        state = {"format": FORMAT, "config": self.config.to_dict(),
-                 "custom_policy": self.custom_policy,
-                 "checkpoint": checkpoint_state(self.learner, self.counters)}  # fmt: skip
+        state = {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "custom_policy": self.custom_policy,
+            "checkpoint": checkpoint_state(self.learner, self.counters),
+        }
         path = Path(check_not_a_directory("path", path))
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -263,8 +286,9 @@ class Agent:
         runs.atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path, env: EnvLike | None = None,
-             policy: torch.nn.Module | None = None) -> Agent:  # fmt: skip
+    def load(
+        cls, path: str | Path, env: EnvLike | None = None, policy: torch.nn.Module | None = None
+    ) -> Agent:
         """The agent saved at ``path``, ready to predict, evaluate or learn on.
 
         Args:
@@ -281,8 +305,10 @@ class Agent:
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not an agent file written by Agent.save")
         if state["custom_policy"] and policy is None:
-            raise ValueError(f"policy: {path} was trained with your own network; pass one of "
-                             "the same architecture: Agent.load(path, policy=net)")  # fmt: skip
+            raise ValueError(
+                f"policy: {path} was trained with your own network; pass one of "
+                "the same architecture: Agent.load(path, policy=net)"
+            )
         agent = cls.from_config(Config.from_dict(state["config"]), env, policy)
         agent.counters = restore(agent.learner, state["checkpoint"])
         return agent
@@ -314,8 +340,10 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
         torch.manual_seed(config.seed + 1_000_003 * agent.ranks.rank + agent.counters.update)
     c = agent.counters
     if config.total_steps < c.global_step:
-        raise ValueError(f"total_steps: {config.total_steps:,} is below the "
-                         f"{c.global_step:,} steps the run has taken")  # fmt: skip
+        raise ValueError(
+            f"total_steps: {config.total_steps:,} is below the "
+            f"{c.global_step:,} steps the run has taken"
+        )
     c.extend(saved, config)
     if agent.learner.reward_scale is not None:  # the envs are reset: new episodes
         agent.learner.reward_scale.new_episodes()
@@ -325,8 +353,9 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
     return agent
 
 
-def load(run_dir: str | Path, env: EnvLike | None = None,
-         policy: torch.nn.Module | None = None) -> torch.nn.Module:  # fmt: skip
+def load(
+    run_dir: str | Path, env: EnvLike | None = None, policy: torch.nn.Module | None = None
+) -> torch.nn.Module:
     """The policy saved in ``run_dir`` (built from its ``config.json``, weights loaded safely).
 
     ``env`` is needed only for a run on an env given as an instance or factory, ``policy`` only

@@ -162,8 +162,9 @@ def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
     finally:
         logger.close()
     if config.plot:
-        runs.plot_learning_curve(s.history, s.run_dir / runs.CURVE, title=config.name,
-                                 threshold=s.target)  # fmt: skip
+        runs.plot_learning_curve(
+            s.history, s.run_dir / runs.CURVE, title=config.name, threshold=s.target
+        )
     return interrupted
 
 
@@ -185,14 +186,19 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
     target, saved_at = s.target, c.update
     recent = deque(c.recent, maxlen=20)
     with _StopFlag() as stop, _progress(config) as bar:
-        task = bar.add_task("train", total=config.total_steps, completed=c.global_step,
-                            sps="-", ret="-")  # fmt: skip
+        task = bar.add_task(
+            "train", total=config.total_steps, completed=c.global_step, sps="-", ret="-"
+        )
         while c.global_step < config.total_steps:
             row = _one_update(s, recent, target, saved_at)
             logger.log(row)
             s.history.append(row)
-            bar.update(task, completed=c.global_step, sps=f"{row['sps']:.0f}",
-                       ret=f"{row['episode_return']:.1f}")  # fmt: skip
+            bar.update(
+                task,
+                completed=c.global_step,
+                sps=f"{row['sps']:.0f}",
+                ret=f"{row['episode_return']:.1f}",
+            )
             solved = config.stop_at_threshold and row["eval_return"] >= (target or math.inf)
             asked = callback is not None and bool(callback(dict(row)))
             done = stop.requested or asked or solved or c.global_step >= config.total_steps
@@ -223,11 +229,17 @@ def _one_update(
     recent.extend(zip(ro.episode_returns, ro.episode_lengths))
     c.recent = list(recent)
     returns, lengths = [r for r, _ in recent], [n for _, n in recent]
-    return {"update": c.update, "global_step": c.global_step, "time": c.train_time,
-            "sps": steps / dt, "lr": lr,
-            "episode_return": float(np.mean(returns)) if recent else math.nan,
-            "episode_length": float(np.mean(lengths)) if recent else math.nan,
-            "eval_return": _maybe_evaluate(s, target, steps), **info}  # fmt: skip
+    return {
+        "update": c.update,
+        "global_step": c.global_step,
+        "time": c.train_time,
+        "sps": steps / dt,
+        "lr": lr,
+        "episode_return": float(np.mean(returns)) if recent else math.nan,
+        "episode_length": float(np.mean(lengths)) if recent else math.nan,
+        "eval_return": _maybe_evaluate(s, target, steps),
+        **info,
+    }
 
 
 def _diverged(

@@ -443,8 +443,9 @@ class ActorCritic(nn.Module):
             check_action_mask(action_mask, sections(self.action_space), "passed to act")
             action_mask = torch.as_tensor(action_mask, device=device)
         with torch.inference_mode():
-            obs = check_finite("obs", torch.as_tensor(obs, dtype=self._obs_shift.dtype,
-                                                       device=device))  # fmt: skip
+            obs = check_finite(
+                "obs", torch.as_tensor(obs, dtype=self._obs_shift.dtype, device=device)
+            )
             dist = self.distribution(obs, action_mask)
             return self.to_env(self._mode(dist) if deterministic else dist.sample())
 
