@@ -346,19 +346,32 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if result.interrupted:
         print(f"interrupted; checkpoint saved. Continue: logtrick train --resume {result.run_dir}")
+    from logtrick.rl.report import run_summary
+
+    print(run_summary(result.run_dir))
     return 0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by logtrick train")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=10_000, help="reset seed of the first episode")
-    p.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
+    p.add_argument(
+        "--episodes", type=int, default=20, metavar="N", help="episodes to run (default: 20)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="reset seed of the first episode; episode i uses N + i (default: 10000)",
+    )
+    p.add_argument(
+        "--stochastic", action="store_true", help="sample actions, not the mode (default: off)"
+    )
     p.add_argument(
         "--video",
         metavar="DIR",
-        help="also record the episodes as .mp4 files in "
-        "DIR (needs rgb_array rendering and `pip install logtrick[video]`)",
+        help="also record the episodes as .mp4 files in DIR; needs rgb_array rendering and "
+        "pip install logtrick[video] (default: no video)",
     )
 
 

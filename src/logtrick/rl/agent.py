@@ -320,6 +320,18 @@ class Agent:
             self._envs.close()
         self._envs = self._collector = None
 
+    def __repr__(self) -> str:
+        """``Agent(env=..., algo=..., steps=trained/budget, run_dir=...)``: what it learns on and
+        how far it got (``run_dir=None``: no ``learn`` yet)."""
+        c, config = self.counters, self.config
+        net = getattr(self.policy, "module", self.policy)  # a ModulePolicy wraps your network
+        policy = f", policy={type(net).__name__}" if self.custom_policy else ""
+        run_dir = None if self.run_dir is None else str(self.run_dir)
+        return (
+            f"Agent(env={config.env!r}, algo={config.algo!r}{policy}, "
+            f"steps={c.global_step:,}/{config.total_steps:,}, run_dir={run_dir!r})"
+        )
+
     def __enter__(self) -> Agent:
         return self
 

@@ -83,25 +83,9 @@ def evaluate(
 
 
 def _progress(config: Config) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from logtrick.rl.progress import progress_bar
 
-    return Progress(
-        TextColumn(f"[bold]{config.env} {config.algo}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[sps]:>6} steps/s"),
-        TextColumn("return {task.fields[ret]:>8}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not config.progress,
-    )
+    return progress_bar(config)
 
 
 class _StopFlag:
