@@ -51,6 +51,7 @@ from logtrick.rl.errors import CheckpointError
 from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.presets import is_custom_env
+from logtrick.rl.tracking import require_wandb
 
 __all__ = ["Agent", "TrainResult", "load", "resume_agent", "train"]
 
@@ -190,6 +191,8 @@ class Agent:
         """
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+        if self.config.wandb:  # before anything is written
+            require_wandb()
         self._set_budget(None if steps is None else check_positive_int("steps", steps))
         first = self.run_dir is None
         if self._envs is None:

@@ -290,14 +290,19 @@ class Config:
     )
     """Show a rich progress bar."""
     plot: bool = option(checks.check_bool, True, resume=True)
-    """Draw the learning curve (``learning_curve.png`` in the run directory) at the end of the run."""
+    """Draw the learning curve (``learning_curve.png`` in the run directory) at the end."""
     extra: dict[str, Any] = option(_json_dict, factory=dict)  # noqa: RUF009  (a field())
     """Free-form notes stored with the config (not used by training)."""
     workers: int = option(
         checks.check_nonnegative_int,
         default=0,
         resume=True,
-        flag=Flag("--workers", "Ray rollout workers sharing --envs; 0: collect in this process", _SCALE, metavar="N"),
+        flag=Flag(
+            "--workers",
+            "Ray rollout workers sharing --envs; 0: collect in this process",
+            _SCALE,
+            metavar="N",
+        ),
     )
     """Ray rollout workers (0: collect in this process). ``num_envs`` is the total: each worker
     steps ``num_envs / workers`` of them (must divide), so the update is the one of the

@@ -114,7 +114,9 @@ class ParagraphFormatter(argparse.HelpFormatter):
                 out.append(para)
             else:
                 words = " ".join(para.split())
-                out.append(textwrap.fill(words, width, initial_indent=indent, subsequent_indent=indent))
+                out.append(
+                    textwrap.fill(words, width, initial_indent=indent, subsequent_indent=indent)
+                )
         return "\n\n".join(out)
 
 
@@ -140,7 +142,11 @@ def fields_markdown() -> str:
         flag = FLAGS.get(name)
         option = f"`--set {name}=...`"
         if flag is not None:
-            option = f"`{flag.name}`, `--no-{flag.name[2:]}`" if _is_switch(name, flag) else f"`{flag.name}`"
+            option = (
+                f"`{flag.name}`, `--no-{flag.name[2:]}`"
+                if _is_switch(name, flag)
+                else f"`{flag.name}`"
+            )
         doc = re.sub(r":([\w:]+):`([^`]+)`", r"{\1}`\2`", FIELD_DOCS.get(name, ""))
         doc = doc.replace("``", "`").replace("|", "\\|")
         kind = str(f.type).replace("|", "\\|")

@@ -27,8 +27,7 @@ def run_dir_listing(run_dir: str | Path) -> list[str]:
     names = [p.name + ("/" if p.is_dir() else "") for p in entries]
     width = max(map(len, names), default=0)
     return [
-        f"{name:<{width}}  {RUN_FILES.get(p.name, '')}".rstrip()
-        for name, p in zip(names, entries)
+        f"{name:<{width}}  {RUN_FILES.get(p.name, '')}".rstrip() for name, p in zip(names, entries)
     ]
 
 
