@@ -180,7 +180,7 @@ class MetricsLogger:
         if wandb_config is not None:
             from logtrick.rl.tracking import WandbRun
 
-            self.wandb = WandbRun(run_dir, wandb_config)
+            self.wandb = WandbRun(run_dir, wandb_config, atomic_write_text)
 
     def log(self, row: Mapping[str, float]) -> None:
         if self.writer is None:

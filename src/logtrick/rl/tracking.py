@@ -10,7 +10,7 @@ A resumed run continues the same W&B run: its id is kept in the run directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,11 @@ def require_wandb() -> Any:
 class WandbRun:
     """A W&B run mirroring a run directory's metrics and config."""
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any]) -> None:
-        from logtrick.rl.runs import atomic_write_text
-
+    def __init__(
+        self, run_dir: Path, config: Mapping[str, Any], write: Callable[[Path, str], None]
+    ) -> None:
+        """``write(path, text)`` saves the run id (atomically: :func:`~logtrick.rl.runs.
+        atomic_write_text`)."""
         wandb = require_wandb()
         id_file = Path(run_dir) / ID_FILE
         resume = id_file.is_file()
@@ -56,7 +58,7 @@ class WandbRun:
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
         if not resume:
-            atomic_write_text(id_file, self.run.id + "\n")
+            write(id_file, self.run.id + "\n")
 
     def log(self, row: Mapping[str, float]) -> None:
         """The row's metrics, as TensorBoard gets them (NaN left out), with ``global_step``."""
