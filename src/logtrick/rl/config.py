@@ -76,7 +76,7 @@ class Flag:
     name: str
     help: str
     """Its ``--help`` text, plain (no reST); the default is appended by
-    :func:`logtrick.rl.flags.flag_default`, so the text never states one."""
+    :func:`logtrick.rl.flags.field_default`, so the text never states one."""
     group: str
     """The section of ``--help`` it is listed under: one of :data:`GROUPS`."""
     const: Any = None
