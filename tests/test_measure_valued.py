@@ -153,8 +153,9 @@ def test_taylor_blocks_match_full_hessian() -> None:
     f_mu, grad, hess = _taylor(joint_f, mu, dist)
     full = torch.autograd.functional.hessian(lambda m: joint_f(m).sum(), mu)  # (2, 3, 2, 3)
     torch.testing.assert_close(f_mu, joint_f(mu))
-    torch.testing.assert_close(grad, -K * torch.sin(K * mu) + torch.stack(
-        [mu[:, 1], mu[:, 0], 0 * mu[:, 0]], -1))  # fmt: skip
+    torch.testing.assert_close(
+        grad, -K * torch.sin(K * mu) + torch.stack([mu[:, 1], mu[:, 0], 0 * mu[:, 0]], -1)
+    )
     for b in range(2):
         torch.testing.assert_close(hess[b], full[b, :, b, :])
     assert full[0, :, 1, :].abs().max() == 0  # the blocks are independent
@@ -205,8 +206,11 @@ def test_through_expectation(name: str) -> None:
         torch.manual_seed(8)
         dist = Normal(m, s)
         est = THROUGH[name]()
-        value = expectation(joint_f, dist, 4, est) if through else est.terms(
-            joint_f, dist, 4, None, None).mean(0)  # fmt: skip
+        value = (
+            expectation(joint_f, dist, 4, est)
+            if through
+            else est.terms(joint_f, dist, 4, None, None).mean(0)
+        )
         results.append((value.detach(), torch.cat(torch.autograd.grad(value, [m, s]))))
     torch.manual_seed(8)
     torch.testing.assert_close(results[0][0], joint_f(Normal(MU, SIGMA).sample((4,))).mean())

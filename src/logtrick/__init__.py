@@ -57,10 +57,18 @@ from logtrick.vimco import vimco_signals, vimco_surrogate
 ESTIMATORS.update(
     {
         cls.name: cls
-        for cls in (GumbelSoftmax, StraightThrough, Rebar, Relax, ARM, DisARM, MeasureValued,
-                    DeltaMethod)
+        for cls in (
+            GumbelSoftmax,
+            StraightThrough,
+            Rebar,
+            Relax,
+            ARM,
+            DisARM,
+            MeasureValued,
+            DeltaMethod,
+        )
     }
-)  # fmt: skip
+)
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from torch.distributions import Distribution
 
 from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
-from logtrick.gumbel import discrete_base
+from logtrick.independent import discrete_base
 
 __all__ = ["ARM", "DisARM"]
 

@@ -245,8 +245,11 @@ class MovingAverage:
             self.average, self.steps = torch.zeros_like(mean), 0
         corrected = self.average / (1.0 - self.decay**self.steps) if self.steps else None
         if self.average.shape != mean.shape:  # another batch shape: the scalar mean, no update
-            return torch.zeros((), dtype=c.dtype, device=c.device) if corrected is None else (
-                corrected.mean().to(c.dtype))  # fmt: skip
+            return (
+                torch.zeros((), dtype=c.dtype, device=c.device)
+                if corrected is None
+                else (corrected.mean().to(c.dtype))
+            )
         self.average = self.decay * self.average + (1.0 - self.decay) * mean
         self.steps += 1
         return torch.zeros_like(mean) if corrected is None else corrected
@@ -327,8 +330,9 @@ class Learned(nn.Module):
         pred = self.module(context.detach())
         if pred.dim() > 1 and pred.shape[-1] == 1:
             pred = pred.squeeze(-1)  # (B, 1) -> (B,): one prediction per context
-        return check_broadcasts_to("baseline (Learned's module output)", pred, cost.shape,
-                                   "the cost's shape")  # fmt: skip
+        return check_broadcasts_to(
+            "baseline (Learned's module output)", pred, cost.shape, "the cost's shape"
+        )
 
     def loss(self, cost: Tensor, context: Tensor, sample_dim: int = 0) -> Tensor:
         """Mean squared error ``0.5 * (g(context) - cost)^2``; trains only the module."""

@@ -277,9 +277,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
     )
     p.epilog = (
-        "presets (env: common to every algo; then per algo):\n" + _presets_table()
-        + "\n\nConfig fields (--set FIELD=VALUE):\n" + fields_help(indent="    ")
-    )  # fmt: skip
+        "presets (env: common to every algo; then per algo):\n"
+        + _presets_table()
+        + "\n\nConfig fields (--set FIELD=VALUE):\n"
+        + fields_help(indent="    ")
+    )
     p.add_argument("env", nargs="?", help="Gymnasium env id (default: CartPole-v1)")
     p.add_argument(
         "--algo", choices=ALGOS, help="default: the env's (npg on CartPole-v1, else ppo)"
@@ -327,10 +329,13 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag, name in _FLAG_FIELDS.items():
         if getattr(args, flag) is not None:
             overrides[name] = parse_field(name, getattr(args, flag))
-    flags = {"env": args.env, "algo": args.algo,
-             "vectorization_mode": "async" if args.async_envs else None,
-             "stop_at_threshold": False if args.no_stop else None,
-             "progress": False if args.no_progress else None}  # fmt: skip
+    flags = {
+        "env": args.env,
+        "algo": args.algo,
+        "vectorization_mode": "async" if args.async_envs else None,
+        "stop_at_threshold": False if args.no_stop else None,
+        "progress": False if args.no_progress else None,
+    }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -377,8 +382,12 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="reset seed of the first episode")
     p.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
-    p.add_argument("--video", metavar="DIR", help="also record the episodes as .mp4 files in "
-                   "DIR (needs rgb_array rendering and `pip install logtrick[video]`)")  # fmt: skip
+    p.add_argument(
+        "--video",
+        metavar="DIR",
+        help="also record the episodes as .mp4 files in "
+        "DIR (needs rgb_array rendering and `pip install logtrick[video]`)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

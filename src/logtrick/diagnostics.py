@@ -59,9 +59,14 @@ class _CountingCost:
 
 
 def _estimate(
-    f: CostFn, dist: Distribution, params: list[Tensor], samples: int, est: object,
-    baseline: object, context: Tensor | None,
-) -> tuple[Tensor, ...]:  # fmt: skip
+    f: CostFn,
+    dist: Distribution,
+    params: list[Tensor],
+    samples: int,
+    est: object,
+    baseline: object,
+    context: Tensor | None,
+) -> tuple[Tensor, ...]:
     terms = est.terms(f, dist, samples, baseline, context)  # type: ignore[attr-defined]
     return torch.autograd.grad(
         terms.mean(0).sum(), params, allow_unused=True, materialize_grads=True
@@ -133,17 +138,25 @@ def gradient_variance(
         for _ in range(warmup):
             _estimate(f, call_dist_fn(dist_fn, params), params, samples, est, baseline, context)
         start = time.perf_counter()
-        grads = _estimates(counted, dist_fn, params, samples, est, baseline, repeats, context,
-                           vectorize)  # fmt: skip
+        grads = _estimates(
+            counted, dist_fn, params, samples, est, baseline, repeats, context, vectorize
+        )
         seconds = (time.perf_counter() - start) / repeats
     calls = 1 if vectorize else repeats
     return summarise(grads, samples, counted.count / calls, seconds)
 
 
 def _estimates(
-    f: CostFn, dist_fn: DistFn, params: list[Tensor], samples: int, est: object,
-    baseline: object, repeats: int, context: Tensor | None, vectorize: bool,
-) -> Tensor:  # fmt: skip
+    f: CostFn,
+    dist_fn: DistFn,
+    params: list[Tensor],
+    samples: int,
+    est: object,
+    baseline: object,
+    repeats: int,
+    context: Tensor | None,
+    vectorize: bool,
+) -> Tensor:
     """``(R, P)`` estimates: R calls in a loop, or one pass with a leading replica dimension."""
     if not vectorize:
         rows = []
@@ -307,9 +320,17 @@ def compare(
     exact, rows = problem.exact_gradient(), []
     for name, (estimator, baseline) in estimators.items():
         stats = gradient_variance(
-            problem.f, problem.dist_fn, problem.params, samples, estimator, baseline, repeats,
-            warmup=warmup, vectorize=vectorize, seed=seed,
-        )  # fmt: skip
+            problem.f,
+            problem.dist_fn,
+            problem.params,
+            samples,
+            estimator,
+            baseline,
+            repeats,
+            warmup=warmup,
+            vectorize=vectorize,
+            seed=seed,
+        )
         rows.append(ComparisonRow(name, stats, None if exact is None else exact.double()))
     return rows
 
@@ -327,11 +348,17 @@ def table_cells(rows: Sequence[ComparisonRow]) -> tuple[tuple[str, ...], list[li
     cells = []
     for row in rows:
         s, z = row.stats, row.bias_z
-        cells.append([
-            row.name, f"{s.total_variance:.3g}", f"{s.total_variance_se:.2g}",
-            f"{s.total_variance * s.f_evals:.3g}", f"{s.f_evals:g}", f"{s.seconds * 1e6:.0f}",
-            "-" if z is None else f"{z:.2f}",
-        ])  # fmt: skip
+        cells.append(
+            [
+                row.name,
+                f"{s.total_variance:.3g}",
+                f"{s.total_variance_se:.2g}",
+                f"{s.total_variance * s.f_evals:.3g}",
+                f"{s.f_evals:g}",
+                f"{s.seconds * 1e6:.0f}",
+                "-" if z is None else f"{z:.2f}",
+            ]
+        )
     return HEADERS, cells
 
 

@@ -16,7 +16,7 @@ from torch.distributions import Distribution
 
 from logtrick.checks import check_distribution
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
-from logtrick.gumbel import unwrap_independent
+from logtrick.independent import unwrap_independent
 
 __all__ = ["enumerate_expectation"]
 

@@ -23,13 +23,7 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from logtrick.baselines import Baseline, resolve_baseline, score_terms
-from logtrick.checks import (
-    check_baseline_used,
-    check_distribution,
-    check_finite,
-    check_fixed_support,
-    check_positive_int,
-)
+from logtrick.checks import check_distribution, check_finite, check_positive_int
 
 __all__ = [
     "ESTIMATORS",
@@ -69,7 +63,7 @@ class Estimator(Protocol):
     differentiation; 1: a second derivative through it raises or is not unbiased)."""
     takes_baseline: ClassVar[bool]
     """Whether it has a score term that a baseline combines with; one without (pathwise, ARM,
-    the relaxations, ...) refuses an active baseline (:func:`logtrick.checks.check_baseline_used`).
+    the relaxations, ...) refuses an active baseline (:func:`check_baseline_used`).
     An estimator object without this attribute is taken to use its baseline."""
 
     def terms(
@@ -116,9 +110,14 @@ def joint_log_prob(dist: Distribution, x: Tensor, cost: Tensor) -> Tensor:
 
 
 def _score_function(
-    f: CostFn, dist: Distribution, x: Tensor, baseline: object, context: Tensor | None,
-    reduce: bool, cost: Tensor | None = None,
-) -> Tensor:  # fmt: skip
+    f: CostFn,
+    dist: Distribution,
+    x: Tensor,
+    baseline: object,
+    context: Tensor | None,
+    reduce: bool,
+    cost: Tensor | None = None,
+) -> Tensor:
     """The score-function terms (their mean if ``reduce``) at samples ``x`` drawn without
     gradient; ``cost`` if f was already evaluated there."""
     check_fixed_support("dist", dist)
@@ -164,8 +163,9 @@ class ScoreFunction:
     ) -> Tensor:
         """``terms(...).mean(0)``, with the mean fused into the score term."""
         x = dist.sample((samples,))
-        return _score_function(f, dist, x.detach() if x.requires_grad else x, baseline, context,
-                               True)  # fmt: skip
+        return _score_function(
+            f, dist, x.detach() if x.requires_grad else x, baseline, context, True
+        )
 
     def terms_at(
         self, f: CostFn, dist: Distribution, x: Tensor, baseline: object, context: Tensor | None
@@ -308,14 +308,18 @@ def estimator_table() -> str:
     """The estimators by short name with what they assume, as a Markdown table (one row each,
     from the ``unbiased``, ``requires``, ``max_order`` and ``takes_baseline`` metadata of the
     classes)."""
-    rows = ["| name | class | unbiased | requires | derivative orders | baseline |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| name | class | unbiased | requires | derivative orders | baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, cls in sorted(ESTIMATORS.items()):
         order = getattr(cls, "max_order", 1)
         orders = "any" if order == math.inf else ("first only" if order == 1 else f"up to {order}")
         takes = "used" if getattr(cls, "takes_baseline", True) else "refused (no score term)"
-        rows.append(f"| `{name}` | `{cls.__name__}` | {getattr(cls, 'unbiased', '?')} | "
-                    f"{getattr(cls, 'requires', '?')} | {orders} | {takes} |")  # fmt: skip
+        rows.append(
+            f"| `{name}` | `{cls.__name__}` | {getattr(cls, 'unbiased', '?')} | "
+            f"{getattr(cls, 'requires', '?')} | {orders} | {takes} |"
+        )
     return "\n".join(rows)
 
 
@@ -334,8 +338,11 @@ def _tensors_of(obj: object, prefix: str = "", depth: int = 0) -> Iterator[tuple
 
 
 def _integer_parameters(dist: Distribution) -> list[str]:
-    return [f"{name} ({t.dtype})" for name, t in _tensors_of(dist)
-            if not (t.is_floating_point() or t.is_complex())]  # fmt: skip
+    return [
+        f"{name} ({t.dtype})"
+        for name, t in _tensors_of(dist)
+        if not (t.is_floating_point() or t.is_complex())
+    ]
 
 
 def _warn_no_gradient(dist: Distribution) -> None:
@@ -397,8 +404,11 @@ def expectation(
     est, bl = resolve_pair(estimator, baseline, samples)
     estimate = getattr(est, "estimate", None)
     try:
-        out = (estimate(f, dist, samples, bl, context) if estimate is not None
-               else est.terms(f, dist, samples, bl, context).mean(0))  # fmt: skip
+        out = (
+            estimate(f, dist, samples, bl, context)
+            if estimate is not None
+            else est.terms(f, dist, samples, bl, context).mean(0)
+        )
     except (NotImplementedError, RuntimeError) as err:  # e.g. sampling with integer parameters
         ints = _integer_parameters(dist)
         if ints:
@@ -411,3 +421,46 @@ def expectation(
     if not out.requires_grad and torch.is_grad_enabled():
         _warn_no_gradient(dist)
     return out
+
+
+def check_fixed_support(name: str, dist: Distribution) -> Distribution:
+    """The support of ``dist`` does not move with its parameters, as far as torch's support
+    constraint shows (``Uniform(low, high)``, ``Pareto``'s ``scale``: bounds that require grad).
+
+    The score-function identity differentiates under the integral over a fixed support; where a
+    bound depends on θ it misses the boundary term and is biased (for ``Uniform(θ, θ + 2)`` and
+    f = x² its gradient is 0 on every sample, the truth is 2θ + 2). Cheap: two attribute reads
+    for the usual distributions, whose support is a constant constraint.
+    """
+    constraint: object = dist.support
+    while hasattr(constraint, "base_constraint"):  # independent(...)
+        constraint = constraint.base_constraint
+    moving = [
+        bound
+        for bound in ("lower_bound", "upper_bound")
+        if isinstance(getattr(constraint, bound, None), Tensor)
+        and getattr(constraint, bound).requires_grad
+    ]
+    if moving:
+        verb = "requires" if len(moving) == 1 else "require"
+        raise ValueError(
+            f"{name}: the support of {type(dist).__name__} depends on its parameters (its "
+            f"{' and '.join(moving)} {verb} grad), so the score-function estimator would miss "
+            f"the boundary term and be biased; use estimator='pathwise' if it has rsample and f is "
+            f"differentiable, or make the bounds constants"
+        )
+    return dist
+
+
+def check_baseline_used(estimator: object, baseline: object) -> None:
+    """An active baseline given to an estimator without a score term (``takes_baseline`` false:
+    pathwise, ARM, DisARM, the relaxations, measure-valued, delta method) would be ignored:
+    refuse it rather than let the user believe it reduces the variance."""
+    if getattr(estimator, "takes_baseline", True) or not getattr(baseline, "active", False):
+        return
+    name = getattr(estimator, "name", type(estimator).__name__)
+    raise ValueError(
+        f"baseline: the {name} estimator has no score term, so the baseline {baseline!r} "
+        f"would be ignored; pass baseline=None, or estimator='score_function' (or 'rebar', "
+        f"'relax' for discrete samples) to use it"
+    )

@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Normal
 
 from logtrick.dice import first_order_only
 from logtrick.estimators import CostFn, evaluate_cost
-from logtrick.gumbel import unwrap_independent
+from logtrick.independent import unwrap_independent
 
 __all__ = ["DeltaMethod", "MeasureValued"]
 
@@ -157,12 +157,17 @@ def _taylor(f: CostFn, mu: Tensor, dist: Distribution) -> tuple[Tensor, Tensor, 
         unit = torch.eye(n, dtype=m.dtype, device=m.device).reshape((n, *(1,) * len(lead), *trail))
         columns = [  # column j of every block at once: H e_j with e_j on component j everywhere
             torch.autograd.grad(
-                grad, m, unit[j].expand(m.shape), retain_graph=True, allow_unused=True,
+                grad,
+                m,
+                unit[j].expand(m.shape),
+                retain_graph=True,
+                allow_unused=True,
                 materialize_grads=True,
             )[0].reshape((*lead, n))
-            if grad.requires_grad else torch.zeros((*lead, n), dtype=m.dtype, device=m.device)
+            if grad.requires_grad
+            else torch.zeros((*lead, n), dtype=m.dtype, device=m.device)
             for j in range(n)
-        ]  # fmt: skip
+        ]
     hess = torch.stack(columns, -1)  # lead + (n, n): hess[..., i, j] = d2 f / dx_i dx_j
     return f_mu.detach(), grad.detach(), hess.detach()
 

@@ -82,9 +82,14 @@ class OptimalScale:
         n = flat_lp.numel()
         eye = torch.eye(n, dtype=flat_lp.dtype, device=flat_lp.device)
         scores = torch.autograd.grad(
-            flat_lp, self.params, grad_outputs=eye, is_grads_batched=True,
-            retain_graph=True, allow_unused=True, materialize_grads=True,
-        )  # fmt: skip
+            flat_lp,
+            self.params,
+            grad_outputs=eye,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
         c = cost.detach().reshape(-1, 1)
         flat = [s.detach().reshape(n, -1) for s in scores]
         sums = [(c * s.pow(2)).sum(0, keepdim=True) for s in flat]  # sum_j f_j s_j^2

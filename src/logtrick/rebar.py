@@ -31,13 +31,8 @@ from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_finite, check_in_range, check_positive, check_positive_int
 from logtrick.dice import magic_box
 from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
-from logtrick.gumbel import (
-    discrete_base,
-    hard_sample,
-    open_uniform,
-    perturbed_logits,
-    relax_sample,
-)
+from logtrick.gumbel import hard_sample, perturbed_logits, relax_sample
+from logtrick.independent import discrete_base, open_uniform
 
 __all__ = ["ControlVariateNet", "Rebar", "Relax", "conditional_logits", "variance_backward"]
 

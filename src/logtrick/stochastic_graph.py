@@ -152,8 +152,15 @@ def _baseline_terms(
         if not downstream:
             continue  # no cost downstream: the node's score multiplies nothing
         total = torch.stack(downstream).sum(0)
-        part = score_terms(total, nodes[node], baseline, sample_dim, context, with_cost=False,
-                           name=f"baselines[{node!r}]")  # fmt: skip
+        part = score_terms(
+            total,
+            nodes[node],
+            baseline,
+            sample_dim,
+            context,
+            with_cost=False,
+            name=f"baselines[{node!r}]",
+        )
         if part is not None:
             out.append(part)
     return out

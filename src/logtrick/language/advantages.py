@@ -38,10 +38,10 @@ from torch import Tensor
 from logtrick.checks import (
     check_choice,
     check_finite,
-    check_grouped_rewards,
     check_in_range,
     check_nonnegative,
     check_shape_in,
+    check_tensor,
 )
 
 __all__ = [
@@ -59,8 +59,17 @@ __all__ = [
     "rloo_advantages",
 ]
 
-METHODS = ("reinforce", "rloo", "grpo", "dr_grpo", "reinforce_plus_plus",
-           "mean", "mean_std", "rank", "baseline")  # fmt: skip
+METHODS = (
+    "reinforce",
+    "rloo",
+    "grpo",
+    "dr_grpo",
+    "reinforce_plus_plus",
+    "mean",
+    "mean_std",
+    "rank",
+    "baseline",
+)
 """Names accepted by :func:`grouped_advantages`; ``"mean"``, ``"mean_std"`` are ``"dr_grpo"``,
 ``"grpo"`` by their descriptive names."""
 STDS = ("group", "batch", "none")
@@ -419,3 +428,24 @@ def grouped_advantages(
 
 _PLAIN = {"reinforce": reinforce_advantages, "rloo": rloo_advantages, "rank": rank_advantages,
           "dr_grpo": group_mean_advantages, "mean": group_mean_advantages}  # fmt: skip
+
+
+def check_grouped_rewards(name: str, rewards: object, min_k: int, what: str) -> Tensor:
+    """``rewards`` is a real ``(contexts, k)`` tensor, ``k >= min_k``, finite (``what`` needs k).
+
+    Integer and bool rewards are accepted (a 0/1 checker); complex ones are refused.
+    """
+    rewards = check_tensor(name, rewards)
+    if rewards.is_complex():
+        raise TypeError(f"{name}: expected real values, got dtype {rewards.dtype}")
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"{name}: expected shape (contexts, k) with k samples per context, got shape "
+            f"{tuple(rewards.shape)}; reshape flat rewards with {name}.view(contexts, k)"
+        )
+    if rewards.shape[1] < min_k:
+        raise ValueError(
+            f"{name}: {what} needs k >= {min_k} samples per context, got shape "
+            f"{tuple(rewards.shape)}"
+        )
+    return check_finite(name, rewards)

@@ -47,8 +47,12 @@ def _validate(
 ) -> None:
     """Argument checks at the boundary; only valid (``mask``) entries must be finite."""
     check_bool_tensor("mask", mask)
-    check_ndim("token_log_probs", check_floating("token_log_probs", token_log_probs), 2,
-               "(B, L) (sequences, tokens)")  # fmt: skip
+    check_ndim(
+        "token_log_probs",
+        check_floating("token_log_probs", token_log_probs),
+        2,
+        "(B, L) (sequences, tokens)",
+    )
     check_same_shape("mask", mask, "token_log_probs", token_log_probs)
     check_finite("token_log_probs", token_log_probs, mask)
     for name, x in others.items():

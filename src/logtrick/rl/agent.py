@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
+from logtrick.checks import check_known_name, check_positive_int
 from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import (
     Counters,
@@ -57,6 +57,7 @@ from logtrick.rl.loop import (
     target_return,
 )
 from logtrick.rl.rollout import make_env
+from logtrick.rl.runs import check_not_a_directory
 
 __all__ = ["Agent", "load", "resume_agent"]
 

@@ -33,6 +33,7 @@ from logtrick.rl.presets import (
     preset,
     resolve,
 )
+from logtrick.rl.runs import check_not_a_file, check_path_name
 
 __all__ = [
     "ALGOS",
@@ -268,7 +269,7 @@ def _rate(name: str, value: object) -> float:
 
 
 def _json_dict(name: str, value: object) -> dict[str, Any]:
-    return checks.check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
+    return check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
 
 
 def _choice(*choices: object) -> Callable[[str, Any], Any]:
@@ -295,8 +296,8 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "line_search": checks.check_bool, "eval_every": checks.check_nonnegative_int,
     "eval_episodes": checks.check_positive_int, "stop_at_threshold": checks.check_bool,
     "target_return": _optional(checks.check_finite_number),
-    "checkpoint_every": checks.check_positive_int, "out": checks.check_not_a_file,
-    "run_name": _optional(checks.check_path_name), "tensorboard": checks.check_bool,
+    "checkpoint_every": checks.check_positive_int, "out": check_not_a_file,
+    "run_name": _optional(check_path_name), "tensorboard": checks.check_bool,
     "torch_threads": checks.check_positive_int, "progress": checks.check_bool,
     "plot": checks.check_bool, "extra": _json_dict,
     "workers": checks.check_nonnegative_int, "ray_address": _optional(checks.check_nonempty_str),
@@ -419,3 +420,14 @@ def fields_help(indent: str = "    ", width: int = 88) -> str:
 Config.__doc__ = f"{Config.__doc__}\n    Fields::\n\n" + "\n".join(
     "        " + line for line in fields_help().splitlines()
 )
+
+
+def check_json(name: str, value: object) -> object:
+    """``value`` can be written as JSON (dicts with string keys, lists, numbers, strings, ...)."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected values JSON can hold, got {value!r} ({err})") from None
+    return value
