@@ -19,7 +19,7 @@ def _batch(
     seed: int, b: int = 4, length: int = 6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    lp = -torch.rand(b, length, generator=g, dtype=torch.float64) * 3
+    lp = -torch.rand(b, length, generator=g, dtype=torch.float64) * 3 - 3  # <= 0 with noise
     mask = torch.rand(b, length, generator=g) < 0.7
     mask[0] = True  # a full sequence
     mask[1] = False  # an empty one
@@ -66,8 +66,8 @@ def test_known_answer_values_for_each_reduction() -> None:
 
 
 def test_known_answer_clipped_ratio() -> None:
-    old = torch.zeros(1, 4)
-    lp = torch.log(torch.tensor([[1.5, 0.5, 1.5, 1.1]])).requires_grad_()
+    old = torch.full((1, 4), -1.0)  # log-probabilities are <= 0; the ratios are as written
+    lp = (torch.log(torch.tensor([[1.5, 0.5, 1.5, 1.1]])) - 1.0).requires_grad_()
     adv = torch.tensor([1.0])
     loss, info = sequence_surrogate(
         lp,
@@ -389,8 +389,9 @@ def test_approx_kl_is_k3_of_the_old_to_new_ratio_token_by_token() -> None:
     (ρ⁻¹ − 1 + log ρ) would differ from the value checked here."""
     mask = torch.tensor([[True, False]])
     for log_ratio in torch.linspace(-3.0, 3.0, 13, dtype=torch.float64):
-        lp = torch.stack([log_ratio, torch.tensor(float("nan"), dtype=torch.float64)])[None]
-        old = torch.zeros(1, 2, dtype=torch.float64)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        lp = torch.stack([log_ratio - 4.0, nan])[None]  # log-probabilities are <= 0
+        old = torch.full((1, 2), -4.0, dtype=torch.float64)
         _, info = sequence_surrogate(
             lp, mask, torch.ones(1, dtype=torch.float64), old_token_log_probs=old
         )

@@ -42,11 +42,23 @@ __all__ = [
     "check_shape",
     "check_shape_in",
     "check_tensor",
+    "transformed",
 ]
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def transformed(x: Tensor) -> bool:
+    """Whether ``x`` lives under ``torch.vmap``/``torch.func.grad`` (or a batched backward):
+    its values cannot be read (no ``.item()``), so data-dependent checks are skipped there."""
+    functorch = torch._C._functorch
+    return bool(
+        functorch.is_functorch_wrapped_tensor(x)
+        or functorch.is_batchedtensor(x)
+        or functorch.is_legacy_batchedtensor(x)
+    )
 
 
 def check_tensor(name: str, x: object) -> Tensor:
@@ -104,9 +116,10 @@ def check_finite(name: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
     Fast path: NaN and inf propagate through a sum, so one reduction clears the common case; only
     a non-finite sum (a bad entry, or an overflow of finite ones) pays for the exact scan, which
     reports how many entries are bad and where the first one is. Integer and bool tensors are
-    finite by construction and cost nothing.
+    finite by construction and cost nothing; under ``torch.vmap`` the values are not readable and
+    the check is skipped.
     """
-    if not (x.is_floating_point() or x.is_complex()):
+    if not (x.is_floating_point() or x.is_complex()) or transformed(x):
         return x
     d = x.detach() if x.requires_grad else x
     if mask is None and not d.is_complex() and math.isfinite(d.sum().item()):

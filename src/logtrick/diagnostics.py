@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.checks import check_in_range, check_param_list, check_positive_int
-from logtrick.estimators import CostFn, resolve_pair
+from logtrick.costs import CostFn
+from logtrick.estimators import resolve_pair
 from logtrick.gradient_stats import GradientStats, flat, per_sample_gradients, summarise
 from logtrick.problems import Problem
 from logtrick.scores import DistFn, call_dist_fn

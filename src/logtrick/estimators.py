@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
+import torch.distributions as D
 from torch import Tensor
 from torch.autograd.graph import Node
 from torch.distributions import Distribution
-from torch.distributions.transforms import Transform
 
 from logtrick.baselines import Baseline, resolve_baseline, score_terms
-from logtrick.checks import check_distribution, check_finite, check_positive_int
+from logtrick.checks import check_distribution, check_positive_int, transformed
+from logtrick.costs import CostFn, evaluate_cost, joint_log_prob, tensors_of
 
 __all__ = [
     "ESTIMATORS",
@@ -32,17 +32,72 @@ __all__ = [
     "Pathwise",
     "ScoreFunction",
     "estimator_table",
-    "evaluate_cost",
     "expectation",
-    "joint_log_prob",
+    "reparameterised",
     "resolve_estimator",
     "resolve_pair",
 ]
 
-CostFn = Callable[[Tensor], Tensor]
-
 PATHWISE_CONDITION = "if f is continuous in x and differentiable almost everywhere along the path"
 """When the pathwise estimator is unbiased: a step in f (``x + (x > 0)``) biases it."""
+
+NOT_REPARAMETERISED: tuple[type, ...] = (
+    D.OneHotCategoricalStraightThrough,
+    D.RelaxedBernoulli,
+    D.relaxed_bernoulli.LogitRelaxedBernoulli,
+    D.RelaxedOneHotCategorical,
+    D.relaxed_categorical.ExpRelaxedCategorical,
+)
+"""Samplers whose ``rsample`` is not the reparameterisation of the discrete variable they stand
+for: straight-through (the value of a discrete sample, the gradient of its mean) and relaxed
+(a continuous stand-in for a discrete sample)."""
+
+REPARAMETERISATION_RULE = (
+    "pathwise only where rsample is a true reparameterisation: has_rsample, a support that is "
+    "not discrete, and no straight-through or relaxed sampler (NOT_REPARAMETERISED) inside "
+    "Independent or a transform"
+)
+"""The rule by which ``auto`` chooses, stated once (and in :func:`estimator_table`): the flag
+``has_rsample`` alone is not enough (``OneHotCategoricalStraightThrough`` sets it)."""
+
+
+def _discrete_support(dist: Distribution) -> bool:
+    try:
+        return bool(getattr(dist.support, "is_discrete", False))
+    except NotImplementedError:
+        return False
+
+
+def reparameterised(dist: Distribution) -> bool:
+    """Whether ``dist.rsample`` is a true reparameterisation (:data:`REPARAMETERISATION_RULE`)."""
+    if not dist.has_rsample:
+        return False
+    while True:
+        if isinstance(dist, NOT_REPARAMETERISED) or _discrete_support(dist):
+            return False
+        inner = getattr(dist, "base_dist", None)  # Independent, TransformedDistribution
+        if not isinstance(inner, Distribution):
+            return True
+        dist = inner
+
+
+def _guard_pathwise_gradient(x: Tensor, who: str) -> None:
+    """A NaN or inf gradient through the samples (f's derivative undefined on them, e.g. sqrt at
+    a negative x inside ``torch.where``) raises in the backward pass, naming the way out."""
+    if not x.requires_grad:
+        return
+
+    def check(grad: Tensor) -> None:
+        if transformed(grad) or bool(grad.isfinite().all()):
+            return
+        raise ValueError(
+            f"f: the gradient of f(x) in x is NaN or inf on {int((~grad.isfinite()).sum())} of "
+            f"{grad.numel()} entries, through {who}; f's derivative is undefined on some "
+            f"samples (e.g. sqrt or log where torch.where discards the value): use "
+            f"estimator='score_function', which never differentiates f"
+        )
+
+    x.register_hook(check)
 
 
 class Estimator(Protocol):
@@ -71,44 +126,6 @@ class Estimator(Protocol):
     ) -> Tensor: ...
 
 
-def evaluate_cost(f: CostFn, x: Tensor, dist: Distribution, samples: int) -> Tensor:
-    """``f(x)`` checked: finite, of shape ``(K,) + batch_shape[:j]`` for some ``j``.
-
-    f may reduce trailing batch dimensions (e.g. ``.sum(-1)`` over independent Bernoulli
-    components): those components then form one joint sample and their log-probabilities are
-    summed (see :func:`joint_log_prob`).
-    """
-    out = f(x)
-    if not isinstance(out, Tensor):
-        out = torch.as_tensor(out, dtype=torch.get_default_dtype())
-    shape, batch = out.shape, dist.batch_shape
-    if not shape or shape[0] != samples or shape[1:] != batch[: len(shape) - 1]:
-        allowed = [(samples, *batch[:j]) for j in range(len(batch), -1, -1)]
-        raise ValueError(
-            f"f: expected f(x) of shape (samples,) + batch_shape = {allowed[0]} (or with trailing "
-            f"batch dimensions reduced: {allowed[1:]}) for x of shape {tuple(x.shape)}, got "
-            f"{tuple(out.shape)}; reduce over the event dimensions inside f"
-        )
-    check_finite("f(x)", out)
-    return out
-
-
-def joint_log_prob(dist: Distribution, x: Tensor, cost: Tensor) -> Tensor:
-    """``dist.log_prob(x)`` summed over the trailing batch dimensions that ``cost`` reduced.
-
-    ``x`` was drawn from ``dist`` itself, so it lies in the support: the distribution's sample
-    validation (a support check per call) is skipped as redundant.
-    """
-    validate = dist._validate_args
-    dist._validate_args = False
-    try:
-        log_prob = dist.log_prob(x)
-    finally:
-        dist._validate_args = validate
-    extra = log_prob.dim() - cost.dim()
-    return log_prob.sum(tuple(range(-extra, 0))) if extra else log_prob
-
-
 def _score_function(
     f: CostFn,
     dist: Distribution,
@@ -124,8 +141,6 @@ def _score_function(
     if cost is None:
         cost = evaluate_cost(f, x, dist, x.shape[0])
     log_prob = joint_log_prob(dist, x, cost)
-    if not cost.is_floating_point():  # integer or bool costs: a float baseline must not truncate
-        cost = cost.to(log_prob.dtype)
     bl = resolve_baseline(baseline)
     return score_terms(cost, log_prob, bl, 0, context, reduce=reduce)  # type: ignore[return-value]
 
@@ -181,18 +196,20 @@ class Pathwise:
     .. math::  \nabla_\theta \mathbb{E}_p[f] \approx \frac1K \sum_k
                \nabla_x f(x)\big|_{x = g(\epsilon_k;\theta)}\, \nabla_\theta g(\epsilon_k;\theta)
 
-    Requires: ``dist.has_rsample`` and f differentiable in x. Unbiased *if f is continuous in x
-    and differentiable almost everywhere along the path* (then the derivative and the expectation
-    commute); a jump in f (``x + (x > 0)``, ``round``) is invisible to autograd and biases it:
-    check your f with :func:`logtrick.diagnostics.check_pathwise`. Usually far lower variance than
-    the score function. It has no score term, so it refuses a baseline.
+    Requires: ``dist.has_rsample`` with a support that is not discrete (a straight-through
+    sampler such as ``OneHotCategoricalStraightThrough`` is refused) and f differentiable in x;
+    a NaN or inf gradient through the samples raises in the backward pass. Unbiased *if f is
+    continuous in x and differentiable almost everywhere along the path* (then the derivative and
+    the expectation commute); a jump in f (``x + (x > 0)``, ``round``) is invisible to autograd
+    and biases it: check your f with :func:`logtrick.diagnostics.check_pathwise`. Usually far
+    lower variance than the score function. It has no score term, so it refuses a baseline.
 
     References: Kingma & Welling (2014); Rezende et al. (2014); Mohamed et al. (2020), section 5.
     """
 
     name: ClassVar[str] = "pathwise"
     unbiased: ClassVar[str] = PATHWISE_CONDITION
-    requires: ClassVar[str] = "rsample; f differentiable in x"
+    requires: ClassVar[str] = "rsample, not straight-through; f differentiable in x"
     max_order: ClassVar[float] = math.inf
     takes_baseline: ClassVar[bool] = False
 
@@ -204,8 +221,15 @@ class Pathwise:
                 f"Pathwise: {type(dist).__name__} has no rsample (not reparameterisable); use "
                 f"estimator='score_function' (lt.ScoreFunction()) instead"
             )
+        if _discrete_support(dist):
+            raise ValueError(
+                f"Pathwise: the rsample of {type(dist).__name__} is straight-through (discrete "
+                f"values, the gradient of their mean), not a reparameterisation: biased; use "
+                f"estimator='score_function', or lt.StraightThrough() if you accept the bias"
+            )
         x = dist.rsample((samples,))
         cost = evaluate_cost(f, x, dist, samples)
+        _guard_pathwise_gradient(x, "the pathwise estimator")
         if x.requires_grad and not cost.requires_grad:
             raise ValueError(
                 "f: the pathwise estimator differentiates f(x) through x, but f(x) carries no "
@@ -234,8 +258,11 @@ def _depends_on(out: Tensor, x: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Auto:
-    """Pathwise when ``dist`` has ``rsample`` and f(x) is connected to x in the autograd graph,
-    else the score function on the same samples.
+    """Pathwise when ``dist.rsample`` is a true reparameterisation (:func:`reparameterised`: not
+    a straight-through or relaxed sampler, whatever ``has_rsample`` says) and f(x) is connected
+    to x in the autograd graph, else the score function on the same samples. A NaN or inf
+    gradient through the pathwise path raises in the backward pass, naming the score function as
+    the way out.
 
     Connected is not enough for the pathwise estimator to be unbiased: f must be continuous in x
     and differentiable almost everywhere along the path. A piecewise-constant f (``round``,
@@ -247,18 +274,19 @@ class Auto:
 
     name: ClassVar[str] = "auto"
     unbiased: ClassVar[str] = "as the estimator it picks: pathwise " + PATHWISE_CONDITION
-    requires: ClassVar[str] = "log_prob; rsample and f differentiable in x for pathwise"
+    requires: ClassVar[str] = "log_prob; for pathwise: " + REPARAMETERISATION_RULE
     max_order: ClassVar[float] = math.inf
     takes_baseline: ClassVar[bool] = True  # used when the score function is picked
 
     def terms(
         self, f: CostFn, dist: Distribution, samples: int, baseline: object, context: Tensor | None
     ) -> Tensor:
-        if not dist.has_rsample:
+        if not reparameterised(dist):
             return ScoreFunction().terms(f, dist, samples, baseline, context)
         x = dist.rsample((samples,))
         cost = evaluate_cost(f, x, dist, samples)
         if _depends_on(cost, x):
+            _guard_pathwise_gradient(x, "estimator='auto', which took the pathwise path")
             if resolve_baseline(baseline).active:
                 warnings.warn(
                     "baseline: estimator='auto' picked the pathwise estimator (f is "
@@ -323,31 +351,17 @@ def estimator_table() -> str:
     return "\n".join(rows)
 
 
-def _tensors_of(obj: object, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Tensor]]:
-    """``(name, tensor)`` for the tensors among the attributes of ``obj``, searching nested
-    distributions (``Independent.base_dist``) and transforms (``AffineTransform.loc``)."""
-    items = enumerate(obj) if isinstance(obj, (list, tuple)) else vars(obj).items()
-    for key, value in items:
-        name = (
-            f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}{'.' if prefix else ''}{key}"
-        )
-        if isinstance(value, Tensor):
-            yield name, value
-        elif isinstance(value, (Distribution, Transform, list, tuple)) and depth < 4:
-            yield from _tensors_of(value, name, depth + 1)
-
-
 def _integer_parameters(dist: Distribution) -> list[str]:
     return [
         f"{name} ({t.dtype})"
-        for name, t in _tensors_of(dist)
+        for name, t in tensors_of(dist)
         if not (t.is_floating_point() or t.is_complex())
     ]
 
 
 def _warn_no_gradient(dist: Distribution) -> None:
     """The estimate carries no gradient: say why (no parameter requires grad, or an integer one)."""
-    if any(t.requires_grad for _, t in _tensors_of(dist)):
+    if any(t.requires_grad for _, t in tensors_of(dist)):
         return
     ints = _integer_parameters(dist)
     why = f"; integer parameters cannot: {', '.join(ints)}" if ints else ""
@@ -423,6 +437,13 @@ def expectation(
     return out
 
 
+def _moves(constraint: object, name: str) -> bool:
+    """A bound that requires grad and is finite somewhere (an infinite one cannot move:
+    ``GeneralizedPareto``'s upper bound for a concentration >= 0)."""
+    bound = getattr(constraint, name, None)
+    return isinstance(bound, Tensor) and bound.requires_grad and not bool(bound.isinf().all())
+
+
 def check_fixed_support(name: str, dist: Distribution) -> Distribution:
     """The support of ``dist`` does not move with its parameters, as far as torch's support
     constraint shows (``Uniform(low, high)``, ``Pareto``'s ``scale``: bounds that require grad).
@@ -435,12 +456,7 @@ def check_fixed_support(name: str, dist: Distribution) -> Distribution:
     constraint: object = dist.support
     while hasattr(constraint, "base_constraint"):  # independent(...)
         constraint = constraint.base_constraint
-    moving = [
-        bound
-        for bound in ("lower_bound", "upper_bound")
-        if isinstance(getattr(constraint, bound, None), Tensor)
-        and getattr(constraint, bound).requires_grad
-    ]
+    moving = [name for name in ("lower_bound", "upper_bound") if _moves(constraint, name)]
     if moving:
         verb = "requires" if len(moving) == 1 else "require"
         raise ValueError(

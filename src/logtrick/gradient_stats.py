@@ -20,7 +20,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.checks import check_distribution, check_param_list, check_positive_int
-from logtrick.estimators import CostFn, resolve_pair
+from logtrick.costs import CostFn
+from logtrick.estimators import resolve_pair
 
 __all__ = ["GradientStats", "flat", "per_sample_gradients", "summarise"]
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.distributions import Categorical, Distribution
 
 from logtrick.checks import check_positive
-from logtrick.estimators import CostFn, evaluate_cost
+from logtrick.costs import CostFn, evaluate_cost
 from logtrick.independent import discrete_base, open_uniform
 
 __all__ = ["GumbelSoftmax", "StraightThrough", "hard_sample", "perturbed_logits", "relax_sample"]

@@ -180,7 +180,7 @@ def group_mean_advantages(rewards: Tensor) -> GroupedAdvantages:
     :func:`rloo_advantages`. Equal to ``group_normalized_advantages(rewards, std="none")``.
 
     Args:
-        rewards: ``(contexts, k)`` rewards, finite, ``k >= 1``.
+        rewards: ``(contexts, k)`` rewards, finite, ``k >= 2`` (a group of one has advantage 0).
 
     Returns:
         :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
@@ -188,7 +188,7 @@ def group_mean_advantages(rewards: Tensor) -> GroupedAdvantages:
     References:
         Liu et al. (2025), Understanding R1-Zero-Like Training: A Critical Perspective (Dr. GRPO).
     """
-    x = _as_accumulator(rewards, 1, "mean")
+    x = _as_accumulator(rewards, 2, "mean")  # a group of one: r - mean(r) = 0, no signal
     return GroupedAdvantages(_deviations(x).to(_out_dtype(rewards)), _n_equal(x))
 
 
@@ -223,7 +223,7 @@ def group_normalized_advantages(
     """
     check_choice("std", std, STDS)
     check_nonnegative("eps", eps)
-    x = _as_accumulator(rewards, 1 if std == "none" else 2, f"std={std!r}")
+    x = _as_accumulator(rewards, 2, "the group mean")  # a group of one: r - mean(r) = 0
     dev = _deviations(x)
     if std == "group":
         sigma = (dev.pow(2).sum(1, keepdim=True) / (x.shape[1] - int(unbiased))).sqrt()
