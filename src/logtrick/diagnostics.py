@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "format_table",
     "gradient_variance",
     "per_sample_gradients",
+    "relative_costs",
     "table_cells",
 ]
 
@@ -336,18 +338,28 @@ def compare(
     return rows
 
 
-HEADERS = ("estimator", "variance", "SE", "var×evals", "f-evals", "µs", "max|z|")
+HEADERS = ("estimator", "variance", "SE", "var×evals", "f-evals", "µs", "rel. cost", "max|z|")
+
+
+def relative_costs(rows: Sequence[ComparisonRow]) -> list[float]:
+    """Each row's time per estimate over the plain score function's (the first row's if there
+    is none), measured in the same run."""
+    if not rows:
+        return []
+    ref = next((r for r in rows if r.name == "score_function"), rows[0]).stats.seconds
+    return [r.stats.seconds / ref if ref > 0 else math.nan for r in rows]
 
 
 def table_cells(rows: Sequence[ComparisonRow]) -> tuple[tuple[str, ...], list[list[str]]]:
     """Headers and formatted cells of a comparison table (shared by the text and rich views).
 
     Columns: label; total variance of the estimate (trace over parameters) and its standard
-    error; variance times f-evaluations; f-evaluations and microseconds per estimate; the
+    error; variance times f-evaluations; f-evaluations and microseconds per estimate; the time
+    relative to the plain score function's row (the first row if there is none); the
     largest ``|mean - exact| / SE`` over parameters ("-" if the exact gradient is unknown).
     """
     cells = []
-    for row in rows:
+    for row, rel in zip(rows, relative_costs(rows)):
         s, z = row.stats, row.bias_z
         cells.append(
             [
@@ -357,6 +369,7 @@ def table_cells(rows: Sequence[ComparisonRow]) -> tuple[tuple[str, ...], list[li
                 f"{s.total_variance * s.f_evals:.3g}",
                 f"{s.f_evals:g}",
                 f"{s.seconds * 1e6:.0f}",
+                f"{rel:.2f}",
                 "-" if z is None else f"{z:.2f}",
             ]
         )
