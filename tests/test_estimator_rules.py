@@ -263,9 +263,10 @@ BOOL_F = {
     "arm": D.Bernoulli,
     "disarm": D.Bernoulli,
     "relax": D.Bernoulli,
-    "rebar": D.Bernoulli,
     "measure_valued": D.Normal,
 }
+"""The estimators that take a black-box f (rebar differentiates f: a bool f is refused by
+test_an_estimator_that_differentiates_f_refuses_a_black_box)."""
 
 
 @pytest.mark.parametrize("estimator", list(BOOL_F))
@@ -396,3 +397,95 @@ def test_sample_completions_refuses_a_stop_token_outside_the_vocabulary() -> Non
 
     with pytest.raises(ValueError, match=r"stop_token: 7 is outside the model's vocabulary"):
         lt.sample_completions(Uniform5(), torch.zeros(1, 1, dtype=torch.long), 2, 50, stop_token=7)
+
+
+# ------------------------------------------------------------------ the sweep: every "requires"
+
+
+def _step(y: Tensor) -> Tensor:
+    return (y > 0.5).to(y.dtype).sum(-1)
+
+
+@pytest.mark.parametrize(
+    "estimator", ["pathwise", "gumbel_softmax", "straight_through", "rebar", "delta_method"]
+)
+def test_an_estimator_that_differentiates_f_refuses_a_black_box(estimator: str) -> None:
+    """ "f differentiable" in their requires: a thresholding f carries no gradient. REBAR used to
+    return an exact (biased) zero, the others a raw autograd error."""
+    theta = torch.zeros(3, requires_grad=True)
+    dist: D.Distribution = D.Bernoulli(logits=theta)
+    if estimator in ("pathwise", "delta_method"):
+        dist = D.Independent(D.Normal(theta, 1.0), 1)
+    with pytest.raises(ValueError, match=r"f: .* carries no gradient"):
+        lt.expectation(_step, dist, 8, estimator).backward()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_measure_valued_is_unbiased_for_a_black_box_f(seed: int) -> None:
+    """ "f need not be differentiable": f = 1[x > 0] for x ~ N(mu, sigma), E[f] = Phi(mu / sigma):
+    d/dmu = phi(mu/sigma)/sigma, d/dsigma = -mu/sigma^2 phi(mu/sigma). 2 checks, failure rate
+    1e-3."""
+    n, mu0, s0 = 40_000, 0.4, 1.3
+    mu = torch.full((n,), mu0, dtype=DT, requires_grad=True)
+    sigma = torch.full((n,), s0, dtype=DT, requires_grad=True)
+    torch.manual_seed(seed)
+    lt.MeasureValued().terms(
+        lambda x: (x > 0).to(DT), D.Normal(mu, sigma), 1, None, None
+    ).sum().backward()
+    z0 = torch.tensor(mu0 / s0, dtype=DT)
+    phi = torch.exp(-0.5 * z0**2) / (2 * torch.pi) ** 0.5
+    truth = torch.stack([phi / s0, -mu0 / s0**2 * phi])
+    grads = torch.stack([mu.grad, sigma.grad], 1)
+    z = (grads.mean(0) - truth).abs() / (grads.std(0) / n**0.5)
+    assert (z <= z_bonferroni(1e-3, 2)).all(), z
+
+
+# Each estimator's "requires" and "unbiased" claims, and the tests that hold them to it (by
+# module::name). A new estimator without an entry fails here: its claims need a check or a
+# measurement before it lands.
+CLAIMS = {
+    "score_function": ["test_bad_input.py (moving support refused)", "test_estimators.py"],
+    "pathwise": [
+        "test_pathwise_refuses_a_straight_through_sampler",
+        "test_an_estimator_that_differentiates_f_refuses_a_black_box",
+        "test_diagnostics.py::test_check_pathwise_flags_a_step_and_passes_a_smooth_f",
+    ],
+    "auto": [
+        "test_auto_chooses_pathwise_only_for_a_true_reparameterisation",
+        "test_auto_is_unbiased_on_every_rsample_distribution",
+        "test_a_nan_gradient_through_autos_pathwise_path_is_an_error",
+    ],
+    "arm": ["test_arm.py", "test_bool_and_int_costs_equal_their_float_version"],
+    "disarm": ["test_arm.py", "test_bool_and_int_costs_equal_their_float_version"],
+    "measure_valued": [
+        "test_measure_valued.py",
+        "test_measure_valued_is_unbiased_for_a_black_box_f",
+        "test_measure_valued.py::test_coupling_doubles_the_loc_variance_for_linear_f_and_lowers_the_total",
+    ],
+    "delta_method": [
+        "test_measure_valued.py",
+        "test_an_estimator_that_differentiates_f_refuses_a_black_box",
+    ],
+    "gumbel_softmax": [
+        "test_relax.py",
+        "test_an_estimator_that_differentiates_f_refuses_a_black_box",
+    ],
+    "straight_through": [
+        "test_relax.py",
+        "test_an_estimator_that_differentiates_f_refuses_a_black_box",
+    ],
+    "rebar": ["test_relax.py", "test_an_estimator_that_differentiates_f_refuses_a_black_box"],
+    "relax": [
+        "test_relax.py",
+        "test_relax_with_another_dtype_than_the_logits_names_the_control_variate",
+    ],
+}
+
+
+def test_every_estimator_has_its_claims_checked() -> None:
+    assert set(CLAIMS) == set(lt.ESTIMATORS), set(lt.ESTIMATORS) ^ set(CLAIMS)
+    here = set(globals())
+    for name, tests in CLAIMS.items():
+        for test in tests:
+            if test.startswith("test_") and "." not in test:
+                assert test in here, (name, test)

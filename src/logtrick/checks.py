@@ -119,10 +119,18 @@ def check_finite(name: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
     finite by construction and cost nothing; under ``torch.vmap`` the values are not readable and
     the check is skipped.
     """
-    if not (x.is_floating_point() or x.is_complex()) or transformed(x):
+    if not (x.is_floating_point() or x.is_complex()):
         return x
     d = x.detach() if x.requires_grad else x
-    if mask is None and not d.is_complex() and math.isfinite(d.sum().item()):
+    if mask is None and not d.is_complex():
+        try:
+            if math.isfinite(d.sum().item()):
+                return x
+        except RuntimeError:  # under vmap or torch.func the values cannot be read
+            if transformed(x):
+                return x
+            raise
+    elif transformed(x):
         return x
     bad = ~d.isfinite()
     if mask is not None:

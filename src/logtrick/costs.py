@@ -18,7 +18,14 @@ from torch.distributions.transforms import Transform
 
 from logtrick.checks import check_finite
 
-__all__ = ["CostFn", "cost_dtype", "evaluate_cost", "joint_log_prob", "tensors_of"]
+__all__ = [
+    "CostFn",
+    "cost_dtype",
+    "evaluate_cost",
+    "joint_log_prob",
+    "require_gradient",
+    "tensors_of",
+]
 
 CostFn = Callable[[Tensor], Tensor]
 
@@ -129,17 +136,37 @@ def evaluate_cost(f: CostFn, x: Tensor, dist: Distribution, samples: int) -> Ten
     return out
 
 
+def require_gradient(cost: Tensor, x: Tensor, who: str) -> Tensor:
+    """``cost`` when it carries a gradient from ``x``; an estimator that differentiates f through
+    its input (``who``: pathwise, the relaxations, REBAR, the delta method) would otherwise get
+    an exact zero from a black-box f, silently."""
+    if x.requires_grad and not cost.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"f: {who} differentiates f(x) through x, but f(x) carries no gradient (f detaches x, "
+            f"thresholds it, or leaves torch: numpy, .item(), round); use "
+            f"estimator='score_function' (or 'arm', 'disarm', 'relax' for Bernoulli) for a "
+            f"black-box f"
+        )
+    return cost
+
+
 def joint_log_prob(dist: Distribution, x: Tensor, cost: Tensor) -> Tensor:
     """``dist.log_prob(x)`` summed over the trailing batch dimensions that ``cost`` reduced.
 
     ``x`` was drawn from ``dist`` itself, so it lies in the support: the distribution's sample
-    validation (a support check per call) is skipped as redundant.
+    validation (a support check and a host sync per call, again in each base distribution of an
+    ``Independent`` or a transform) is skipped as redundant.
     """
-    validate = dist._validate_args
-    dist._validate_args = False
+    chain = [dist]  # Independent and transforms validate again inside: their base too
+    while isinstance(getattr(chain[-1], "base_dist", None), Distribution):
+        chain.append(chain[-1].base_dist)  # type: ignore[attr-defined]
+    validate = [d._validate_args for d in chain]
+    for d in chain:
+        d._validate_args = False
     try:
         log_prob = dist.log_prob(x)
     finally:
-        dist._validate_args = validate
+        for d, v in zip(chain, validate):
+            d._validate_args = v
     extra = log_prob.dim() - cost.dim()
     return log_prob.sum(tuple(range(-extra, 0))) if extra else log_prob

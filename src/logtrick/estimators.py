@@ -23,7 +23,7 @@ from torch.distributions import Distribution
 
 from logtrick.baselines import Baseline, resolve_baseline, score_terms
 from logtrick.checks import check_distribution, check_positive_int, transformed
-from logtrick.costs import CostFn, evaluate_cost, joint_log_prob, tensors_of
+from logtrick.costs import CostFn, evaluate_cost, joint_log_prob, require_gradient, tensors_of
 
 __all__ = [
     "ESTIMATORS",
@@ -230,13 +230,7 @@ class Pathwise:
         x = dist.rsample((samples,))
         cost = evaluate_cost(f, x, dist, samples)
         _guard_pathwise_gradient(x, "the pathwise estimator")
-        if x.requires_grad and not cost.requires_grad:
-            raise ValueError(
-                "f: the pathwise estimator differentiates f(x) through x, but f(x) carries no "
-                "gradient (f detaches x, or leaves torch: numpy, .item(), round); use "
-                "estimator='score_function' for a black-box f"
-            )
-        return cost
+        return require_gradient(cost, x, "the pathwise estimator")
 
 
 def _depends_on(out: Tensor, x: Tensor) -> bool:
@@ -453,6 +447,12 @@ def check_fixed_support(name: str, dist: Distribution) -> Distribution:
     f = x² its gradient is 0 on every sample, the truth is 2θ + 2). Cheap: two attribute reads
     for the usual distributions, whose support is a constant constraint.
     """
+    inner = dist
+    while isinstance(inner, D.Independent):
+        inner = inner.base_dist
+    declared = getattr(type(inner), "support", None)
+    if isinstance(declared, D.constraints.Constraint) and not isinstance(declared, property):
+        return dist  # a constant class attribute (Normal's real line): nothing can move
     constraint: object = dist.support
     while hasattr(constraint, "base_constraint"):  # independent(...)
         constraint = constraint.base_constraint

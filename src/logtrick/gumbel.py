@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.distributions import Categorical, Distribution
 
 from logtrick.checks import check_positive
-from logtrick.costs import CostFn, evaluate_cost
+from logtrick.costs import CostFn, evaluate_cost, require_gradient
 from logtrick.independent import discrete_base, open_uniform
 
 __all__ = ["GumbelSoftmax", "StraightThrough", "hard_sample", "perturbed_logits", "relax_sample"]
@@ -132,7 +132,7 @@ class GumbelSoftmax:
         y = relax_sample(z, kind, self.temperature)
         if self.hard:
             y = hard_sample(z.detach(), kind) + (y - y.detach())
-        return evaluate_cost(f, y, dist, samples)
+        return require_gradient(evaluate_cost(f, y, dist, samples), y, "GumbelSoftmax")
 
 
 @dataclass(frozen=True)
@@ -176,4 +176,5 @@ class StraightThrough:
             p = torch.softmax(base.logits, -1)
             if isinstance(base, Categorical):
                 x = F.one_hot(x, p.shape[-1]).to(p.dtype)
-        return evaluate_cost(f, x + (p - p.detach()), dist, samples)
+        y = x + (p - p.detach())
+        return require_gradient(evaluate_cost(f, y, dist, samples), y, "StraightThrough")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Normal
 
-from logtrick.costs import CostFn, evaluate_cost
+from logtrick.costs import CostFn, evaluate_cost, require_gradient
 from logtrick.dice import first_order_only
 from logtrick.independent import unwrap_independent
 
@@ -154,6 +154,7 @@ def _taylor(f: CostFn, mu: Tensor, dist: Distribution) -> tuple[Tensor, Tensor, 
     m = mu.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         f_mu = evaluate_cost(f, m.unsqueeze(0), dist, 1)[0]
+        require_gradient(f_mu, m, "DeltaMethod")
         (grad,) = torch.autograd.grad(f_mu.sum(), m, create_graph=True)
         lead, trail = m.shape[: f_mu.dim()], m.shape[f_mu.dim() :]
         n = math.prod(trail)

@@ -29,7 +29,7 @@ from torch.distributions import Categorical, Distribution
 
 from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_finite, check_in_range, check_positive, check_positive_int
-from logtrick.costs import CostFn, evaluate_cost, joint_log_prob
+from logtrick.costs import CostFn, evaluate_cost, joint_log_prob, require_gradient
 from logtrick.dice import magic_box
 from logtrick.gumbel import hard_sample, perturbed_logits, relax_sample
 from logtrick.independent import discrete_base, open_uniform
@@ -235,7 +235,8 @@ class Rebar(nn.Module):
         lam = self.log_temperature.exp()
 
         def control(z: Tensor, keep: int) -> Tensor:
-            return self.eta * evaluate_cost(f, relax_sample(z, kind, lam), dist, samples)
+            y = relax_sample(z, kind, lam)
+            return self.eta * require_gradient(evaluate_cost(f, y, dist, samples), y, "Rebar")
 
         return _control_variate_terms(f, dist, samples, baseline, context, control, "Rebar")
 
