@@ -153,7 +153,7 @@ def test_every_torch_distribution_with_rsample_is_covered() -> None:
 
 @pytest.mark.parametrize("name", list(RSAMPLE))
 def test_auto_chooses_pathwise_only_for_a_true_reparameterisation(name: str) -> None:
-    from logtrick.estimators import reparameterised
+    from logtrick.pathwise import reparameterised
 
     params, make, _, expected = RSAMPLE[name]
     dist = make(*[p.clone().requires_grad_() for p in params])
@@ -205,7 +205,7 @@ def test_pathwise_refuses_a_straight_through_sampler() -> None:
 
 
 def test_the_rule_is_stated_once_beside_the_metadata() -> None:
-    from logtrick.estimators import REPARAMETERISATION_RULE
+    from logtrick.pathwise import REPARAMETERISATION_RULE
 
     assert REPARAMETERISATION_RULE in lt.Auto.requires
     assert REPARAMETERISATION_RULE in lt.estimator_table()

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
-from logtrick.estimators import Pathwise, ScoreFunction, expectation
+from logtrick.estimators import ScoreFunction, expectation
 from logtrick.measure_valued import DeltaMethod, MeasureValued, _component_costs, _taylor
+from logtrick.pathwise import Pathwise
 
 DT = torch.float64
 MU = torch.tensor([1.0, -0.5, 0.3], dtype=DT)

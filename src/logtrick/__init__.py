@@ -15,14 +15,7 @@ from logtrick.baselines import (
     OptimalScale,
 )
 from logtrick.enumeration import enumerate_expectation
-from logtrick.estimators import (
-    ESTIMATORS,
-    Auto,
-    Pathwise,
-    ScoreFunction,
-    estimator_table,
-    expectation,
-)
+from logtrick.estimators import ESTIMATORS, ScoreFunction, estimator_table, expectation
 from logtrick.gumbel import GumbelSoftmax, StraightThrough
 from logtrick.language.advantages import (
     GroupedAdvantages,
@@ -46,6 +39,7 @@ from logtrick.language.tokens import (
     token_log_probs,
 )
 from logtrick.measure_valued import DeltaMethod, MeasureValued
+from logtrick.pathwise import Auto, Pathwise
 from logtrick.rebar import Rebar, Relax, variance_backward
 from logtrick.scores import fisher, score
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
@@ -58,6 +52,8 @@ ESTIMATORS.update(
     {
         cls.name: cls
         for cls in (
+            Pathwise,
+            Auto,
             GumbelSoftmax,
             StraightThrough,
             Rebar,
