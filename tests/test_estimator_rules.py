@@ -489,3 +489,46 @@ def test_every_estimator_has_its_claims_checked() -> None:
         for test in tests:
             if test.startswith("test_") and "." not in test:
                 assert test in here, (name, test)
+
+
+BERNOULLI_EST = ("arm", "disarm", "relax", "rebar", "gumbel_softmax", "straight_through")
+
+
+def _problem(estimator: str, theta: Tensor) -> tuple[Callable[[Tensor], Tensor], D.Distribution]:
+    if estimator in BERNOULLI_EST:
+        return lambda b: ((b - 0.4) ** 2).sum(-1), D.Independent(D.Bernoulli(logits=theta), 1)
+    return lambda x: (x**2).sum(-1), D.Independent(D.Normal(theta, 1.0), 1)
+
+
+@pytest.mark.parametrize("estimator", [*sorted(lt.ESTIMATORS), "optimal_scale"])
+def test_every_estimator_gives_its_value_under_inference_mode(estimator: str) -> None:
+    """OptimalScale and the delta method raised autograd errors there (no graph to take)."""
+    baseline = None
+    if estimator == "optimal_scale":
+        estimator, baseline = (
+            "score_function",
+            lt.OptimalScale([torch.zeros(3, requires_grad=True)]),
+        )
+    f, dist = _problem(estimator, torch.zeros(3))
+    with torch.inference_mode():
+        value = lt.expectation(f, dist, 4, estimator, baseline)
+    assert value.shape == () and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("estimator", ["arm", "disarm", "measure_valued", "gumbel_softmax"])
+def test_vmap_over_the_first_order_estimators(estimator: str) -> None:
+    def value(theta: Tensor) -> Tensor:
+        f, dist = _problem(estimator, theta)
+        return lt.expectation(f, dist, 4, estimator)
+
+    out = torch.vmap(torch.func.grad(value), randomness="different")(torch.zeros(5, 3))
+    assert out.shape == (5, 3) and torch.isfinite(out).all()
+
+
+def test_the_delta_method_under_vmap_names_the_way_out() -> None:
+    def value(theta: Tensor) -> Tensor:
+        f, dist = _problem("delta_method", theta)
+        return lt.expectation(f, dist, 4, "delta_method")
+
+    with pytest.raises(ValueError, match=r"DeltaMethod .*torch.vmap.*score_function"):
+        torch.vmap(torch.func.grad(value), randomness="different")(torch.zeros(5, 3))

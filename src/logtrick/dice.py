@@ -152,4 +152,6 @@ def first_order_only(x: Tensor, who: str) -> Tensor:
         f"derivative (torch.autograd.grad(..., create_graph=True) then a second grad). Use "
         f"estimator='score_function' (DiCE, any order), or a pathwise estimator for smooth f"
     )
+    if transformed(x):  # under vmap/torch.func: no autograd.Function without setup_context
+        return x
     return _FirstOrderOnly.apply(x, message)

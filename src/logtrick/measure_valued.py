@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Normal
 
+from logtrick.checks import transformed
 from logtrick.costs import CostFn, evaluate_cost, require_gradient
 from logtrick.dice import first_order_only
 from logtrick.independent import unwrap_independent
@@ -234,7 +235,14 @@ class DeltaMethod:
         with torch.no_grad():
             x = base.sample((samples,))
         cost = evaluate_cost(f, x, dist, samples)
+        if not torch.is_grad_enabled():  # no_grad or inference_mode: the value is all there is
+            return cost
         m, s = mu.detach(), sigma.detach()
+        if transformed(m):
+            raise ValueError(
+                "dist: DeltaMethod takes f's Hessian with torch.autograd, which torch.vmap and "
+                "torch.func cannot trace; use estimator='score_function' there"
+            )
         f_mu, grad, hess = _taylor(f, m, dist)
         delta = x - m
         blocks = delta.reshape((samples, *hess.shape[:-1]))  # (K,) + lead + (n,)

@@ -79,6 +79,8 @@ class OptimalScale:
                 f"log_prob: OptimalScale needs one log-probability per cost element, got shape "
                 f"{tuple(log_prob.shape)} for costs {tuple(cost.shape)}"
             )
+        if not (torch.is_grad_enabled() and log_prob.requires_grad):  # no gradient to scale
+            return torch.zeros_like(log_prob)
         flat_lp = log_prob.reshape(-1)
         n = flat_lp.numel()
         eye = torch.eye(n, dtype=flat_lp.dtype, device=flat_lp.device)
