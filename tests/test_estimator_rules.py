@@ -358,9 +358,12 @@ def test_optimal_scale_with_a_parameter_the_distribution_does_not_use() -> None:
     theta, other = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match=r"params: OptimalScale's params\[1\]"):
         lt.expectation(
-            lambda b: b.sum(-1), D.Bernoulli(logits=theta), 4, "score_function",
+            lambda b: b.sum(-1),
+            D.Bernoulli(logits=theta),
+            4,
+            "score_function",
             lt.OptimalScale([theta, other]),
-        )  # fmt: skip
+        )
 
 
 # ------------------------------------------------------------------ sequence APIs
