@@ -54,18 +54,37 @@ def baseline_grads(name: str, rank: int, world: int, group: object) -> list[torc
     for x in draws():
         mine = x.chunk(world)[rank]
         theta.grad = None
-        est = lt.expectation(cost, Replay(theta, mine), samples=len(mine),
-                             estimator="score_function", baseline=baseline)  # fmt: skip
+        est = lt.expectation(
+            cost,
+            Replay(theta, mine),
+            samples=len(mine),
+            estimator="score_function",
+            baseline=baseline,
+        )
         est.backward()
         grads.append(theta.grad.clone())
     return grads
 
 
 def ppo_config(out: str, **overrides: object) -> Config:
-    return Config(env="CartPole-v1", algo="ppo", total_steps=3 * 64, num_envs=4, num_steps=16,
-                  num_minibatches=2, update_epochs=2, normalize_advantages=False,
-                  normalize_obs=True, anneal_lr=False, seed=3, out=out, progress=False, plot=False,
-                  tensorboard=False, **overrides)  # fmt: skip
+    return Config(
+        env="CartPole-v1",
+        algo="ppo",
+        total_steps=3 * 64,
+        num_envs=4,
+        num_steps=16,
+        num_minibatches=2,
+        update_epochs=2,
+        normalize_advantages=False,
+        normalize_obs=True,
+        anneal_lr=False,
+        seed=3,
+        out=out,
+        progress=False,
+        plot=False,
+        tensorboard=False,
+        **overrides,
+    )
 
 
 def main(out: Path) -> None:
@@ -92,8 +111,7 @@ def main(out: Path) -> None:
     original = train_module.update
 
     def recording(learner: object, rollout: object) -> object:
-        batches.append({"rollout": rollout, "stats": distributed.obs_stats(
-            learner.policy)})  # fmt: skip
+        batches.append({"rollout": rollout, "stats": distributed.obs_stats(learner.policy)})
         return original(learner, rollout)
 
     train_module.update = recording

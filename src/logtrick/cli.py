@@ -127,30 +127,6 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def compare_estimators(problem: Problem) -> dict[str, tuple[object, object]]:
-    """The estimators ``logtrick compare`` measures on ``problem``: label -> (estimator, baseline).
-
-    The score function (``sf``) plain and with each baseline (moving average, leave-one-out, the
-    per-parameter optimal scale, and the exact mean as an oracle constant), and the pathwise
-    estimator where f is differentiable and the distribution has ``rsample``.
-    """
-    import logtrick as lt
-
-    sf = lt.ScoreFunction()
-    table: dict[str, tuple[object, object]] = {
-        "score_function": (sf, None),
-        "sf + moving_average": (sf, lt.MovingAverage()),
-        "sf + leave_one_out": (sf, lt.LeaveOneOut()),
-        "sf + optimal_scale": (sf, lt.OptimalScale(problem.params)),
-    }
-    mean = problem.exact_value()
-    if mean is not None:
-        table["sf + exact E[f] (oracle)"] = (sf, lt.Constant(mean))
-    if problem.differentiable and problem.dist().has_rsample:
-        table["pathwise"] = (lt.Pathwise(), None)
-    return table
-
-
 def _compare_problems(args: argparse.Namespace) -> list[Problem]:
     from logtrick.problems import bernoulli_problem, gaussian_problem
 
@@ -164,6 +140,7 @@ def run_compare(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from logtrick.chooser import applicable_estimators
     from logtrick.diagnostics import compare
 
     if args.samples < 2:
@@ -176,7 +153,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for problem in _compare_problems(args):
         rows = compare(
             problem,
-            compare_estimators(problem),
+            applicable_estimators(problem),
             samples=args.samples,
             repeats=args.repeats,
             seed=args.seed,
@@ -198,8 +175,9 @@ def _rich_table(title: str, rows: list[ComparisonRow], args: argparse.Namespace)
     headers, cells = table_cells(rows)
     table = Table(
         title=f"{title}  (K={args.samples}, R={args.repeats}, seed={args.seed})",
-        caption="sf = score function; variance: trace over parameters, of one K-sample "
-        "estimate; max|z|: largest |mean - exact| / SE",
+        caption="sf = score function; every estimator that applies to the problem; variance: "
+        "trace over parameters, of one K-sample estimate; f-evals, µs: per estimate; rel. cost: "
+        "time against score_function in this run; max|z|: largest |mean - exact| / SE",
         box=box.SIMPLE_HEAD,
     )
     for i, header in enumerate(headers):

@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
+from logtrick.checks import check_known_name, check_positive_int
 from logtrick.rl import distributed, runs
 from logtrick.rl.build import make_learner, new_collector, target_return
 from logtrick.rl.checkpoint import (
@@ -51,6 +51,7 @@ from logtrick.rl.errors import CheckpointError
 from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.presets import is_custom_env
+from logtrick.rl.runs import check_not_a_directory
 from logtrick.rl.tracking import require_wandb
 
 __all__ = ["Agent", "TrainResult", "load", "resume_agent", "train"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from logtrick.checks import check_nonempty_str
 from logtrick.rl.errors import CheckpointError, RunLockedError
 
 try:
@@ -290,3 +291,35 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     """``config.json``, atomically."""
     atomic_write_text(run_dir / CONFIG, json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` is a non-empty str or an ``os.PathLike``; returns it as a str."""
+    return check_nonempty_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def check_path_name(name: str, value: object) -> str:
+    """``value`` can name one entry of a directory: non-empty, no path separator, not . or .."""
+    check_nonempty_str(name, value)
+    if "/" in value or "\\" in value or value in (".", "..") or "\0" in value:  # type: ignore[operator]
+        raise ValueError(
+            f"{name}: expected a file or directory name (no '/', not '.' or '..'), got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def check_not_a_directory(name: str, value: object) -> str:
+    """``value`` (a str or ``os.PathLike``) names a file to write, not an existing directory."""
+    path = check_path(name, value)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; expected a file path (e.g. agent.pt)")
+    return path
+
+
+def check_not_a_file(name: str, value: object) -> str:
+    """``value`` (a str or ``os.PathLike``) names a directory, or nothing yet (it is created
+    later): not a file."""
+    path = check_path(name, value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a file; expected a directory (or a new path)")
+    return path

@@ -14,7 +14,8 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import RecordVideo
 
-from logtrick.checks import check_env_id, check_positive_int
+from logtrick.checks import check_positive_int
+from logtrick.rl.envs import check_env_id
 from logtrick.rl.errors import MissingExtraError
 
 __all__ = ["record_video"]
