@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import io
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -41,10 +40,10 @@ from logtrick.rl.checkpoint import (
     load_config,
     load_policy_state,
     merge_config,
+    read_agent_file,
     restore,
 )
 from logtrick.rl.config import Config, is_custom_env, preset
-from logtrick.rl.errors import CheckpointError
 from logtrick.rl.loop import (
     Callback,
     Session,
@@ -248,10 +247,8 @@ class Agent:
                  "custom_policy": self.custom_policy,
                  "checkpoint": checkpoint_state(self.learner, self.counters)}  # fmt: skip
         path = Path(check_not_a_directory("path", path))
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
         path.parent.mkdir(parents=True, exist_ok=True)  # like the run directory's parents
-        runs.atomic_write_bytes(path, buffer.getvalue())
+        runs.save_checkpoint(path, state)  # atomic, with checksums
 
     @classmethod
     def load(cls, path: str | Path, env: EnvLike | None = None,
@@ -268,9 +265,7 @@ class Agent:
             CheckpointError: not an agent file, or one that does not fit.
             ValueError: ``env`` or ``policy`` is needed but missing.
         """
-        state = runs.load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not an agent file written by Agent.save")
+        state = read_agent_file(path, FORMAT)
         if state["custom_policy"] and policy is None:
             raise ValueError(f"policy: {path} was trained with your own network; pass one of "
                              "the same architecture: Agent.load(path, policy=net)")  # fmt: skip

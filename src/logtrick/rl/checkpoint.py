@@ -39,6 +39,7 @@ __all__ = [
     "load_config",
     "load_policy_state",
     "merge_config",
+    "read_agent_file",
     "restore",
 ]
 
@@ -131,6 +132,24 @@ def _misfit(config: Config, err: Exception) -> CheckpointError:
     return CheckpointError(
         f"checkpoint: does not fit the policy of this run's config ({config.env}, {config.algo}, "
         f"hidden {config.hidden}): {reason}; was it copied from another run?"
+    )
+
+
+def read_agent_file(path: str | Path, format: str) -> dict[str, Any]:
+    """The contents of a file written by ``Agent.save`` (``format`` its ``"format"`` entry),
+    checked like a checkpoint; ``CheckpointError`` naming the file if it is something else."""
+    state = runs.load_checkpoint(path)
+    kinds = {"config": dict, "custom_policy": bool, "checkpoint": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+    if state.get("format") != format:
+        what = f"no format entry {format!r}"
+    elif wrong:
+        what = f"its {', '.join(wrong)} entry is missing or malformed"
+    else:
+        return state
+    raise CheckpointError(
+        f"{path}: not an agent file written by logtrick's Agent.save ({what}); load a run "
+        "directory's policy with rl.load(run_dir), or save the agent again"
     )
 
 
