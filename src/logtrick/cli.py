@@ -166,8 +166,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     from logtrick.diagnostics import compare
 
-    if args.samples < 2:
-        raise ValueError(f"--samples: expected >= 2 (leave-one-out needs 2), got {args.samples}")
+    _check_compare_arguments(args)
     torch.set_num_threads(1)
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
@@ -186,6 +185,20 @@ def run_compare(args: argparse.Namespace) -> int:
     path = _plot(results, args.out / f"compare-{args.problem}.png")
     console.print(f"plot: {path}")
     return 0
+
+
+def _check_compare_arguments(args: argparse.Namespace) -> None:
+    """Each flag by its name, before anything runs (a NaN ``--k`` would fail later as "f(x)")."""
+    if args.samples < 2:
+        raise ValueError(f"--samples: expected >= 2 (leave-one-out needs 2), got {args.samples}")
+    if args.repeats < 4:
+        raise ValueError(f"--repeats: expected >= 4 (estimates per variance), got {args.repeats}")
+    for flag, values in (("--k", args.k), ("--target", [args.target])):
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"{flag}: expected finite numbers, got {bad[0]}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed: expected an int in [0, 2**63), got {args.seed}")
 
 
 def _rich_table(title: str, rows: list[ComparisonRow], args: argparse.Namespace) -> Table:

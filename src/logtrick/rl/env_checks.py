@@ -1,0 +1,139 @@
+"""An env that breaks is the user's to fix: say which env, where, and what, in one line.
+
+* :func:`check_custom_env` runs Gymnasium's ``env_checker`` on an env given as an instance or
+  factory (registered ids are Gymnasium's or their authors' to check) before anything trains,
+  and turns what it finds into one :class:`~logtrick.rl.errors.EnvError` line; its warnings are
+  shown once per env and message.
+* :func:`env_failure` turns an exception raised inside a vector env's ``reset`` / ``step`` into
+  an ``EnvError`` naming the env, the env index and what was kept.
+* :func:`episode_step_limit` bounds a loop over the steps of an episode: the env's own
+  ``max_episode_steps``, else :data:`DEFAULT_EPISODE_STEPS`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import gymnasium as gym
+
+from logtrick.rl.errors import EnvError
+
+__all__ = ["DEFAULT_EPISODE_STEPS", "check_custom_env", "env_failure", "episode_step_limit"]
+
+DEFAULT_EPISODE_STEPS = 10_000
+"""Steps after which an evaluation episode of an env without ``max_episode_steps`` (no
+``TimeLimit``) is cut, with a warning: an env that never ends must not hang the run."""
+_FATAL = ("reward returned by `step()` must be", "step()` method is not a tuple")
+"""``env_checker`` warnings that training cannot go on with (they fail later, obscurely)."""
+_HARMLESS = ("is different from the unwrapped version",)
+"""``env_checker`` warnings about how it is called here, not about the env."""
+_COLOR = re.compile(r"\x1b\[[0-9;]*m")
+_shown: set[tuple[str, str]] = set()
+
+
+def _first_sentence(message: str) -> str:
+    text = " ".join(_COLOR.sub("", message).replace("WARN: ", "").split())
+    return text.split(". See https")[0].rstrip(".")
+
+
+def check_custom_env(make: Callable[[], gym.Env], name: str) -> None:
+    """Run ``gymnasium.utils.env_checker.check_env`` on a fresh env from ``make``.
+
+    Raises:
+        EnvError: the env cannot be made, or breaks Gymnasium's API (``reset`` returning the
+            observation only, a reward that is an array, a space it rejects, ...).
+    """
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            env = make()
+        except Exception as err:  # the user's constructor
+            raise EnvError(f"env: making {name} raised {_describe(err)}") from err
+        try:
+            check_env(env, skip_render_check=True, skip_close_check=True)
+        except Exception as err:
+            if "determinis" not in str(err):  # a seed it ignores: a warning, below
+                raise EnvError(f"env: {name} does not follow Gymnasium's Env API "
+                               f"(gymnasium env_checker): {_describe(err)}") from err  # fmt: skip
+            warnings.warn(str(err), stacklevel=1)
+        finally:
+            env.close()
+    messages = [_first_sentence(str(w.message)) for w in caught]
+    fatal = [m for m in messages if any(f in m for f in _FATAL)]
+    if fatal:
+        raise EnvError(f"env: {name} does not follow Gymnasium's Env API (gymnasium "
+                       f"env_checker): {fatal[0]}")  # fmt: skip
+    for message in messages:
+        if not any(h in message for h in _HARMLESS) and (name, message) not in _shown:
+            _shown.add((name, message))
+            warnings.warn(f"env {name}: {message} (gymnasium env_checker)", stacklevel=3)
+
+
+def _describe(err: BaseException) -> str:
+    text = _first_sentence(str(err)) or "no message"
+    return f"{type(err).__name__}: {text}"
+
+
+def env_failure(err: BaseException, name: str, when: str, kept: str) -> EnvError | None:
+    """The ``EnvError`` for ``err`` if it was raised in a vector env's ``reset`` or ``step``
+    (``None`` otherwise: a bug of ours keeps its traceback). ``when``: the update and env step;
+    ``kept``: what the run directory keeps."""
+    found = _env_call(err.__traceback__)
+    if found is None:
+        return None
+    method, index = found
+    which = "" if index is None else f" of env index {index}"
+    return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}; "
+                    f"{kept}")  # fmt: skip
+
+
+def _env_call(tb: TracebackType | None) -> tuple[str, int | None] | None:
+    """``(method, sub-env index or None)`` of the vector env call on the traceback that
+    raised; ``None`` if no vector env's ``reset`` / ``step`` is on it."""
+    found: tuple[str, int | None] | None = None
+    while tb is not None:
+        frame = tb.tb_frame
+        module, code = frame.f_globals.get("__name__", ""), frame.f_code.co_name
+        if module.startswith("gymnasium.vector") and code in (
+            "step", "reset", "step_wait", "reset_wait", "_raise_if_errors"
+        ):  # fmt: skip
+            index = frame.f_locals.get("i", frame.f_locals.get("index"))
+            method = "step" if "step" in code else "reset" if "reset" in code else None
+            previous = found or ("step", None)
+            found = (method or previous[0], index if isinstance(index, int) else previous[1])
+        tb = tb.tb_next
+    return found
+
+
+def episode_step_limit(env: Any) -> tuple[int, bool]:
+    """``(limit, own)``: the env's ``max_episode_steps`` (``own``), else
+    :data:`DEFAULT_EPISODE_STEPS`. ``env``: an id, or a vector env from ``make_env``."""
+    spec = None
+    if isinstance(env, str):
+        try:
+            spec = gym.spec(env)
+        except gym.error.Error:
+            spec = None
+    else:
+        for source in (env, *getattr(env, "envs", ())):
+            spec = getattr(source, "spec", None) or spec
+            limit = _time_limit(source)
+            if limit is not None:
+                return limit, True
+    limit = getattr(spec, "max_episode_steps", None)
+    return (int(limit), True) if limit else (DEFAULT_EPISODE_STEPS, False)
+
+
+def _time_limit(env: Any) -> int | None:
+    """The ``max_episode_steps`` of a ``TimeLimit`` among ``env``'s wrappers."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return int(env._max_episode_steps)
+        env = env.env
+    return None
