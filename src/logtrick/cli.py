@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -305,7 +306,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--async-envs", action="store_true", help="one process per environment")
     p.add_argument(
         "--eval-every",
-        help=f"evaluate 20 deterministic episodes every N env steps; 0: never "
+        help=f"evaluate eval_episodes deterministic episodes every N env steps; 0: never "
         f"(default: the preset's, else {BASE['eval_every']})",
     )
     p.add_argument(
@@ -358,15 +359,36 @@ def run_train(args: argparse.Namespace) -> int:
 
     from logtrick import rl
     from logtrick.rl.loop import train
+    from logtrick.rl.signals import exit_code
 
     overrides = train_overrides(args)
     if args.resume:
         config = dataclasses.replace(rl.load_config(args.resume), **overrides)
+        note = _finished(args.resume, config)
+        if note:
+            print(note)
+            return 0
         result = train(config, resume=args.resume)
     else:
-        result = train(rl.Config(**overrides))
+        config = rl.Config(**overrides)
+        result = train(config)
     if int(os.environ.get("RANK", 0)):  # torchrun: rank 0 reports (and writes) the run
         return 0
+    _report(result, config)
+    return 0 if result.signal == signal.SIGINT else exit_code(result.signal)
+
+
+def _finished(run_dir: str, config: Any) -> str | None:
+    """The note for ``--resume`` of a run that has no steps left (``None``: it has)."""
+    from logtrick.rl import runs
+    from logtrick.rl.checkpoint import Counters, finished_note
+
+    counters = Counters(**runs.load_checkpoint(Path(run_dir) / runs.CHECKPOINT)["counters"])
+    return finished_note(Path(run_dir), config, counters)
+
+
+def _report(result: Any, config: Any) -> None:
+    """What happened, in the run's own numbers."""
     last = result.history[-1] if result.history else {}
     ret = float(last.get("episode_return", math.nan))
     print(f"run directory: {result.run_dir}")
@@ -376,13 +398,15 @@ def run_train(args: argparse.Namespace) -> int:
         + (f"{ret:.1f}" if math.isfinite(ret) else "none (no episode has ended yet)")
     )
     if result.solved_at_step is not None:
+        target = "target return" if config.target_return is not None else "threshold"
         print(
-            f"solved: 20 deterministic episodes reached the threshold at "
+            f"solved: {config.eval_episodes} deterministic episodes reached the {target} at "
             f"{result.solved_at_step:,} steps, {result.solved_at_time:.1f} s of training"
         )
     if result.interrupted:
-        print(f"interrupted; checkpoint saved. Continue: logtrick train --resume {result.run_dir}")
-    return 0
+        name = signal.Signals(result.signal).name
+        print(f"stopped by {name}; checkpoint saved. Continue: logtrick train --resume "
+              f"{result.run_dir}")  # fmt: skip
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -396,7 +420,10 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from logtrick import rl
+    from logtrick.checks import check_positive_int, check_seed
 
+    check_positive_int("--episodes", args.episodes)
+    check_seed("--seed", args.seed)
     env = rl.load_config(args.run_dir).env
     policy = rl.load(args.run_dir)
     # load gives an ActorCritic or a ModulePolicy (typed nn.Module); evaluate calls only act()

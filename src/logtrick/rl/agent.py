@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,11 +34,17 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
+from logtrick.checks import (
+    check_known_name,
+    check_not_a_directory,
+    check_positive_int,
+    check_seed,
+)
 from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
+    finished_note,
     load_config,
     load_policy_state,
     merge_config,
@@ -44,6 +52,8 @@ from logtrick.rl.checkpoint import (
     restore,
 )
 from logtrick.rl.config import Config, is_custom_env, preset
+from logtrick.rl.env_checks import check_custom_env
+from logtrick.rl.errors import DivergenceError, EnvError, LogtrickError
 from logtrick.rl.loop import (
     Callback,
     Session,
@@ -80,6 +90,34 @@ def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
         return env
     raise TypeError(f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
                     f"got {type(env).__name__}")  # fmt: skip
+
+
+def _probe(source: str | Callable[[], gym.Env], name: str) -> Any:
+    """One env, to build the policy from: a custom env passes Gymnasium's env_checker first;
+    an env that cannot be made is an ``EnvError`` naming it."""
+    name = name.removeprefix("custom:")
+    if not isinstance(source, str):
+        check_custom_env(source, name)
+    try:
+        return make_env(source, num_envs=1)
+    except (LogtrickError, ValueError, TypeError):  # ours (unknown id, ...): they name it
+        raise
+    except Exception as err:
+        raise EnvError(f"env: making {name} raised {type(err).__name__}: {err}") from err
+
+
+def _numbers(name: str, obs: Any) -> Any:
+    """``obs`` as numpy arrays (dicts and tuples kept); ``TypeError`` naming ``name`` if an
+    entry is not numbers (strings, objects)."""
+    if isinstance(obs, dict):
+        return {k: _numbers(f"{name}[{k!r}]", v) for k, v in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(_numbers(f"{name}[{i}]", v) for i, v in enumerate(obs))
+    array = np.asarray(obs)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected numbers (an array of the observation space's "
+                        f"shape), got an array of dtype {array.dtype}")  # fmt: skip
+    return array
 
 
 class Agent:
@@ -131,7 +169,7 @@ class Agent:
     def _setup(self, config: Config, source: Any, policy: torch.nn.Module | None) -> None:
         """Build the policy from one env; the training envs wait for :meth:`learn`."""
         self.ranks = distributed.init_ranks(config)  # torchrun: join the process group
-        probe = make_env(source, num_envs=1)
+        probe = _probe(source, config.env)
         try:
             self.learner = distributed.place(make_learner(config, probe, policy), self.ranks)
         finally:
@@ -140,7 +178,10 @@ class Agent:
         self.counters = Counters.start(config)
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
-        self.interrupted = False
+        self.signal = 0
+        """The signal that stopped the last :meth:`learn` (SIGINT, SIGTERM), else 0."""
+        self.finished: str | None = None
+        """A resumed run that has nothing left to train: what to do instead."""
         self._envs: Any = None
         self._collector: Any = None
 
@@ -180,20 +221,35 @@ class Agent:
             with tempfile.TemporaryDirectory() as scratch:
                 self._run(Path(scratch), True, callback)
             return self
+        if self.finished is not None and steps is None:
+            warnings.warn(self.finished, stacklevel=2)
+            return self
         if first:
             self.run_dir = runs.new_run_dir(self.config.out, self.config.name)
         assert self.run_dir is not None  # set just above on the first call
-        with runs.lock_run_dir(self.run_dir):
-            runs.write_config(self.run_dir, self.config.to_dict())
-            self._run(self.run_dir, first, callback)
+        try:
+            with runs.lock_run_dir(self.run_dir):
+                runs.write_config(self.run_dir, self.config.to_dict())
+                self._run(self.run_dir, first, callback)
+        except BaseException as err:
+            if first and not isinstance(err, DivergenceError):  # its message says what is kept
+                self._remove_stub()
+            raise
         return self
+
+    def _remove_stub(self) -> None:
+        """Remove a new run directory that never got a checkpoint: a stub, not a run."""
+        if self.run_dir is not None and not (self.run_dir / runs.CHECKPOINT).exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
 
     def _run(self, run_dir: Path, first: bool, callback: Callback | None) -> None:
         """The loop of :func:`~logtrick.rl.loop.run_loop`, writing into ``run_dir``."""
         target = target_return(self.config, self.env)
         session = Session(self.learner, self._collector, self.counters, self.env, run_dir,
                           self.history, target)  # fmt: skip
-        self.interrupted = run_loop(session, first, callback)
+        self.signal = run_loop(session, first, callback)
+        self.finished = None
 
     def _set_budget(self, steps: int | None) -> None:
         """``config.total_steps`` for this call; the schedule extends to it on a later call."""
@@ -219,15 +275,15 @@ class Agent:
         Returns:
             numpy actions as the env takes them: ``action_shape``, or ``(N, *action_shape)``.
         """
-        if not isinstance(obs, (dict, tuple)):
-            obs = np.asarray(obs)
+        obs = _numbers("obs", obs)
         return self.learner.policy.act(obs, deterministic, action_mask)
 
     def evaluate(self, episodes: int = 20, seed: int | None = None,
                  deterministic: bool = True) -> tuple[float, float]:  # fmt: skip
         """Mean and std of the returns of ``episodes`` episodes (reset seeds ``seed + i``;
         ``None``: ``config.seed + 10_000``, the seeds of the evaluations during training)."""
-        seed = self.config.seed + 10_000 if seed is None else seed
+        check_positive_int("episodes", episodes)
+        seed = self.config.seed + 10_000 if seed is None else check_seed("seed", seed)
         return evaluate(self.learner.policy, self.env, episodes, seed=seed,
                         deterministic=deterministic)  # fmt: skip
 
@@ -237,7 +293,13 @@ class Agent:
         c, solved = self.counters, self.counters.solved_at_step >= 0
         return TrainResult(self.learner.policy, self.history, self.run_dir or Path(),
                            c.solved_at_step if solved else None,
-                           c.solved_at_time if solved else None, self.interrupted)  # fmt: skip
+                           c.solved_at_time if solved else None, self.interrupted,
+                           signal=self.signal)  # fmt: skip
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a signal (Ctrl-C, SIGTERM) stopped the last :meth:`learn`."""
+        return self.signal != 0
 
     def save(self, path: str | Path) -> None:
         """Write the agent (config, weights, optimizer, counters) to ``path``, atomically; a
@@ -302,7 +364,9 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
     if config.total_steps < c.global_step:
         raise ValueError(f"total_steps: {config.total_steps:,} is below the "
                          f"{c.global_step:,} steps the run has taken")  # fmt: skip
-    c.extend(saved, config)
+    agent.finished = finished_note(run_dir, config, c)
+    if agent.finished is None:
+        c.extend(saved, config)
     if agent.learner.reward_scale is not None:  # the envs are reset: new episodes
         agent.learner.reward_scale.new_episodes()
     rows = runs.read_metrics(run_dir / runs.METRICS) if (run_dir / runs.METRICS).exists() else []

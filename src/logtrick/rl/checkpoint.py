@@ -36,6 +36,7 @@ from logtrick.rl.learner import Learner
 __all__ = [
     "Counters",
     "checkpoint_state",
+    "finished_note",
     "load_config",
     "load_policy_state",
     "merge_config",
@@ -151,6 +152,20 @@ def read_agent_file(path: str | Path, format: str) -> dict[str, Any]:
         f"{path}: not an agent file written by logtrick's Agent.save ({what}); load a run "
         "directory's policy with rl.load(run_dir), or save the agent again"
     )
+
+
+def finished_note(run_dir: Path, config: Config, counters: Counters) -> str | None:
+    """What to say when resuming a run that has taken ``config.total_steps`` already (``None``
+    if it has steps left): that it is finished, and what ``--steps`` does."""
+    if counters.global_step < config.total_steps:
+        return None
+    done = f"{run_dir}: the run is finished ({counters.global_step:,} env steps, its budget)"
+    if config.anneal_lr:
+        return (f"{done}; its learning rate was annealed to 0 (anneal_lr), so it cannot train "
+                "on: start a new run with a larger --steps (total_steps)")  # fmt: skip
+    return (f"{done}; nothing to train. --steps sets the run's total budget, not steps to add: "
+            f"--resume {run_dir} --steps N, with N above {counters.global_step:,}, trains on "
+            "to N")  # fmt: skip
 
 
 def load_config(run_dir: str | Path) -> Config:

@@ -277,7 +277,7 @@ def _choice(*choices: object) -> Callable[[str, Any], Any]:
 
 FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "env": checks.check_nonempty_str, "algo": _choice(*ALGOS),
-    "total_steps": checks.check_positive_int, "seed": checks.check_nonnegative_int,
+    "total_steps": checks.check_positive_int, "seed": checks.check_seed,
     "num_envs": checks.check_positive_int, "num_steps": checks.check_positive_int,
     "vectorization_mode": _choice("sync", "async"), "gamma": _rate,
     "gae_lambda": _rate, "lr": checks.check_positive, "anneal_lr": checks.check_bool,

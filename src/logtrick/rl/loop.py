@@ -25,8 +25,8 @@ Nothing is lost and nothing fails silently:
 from __future__ import annotations
 
 import math
-import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from logtrick.checks import check_positive_int, check_seed
 from logtrick.collective import world_size
 from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it here)
@@ -46,11 +47,13 @@ from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it
     restore,
 )
 from logtrick.rl.config import Config
+from logtrick.rl.env_checks import env_failure, episode_step_limit
 from logtrick.rl.errors import DivergenceError
 from logtrick.rl.learner import Learner, RewardScale
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
+from logtrick.rl.signals import StopSignals
 from logtrick.rl.update import update
 
 __all__ = ["TrainResult", "evaluate", "load_config", "make_learner", "run_loop", "train"]
@@ -69,6 +72,8 @@ class TrainResult:
     """Training wall-clock (s, evaluation excluded) at that evaluation."""
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    signal: int = 0
+    """The signal that stopped the run (``signal.SIGTERM``: preempted; SIGINT: Ctrl-C), else 0."""
 
 
 def build_policy(config: Config, env: Any) -> ActorCritic:
@@ -108,8 +113,8 @@ def evaluate(
     Runs the episodes in one vector env of ``episodes`` copies, each stopped after its first
     episode. ``env`` is an env id or a zero-argument env factory.
     """
-    if episodes <= 0:
-        raise ValueError(f"episodes: expected a positive int, got {episodes!r}")
+    check_positive_int("episodes", episodes)
+    check_seed("seed", seed)
     envs = make_env(env, num_envs=episodes, vectorization_mode="sync")
     try:
         seeds = [seed + i for i in range(episodes)]
@@ -117,14 +122,30 @@ def evaluate(
         obs, info = envs.reset(seed=seeds)  # type: ignore[arg-type]
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
-        while running.any():
+        limit, own = episode_step_limit(envs)
+        for _ in range(limit + 1):  # an env's own limit truncates at `limit`
             action = policy.act(obs, deterministic, info_action_mask(info))
             obs, reward, terminated, truncated, info = envs.step(action)
             totals += np.where(running, reward, 0.0)
             running &= ~(terminated | truncated)
+            if not running.any():
+                break
     finally:
         envs.close()
+    if running.any():
+        _warn_cut(env, int(running.sum()), episodes, limit, own)
     return float(totals.mean()), float(totals.std())
+
+
+def _warn_cut(env: Any, cut: int, episodes: int, limit: int, own: bool) -> None:
+    """One line: an evaluation stopped episodes that had not ended (not a hang)."""
+    name = env if isinstance(env, str) else getattr(env, "__name__", type(env).__name__)
+    why = "its max_episode_steps" if own else "it has no TimeLimit: the default bound"
+    warnings.warn(
+        f"evaluate: {cut} of {episodes} episodes of {name} had not ended after {limit:,} "
+        f"steps ({why}); their returns so far are counted",
+        stacklevel=3,
+    )
 
 
 def _reset_seeds(config: Config, update_index: int) -> list[int]:
@@ -153,30 +174,6 @@ def _progress(config: Config) -> Any:
         TimeRemainingColumn(),
         disable=not config.progress,
     )
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the end of the current update; a second one raises."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
-
-    def __enter__(self) -> _StopFlag:
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not in the main thread
-            self.previous = None
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = None) -> Learner:
@@ -241,10 +238,11 @@ class Session:
     """The return that counts as solved (:func:`target_return`)."""
 
 
-def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
-    """Train ``s`` to ``config.total_steps`` with its logger, then draw the plot; returns whether
-    a Ctrl-C stopped it. ``first``: a new run directory (else the metrics of updates after
-    ``counters.update`` are dropped: they are not in the checkpoint)."""
+def run_loop(s: Session, first: bool, callback: Callback | None = None) -> int:
+    """Train ``s`` to ``config.total_steps`` with its logger, then draw the plot; returns the
+    signal that stopped it (SIGINT: Ctrl-C, SIGTERM: preemption), else 0. ``first``: a new run
+    directory (else the metrics of updates after ``counters.update`` are dropped: they are not
+    in the checkpoint)."""
     config = s.learner.config
     keep = None if first else s.counters.update
     logger = runs.MetricsLogger(s.run_dir, config.tensorboard, keep_until=keep)
@@ -270,14 +268,14 @@ def _set_lr(learner: Learner, lr: float) -> None:
         group["lr"] = lr
 
 
-def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> bool:
-    """Collect, update, log, evaluate, call back, checkpoint; returns whether a Ctrl-C stopped
-    it. Stops at the budget, at a Ctrl-C, when the callback returns true, or (with
-    ``stop_at_threshold``) after an evaluation that reaches the target."""
+def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> int:
+    """Collect, update, log, evaluate, call back, checkpoint; returns the signal (SIGINT,
+    SIGTERM) that stopped it, else 0. Stops at the budget, at such a signal, when the callback
+    returns true, or (with ``stop_at_threshold``) after an evaluation that reaches the target."""
     config, learner, c = s.learner.config, s.learner, s.counters
     target, saved_at = s.target, c.update
     recent = deque(c.recent, maxlen=20)
-    with _StopFlag() as stop, _progress(config) as bar:
+    with StopSignals() as stop, _progress(config) as bar:
         task = bar.add_task("train", total=config.total_steps, completed=c.global_step,
                             sps="-", ret="-")  # fmt: skip
         while c.global_step < config.total_steps:
@@ -286,7 +284,7 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
             s.history.append(row)
             bar.update(task, completed=c.global_step, sps=f"{row['sps']:.0f}",
                        ret=f"{row['episode_return']:.1f}")  # fmt: skip
-            solved = config.stop_at_threshold and row["eval_return"] >= (target or math.inf)
+            solved = config.stop_at_threshold and row["eval_return"] >= _or_inf(target)
             asked = callback is not None and bool(callback(dict(row)))
             done = stop.requested or asked or solved or c.global_step >= config.total_steps
             if done or c.update % config.checkpoint_interval == 0:
@@ -294,7 +292,12 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
                 saved_at = c.update
             if done:
                 break
-    return stop.requested
+    return stop.received
+
+
+def _or_inf(target: float | None) -> float:
+    """The target, or +inf without one (0 is a target)."""
+    return math.inf if target is None else target
 
 
 def _one_update(
@@ -305,7 +308,7 @@ def _one_update(
     lr = c.lr(learner.config)
     _set_lr(learner, lr)
     t0 = time.perf_counter()
-    ro = s.collector.collect()
+    ro = _collect(s, saved_at)
     steps = ro.rewards.numel() * world_size()  # summed over the ranks
     try:
         info = update(learner, ro)
@@ -321,6 +324,28 @@ def _one_update(
             "episode_return": float(np.mean(returns)) if recent else math.nan,
             "episode_length": float(np.mean(lengths)) if recent else math.nan,
             "eval_return": _maybe_evaluate(s, target, steps), **info}  # fmt: skip
+
+
+def _collect(s: Session, saved_at: int) -> Any:
+    """``s.collector.collect()``; an exception the env raised is an ``EnvError`` naming it."""
+    try:
+        return s.collector.collect()
+    except Exception as err:
+        c = s.counters
+        when = f"in update {c.update + 1} (after env step {c.global_step:,})"
+        failure = env_failure(err, _env_name(s.learner.config), when, _kept(saved_at))
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def _env_name(config: Config) -> str:
+    return config.env.removeprefix("custom:")
+
+
+def _kept(saved_at: int) -> str:
+    return (f"the run directory keeps the checkpoint of update {saved_at}" if saved_at
+            else "no checkpoint was written")  # fmt: skip
 
 
 def _diverged(
