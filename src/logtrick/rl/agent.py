@@ -76,7 +76,8 @@ FORMAT = "logtrick-agent-1"
 
 def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
     """What envs are made from: an id, or a zero-argument factory (an instance is deep-copied,
-    once per env: the instance itself is never stepped)."""
+    once per env: the instance itself is never stepped). A custom env (not an id) passes
+    Gymnasium's env_checker first (:func:`~logtrick.rl.env_checks.check_custom_env`)."""
     if isinstance(env, str):
         return env
     if isinstance(env, gym.Env):
@@ -85,19 +86,19 @@ def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
         except Exception as err:
             raise TypeError(f"env: the instance {env} cannot be copied ({err}); pass a "
                             "zero-argument factory instead") from err  # fmt: skip
+        check_custom_env(partial(copy.deepcopy, env), type(env.unwrapped).__name__)
         return partial(copy.deepcopy, env)
     if callable(env):
+        check_custom_env(env, getattr(env, "__qualname__", None) or type(env).__name__)
         return env
     raise TypeError(f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
                     f"got {type(env).__name__}")  # fmt: skip
 
 
 def _probe(source: str | Callable[[], gym.Env], name: str) -> Any:
-    """One env, to build the policy from: a custom env passes Gymnasium's env_checker first;
-    an env that cannot be made is an ``EnvError`` naming it."""
+    """One env, to build the policy from; one that cannot be made is an ``EnvError`` naming
+    it."""
     name = name.removeprefix("custom:")
-    if not isinstance(source, str):
-        check_custom_env(source, name)
     try:
         return make_env(source, num_envs=1)
     except (LogtrickError, ValueError, TypeError):  # ours (unknown id, ...): they name it

@@ -29,8 +29,10 @@ DEFAULT_EPISODE_STEPS = 10_000
 ``TimeLimit``) is cut, with a warning: an env that never ends must not hang the run."""
 _FATAL = ("reward returned by `step()` must be", "step()` method is not a tuple")
 """``env_checker`` warnings that training cannot go on with (they fail later, obscurely)."""
-_HARMLESS = ("is different from the unwrapped version",)
-"""``env_checker`` warnings about how it is called here, not about the env."""
+_HARMLESS = ("is different from the unwrapped version", "value is infinity", "value is -infinity")
+"""``env_checker`` warnings about how it is called here, or about what many good envs do
+(unbounded Box observations), not worth a line each."""
+_VECTOR_CALLS = ("step", "reset", "step_wait", "reset_wait", "_raise_if_errors")
 _COLOR = re.compile(r"\x1b\[[0-9;]*m")
 _shown: set[tuple[str, str]] = set()
 
@@ -55,6 +57,10 @@ def check_custom_env(make: Callable[[], gym.Env], name: str) -> None:
             env = make()
         except Exception as err:  # the user's constructor
             raise EnvError(f"env: making {name} raised {_describe(err)}") from err
+        if not isinstance(env, gym.Env):
+            return  # not an env at all: make_env says so, naming the factory
+        if "<" in name:  # a lambda: the env's class says more
+            name = f"{type(getattr(env, 'unwrapped', env)).__name__} (made by {name})"
         try:
             check_env(env, skip_render_check=True, skip_close_check=True)
         except Exception as err:
@@ -87,26 +93,31 @@ def env_failure(err: BaseException, name: str, when: str, kept: str) -> EnvError
     found = _env_call(err.__traceback__)
     if found is None:
         return None
-    method, index = found
+    method, index, cls = found
+    if cls is not None and "<" in name:  # a lambda: the env's class says more
+        name = f"{cls} (made by {name.rsplit('.', 1)[-1]})"
     which = "" if index is None else f" of env index {index}"
     return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}; "
                     f"{kept}")  # fmt: skip
 
 
-def _env_call(tb: TracebackType | None) -> tuple[str, int | None] | None:
-    """``(method, sub-env index or None)`` of the vector env call on the traceback that
-    raised; ``None`` if no vector env's ``reset`` / ``step`` is on it."""
-    found: tuple[str, int | None] | None = None
+def _env_call(tb: TracebackType | None) -> tuple[str, int | None, str | None] | None:
+    """``(method, sub-env index, its class name)`` of the vector env call on the traceback
+    that raised (index and class ``None`` where unknown); ``None`` if no vector env's
+    ``reset`` / ``step`` is on it."""
+    found = None
     while tb is not None:
         frame = tb.tb_frame
         module, code = frame.f_globals.get("__name__", ""), frame.f_code.co_name
-        if module.startswith("gymnasium.vector") and code in (
-            "step", "reset", "step_wait", "reset_wait", "_raise_if_errors"
-        ):  # fmt: skip
+        if module.startswith("gymnasium.vector") and code in _VECTOR_CALLS:
             index = frame.f_locals.get("i", frame.f_locals.get("index"))
-            method = "step" if "step" in code else "reset" if "reset" in code else None
-            previous = found or ("step", None)
-            found = (method or previous[0], index if isinstance(index, int) else previous[1])
+            index = index if isinstance(index, int) else None
+            envs = getattr(frame.f_locals.get("self"), "envs", None)
+            cls = None
+            if index is not None and isinstance(envs, list) and index < len(envs):
+                cls = type(envs[index].unwrapped).__name__
+            method = "step" if "step" in code else "reset" if "reset" in code else "step"
+            found = (method, index, cls) if index is not None or found is None else found
         tb = tb.tb_next
     return found
 

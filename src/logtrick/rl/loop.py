@@ -123,7 +123,7 @@ def evaluate(
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
         limit, own = episode_step_limit(envs)
-        for _ in range(limit + 1):  # an env's own limit truncates at `limit`
+        for _ in range(limit):  # an env's own TimeLimit truncates at its `limit`-th step
             action = policy.act(obs, deterministic, info_action_mask(info))
             obs, reward, terminated, truncated, info = envs.step(action)
             totals += np.where(running, reward, 0.0)
