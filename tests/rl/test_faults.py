@@ -1,4 +1,5 @@
-"""Fault injection: damaged files, files of another run, leftovers of a killed writer (issue 24).
+"""Fault injection: damaged files, files of another run, leftovers of a killed writer, signals
+at random moments, a full disk (issue 24).
 
 Each test here fails on the code before issue 24: a damaged or NaN checkpoint was evaluated as if
 fine, a checkpoint of another run was resumed, orphaned temporary files stayed, a cut metrics row
@@ -8,10 +9,17 @@ blocked ``--resume`` with a ``TypeError``, and a cut ``config.json`` did not nam
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -218,3 +226,166 @@ def test_agent_load_of_a_file_that_is_not_an_agent_is_one_line(
     message = str(err.value)
     assert str(path) in message and "\n" not in message, message
     assert "agent" in message or "dict of tensors" in message, message
+
+
+# ------------------------------------------------------------------- signals (preemption)
+
+
+def _signal_at(update: int, signum: int) -> Callable[[dict], bool]:
+    """A callback that sends this process ``signum`` after update ``update`` (as ``kill``,
+    ``docker stop`` or a scheduler would, mid-run)."""
+
+    def callback(row: dict) -> bool:
+        if row["update"] == update:
+            os.kill(os.getpid(), signum)
+        return False
+
+    return callback
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigterm_stops_like_ctrl_c_with_a_checkpoint_and_resume_continues(
+    tmp_path: Path, seed: int
+) -> None:
+    """SIGTERM after a random update: the update finishes, a checkpoint of it is written, the
+    result says SIGTERM; the resumed run goes on from there to its budget."""
+    stop_at = random.Random(seed).randint(1, 8)
+    fields = {k: v for k, v in TINY.items() if k != "env"}
+    agent = rl.Agent("CartPole-v1", out=str(tmp_path), seed=seed,
+                     **{**fields, "total_steps": 160})  # fmt: skip
+    agent.learn(callback=_signal_at(stop_at, signal.SIGTERM))
+    result = agent.result
+    assert result.interrupted and result.signal == signal.SIGTERM
+    assert len(result.history) == stop_at
+    state = runs.load_checkpoint(result.run_dir / "checkpoint.pt")
+    assert state["counters"]["update"] == stop_at
+    resumed = _resume(result.run_dir, total_steps=192)
+    assert not resumed.interrupted
+    rows = runs.read_metrics(result.run_dir / "metrics.csv")
+    assert [int(r["update"]) for r in rows] == list(range(1, 13))
+
+
+def test_cli_exits_143_on_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """``logtrick train`` stopped by SIGTERM exits 128 + 15 (a scheduler sees it was stopped,
+    not done) and says how to continue."""
+    original = rl.Agent.learn
+
+    def learn(self: rl.Agent, steps: int | None = None, callback: object = None) -> rl.Agent:
+        return original(self, steps, _signal_at(2, signal.SIGTERM))
+
+    monkeypatch.setattr(rl.Agent, "learn", learn)
+    args = ["train", "CartPole-v1", "--envs", "2", "--steps", "640", "--out", str(tmp_path),
+            "--no-progress", "--eval-every", "0", "--set", "num_steps=8", "num_minibatches=1",
+            "update_epochs=1", "tensorboard=False", "plot=False"]  # fmt: skip
+    assert main(args) == 143
+    out = capsys.readouterr().out
+    assert "SIGTERM" in out and "--resume" in out, out
+
+
+SCRIPT_ARGS = ["-m", "logtrick", "train", "CartPole-v1", "--algo", "ppo", "--envs", "2",
+               "--steps", "64000", "--no-progress", "--no-stop", "--eval-every", "256",
+               "--set", "num_steps=32", "num_minibatches=1", "update_epochs=2",
+               "eval_episodes=2", "checkpoint_every=256", "tensorboard=False",
+               "plot=False"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigterm_at_a_random_moment_of_a_cli_run_then_resume(tmp_path: Path, seed: int) -> None:
+    """``kill`` (SIGTERM) a ``logtrick train`` process at a random moment (in an update, an
+    evaluation or a checkpoint write): it exits 143 with a checkpoint of its last update and
+    ``--resume`` continues from it, the metrics whole and in order."""
+    proc = subprocess.Popen([sys.executable, *SCRIPT_ARGS, "--out", str(tmp_path)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    run_dir = tmp_path / "CartPole-v1-ppo-0"
+    deadline = time.monotonic() + 120
+    while not ((run_dir / "metrics.csv").exists() and (run_dir / "metrics.csv").stat().st_size):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert "stopped by SIGTERM" in out and "Traceback" not in err, (out, err)
+    saved = runs.load_checkpoint(run_dir / "checkpoint.pt")["counters"]["update"]
+    assert saved == len(runs.read_metrics(run_dir / "metrics.csv")) >= 1
+    assert main(["train", "--resume", str(run_dir), "--steps", str(64 * (saved + 2))]) == 0
+    rows = runs.read_metrics(run_dir / "metrics.csv")
+    assert [int(r["update"]) for r in rows] == list(range(1, saved + 3))
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (root on Linux only; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file that leaves about ``leave`` bytes free on ``disk``."""
+    stat = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def _check_full_disk_run(out: Path, fill: Callable[[], Path]) -> None:
+    """Fill the disk at update 2 (before its checkpoint): that checkpoint fails with ENOSPC
+    naming the file; update 1's stays intact, no temporary file is left; with space again, the
+    run resumes to its budget."""
+    filler: list[Path] = []
+
+    def callback(row: dict) -> bool:
+        if row["update"] == 2:
+            filler.append(fill())
+        return False
+
+    agent = rl.Agent("CartPole-v1", out=str(out), **{k: v for k, v in TINY.items() if k != "env"})
+    with pytest.raises(OSError, match="No space left on device") as err:
+        agent.learn(callback=callback)
+    assert err.value.errno == errno.ENOSPC and "checkpoint.pt" in str(err.value)
+    (run_dir,) = [d for d in out.iterdir() if d.is_dir()]
+    assert runs.load_checkpoint(run_dir / "checkpoint.pt")["counters"]["update"] == 1
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    filler[0].unlink()
+    assert len(_resume(run_dir, total_steps=64).history) == 4
+
+
+def test_a_full_disk_keeps_the_last_checkpoint(small_disk: Path) -> None:
+    _check_full_disk_run(small_disk, lambda: _fill(small_disk, leave=8192))
+
+
+def test_a_full_disk_simulated_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no tmpfs can be mounted: every write to a temporary file fails with ENOSPC once
+    the disk is 'full' (the same path through ``atomic_write_bytes``)."""
+    full = tmp_path / "full"
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if full.exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    def fill() -> Path:
+        full.write_text("")
+        return full
+
+    _check_full_disk_run(tmp_path / "out", fill)

@@ -75,9 +75,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None:  # a full disk, a quota, ...
+            raise OSError(err.errno, f"{err.strerror}: writing {path} failed; the previous "
+                          f"{path.name} is kept") from err  # fmt: skip
         raise
 
 
