@@ -73,6 +73,8 @@ def main(out: Path) -> None:
 
     import torch.distributed as dist
 
+    from logtrick.rl import distributed
+
     train_module = importlib.import_module("logtrick.rl.loop")
 
     dist.init_process_group("gloo")
@@ -90,7 +92,7 @@ def main(out: Path) -> None:
     original = train_module.update
 
     def recording(learner: object, rollout: object) -> object:
-        batches.append({"rollout": rollout, "stats": train_module.distributed.obs_stats(
+        batches.append({"rollout": rollout, "stats": distributed.obs_stats(
             learner.policy)})  # fmt: skip
         return original(learner, rollout)
 

@@ -22,8 +22,9 @@ ray = pytest.importorskip("ray")
 
 from logtrick.rl import train  # noqa: E402
 from logtrick.rl.config import Config  # noqa: E402
-from logtrick.rl.loop import build_policy  # noqa: E402
-from logtrick.rl.rollout import Collector, Rollout, make_env  # noqa: E402
+from logtrick.rl.envs import make_env  # noqa: E402
+from logtrick.rl.policies import build_policy  # noqa: E402
+from logtrick.rl.rollout import Collector, Rollout  # noqa: E402
 from logtrick.rl.workers import RayCollector  # noqa: E402
 
 SEEDS = [11, 12, 13, 14]

@@ -66,8 +66,9 @@ class Ranks:
 def ranks_from_env() -> Ranks:
     """The ranks as ``torchrun`` sets them (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
     env = os.environ
-    return Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
-                 int(env.get("LOCAL_RANK", 0)))  # fmt: skip
+    return Ranks(
+        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    )
 
 
 def learner_device(config: Config, ranks: Ranks | None = None) -> torch.device:
@@ -86,14 +87,20 @@ def learner_device(config: Config, ranks: Ranks | None = None) -> torch.device:
 def check_data_parallel(config: Config, parts: int, what: str) -> None:
     """Refuse what cannot be split into ``parts`` (ranks or workers) identically."""
     if config.num_envs % parts:
-        raise ValueError(f"num_envs: {config.num_envs} envs cannot be split evenly over "
-                         f"{parts} {what}; use a multiple of {parts}")  # fmt: skip
+        raise ValueError(
+            f"num_envs: {config.num_envs} envs cannot be split evenly over "
+            f"{parts} {what}; use a multiple of {parts}"
+        )
     if config.whole_episodes:
-        raise ValueError(f"algo: {config.algo} without a critic collects whole episodes, whose "
-                         f"lengths differ between {what}; use baseline='value'")  # fmt: skip
+        raise ValueError(
+            f"algo: {config.algo} without a critic collects whole episodes, whose "
+            f"lengths differ between {what}; use baseline='value'"
+        )
     if what == "ranks" and (config.algo == "npg" or config.target_kl is not None):
-        raise ValueError("algo/target_kl: npg and target_kl are not supported across ranks "
-                         f"(got algo={config.algo!r}, target_kl={config.target_kl})")  # fmt: skip
+        raise ValueError(
+            "algo/target_kl: npg and target_kl are not supported across ranks "
+            f"(got algo={config.algo!r}, target_kl={config.target_kl})"
+        )
 
 
 def init_ranks(config: Config) -> Ranks:
@@ -132,8 +139,9 @@ def all_reduce_gradients(params: list[Tensor]) -> None:
     torch._foreach_div_(grads, world)
 
 
-def all_reduce_obs_stats(policy: ActorCritic, before: tuple[Tensor, Tensor, Tensor],
-                         obs: Tensor) -> None:  # fmt: skip
+def all_reduce_obs_stats(
+    policy: ActorCritic, before: tuple[Tensor, Tensor, Tensor], obs: Tensor
+) -> None:
     r"""Merge every rank's rollout observations into the statistics ``before`` it.
 
     .. math::  n = \sum_r n_r,\quad \mu = \frac1n \sum_r n_r \mu_r,\quad
@@ -157,10 +165,13 @@ def all_reduce_obs_stats(policy: ActorCritic, before: tuple[Tensor, Tensor, Tens
     n, total = all_reduce_sum([n_r, n_r * mean_r], default=True)
     mean = total / n
     (spread,) = all_reduce_sum([n_r * (var_r + (mean_r - mean) ** 2)], default=True)
-    count, mean, var = merge_moments(float(before[0]), before[1], before[2],
-                                     float(n), mean, spread / n)  # fmt: skip
-    policy.load_state_dict({"obs_count": torch.tensor(count, dtype=x.dtype),
-                            "obs_mean": mean, "obs_var": var}, strict=False)  # fmt: skip
+    count, mean, var = merge_moments(
+        float(before[0]), before[1], before[2], float(n), mean, spread / n
+    )
+    policy.load_state_dict(
+        {"obs_count": torch.tensor(count, dtype=x.dtype), "obs_mean": mean, "obs_var": var},
+        strict=False,
+    )
 
 
 def obs_stats(policy: ActorCritic) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,8 +198,10 @@ class RankCollector:
 def local_envs(config: Config, ranks: Ranks) -> int:
     """Envs stepped in this process: its rank's share, or one (for the spaces) with workers."""
     if config.workers and ranks.world > 1:
-        raise ValueError(f"workers: Ray workers ({config.workers}) and torchrun ranks "
-                         f"({ranks.world}) cannot be combined; use one of them")  # fmt: skip
+        raise ValueError(
+            f"workers: Ray workers ({config.workers}) and torchrun ranks "
+            f"({ranks.world}) cannot be combined; use one of them"
+        )
     return 1 if config.workers else config.num_envs // ranks.world
 
 

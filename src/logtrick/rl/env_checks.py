@@ -8,6 +8,8 @@
   an ``EnvError`` naming the env, the env index and what was kept.
 * :func:`episode_step_limit` bounds a loop over the steps of an episode: the env's own
   ``max_episode_steps``, else :data:`DEFAULT_EPISODE_STEPS`.
+* :func:`numbers`: an observation given to ``Agent.predict`` is numbers, or a ``TypeError``
+  naming it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from types import TracebackType
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
-from logtrick.rl.errors import EnvError
+from logtrick.rl.envs import make_env
+from logtrick.rl.errors import EnvError, LogtrickError
 
-__all__ = ["DEFAULT_EPISODE_STEPS", "check_custom_env", "env_failure", "episode_step_limit"]
+__all__ = [
+    "DEFAULT_EPISODE_STEPS",
+    "check_custom_env",
+    "env_failure",
+    "episode_step_limit",
+    "numbers",
+    "probe_env",
+]
 
 DEFAULT_EPISODE_STEPS = 10_000
 """Steps after which an evaluation episode of an env without ``max_episode_steps`` (no
@@ -148,3 +159,31 @@ def _time_limit(env: Any) -> int | None:
             return int(env._max_episode_steps)
         env = env.env
     return None
+
+
+def probe_env(source: str | Callable[[], gym.Env], name: str) -> Any:
+    """One env (a vector env of one), to build the policy from; one that cannot be made is an
+    ``EnvError`` naming it (our own errors, an unknown id say, name it already)."""
+    try:
+        return make_env(source, num_envs=1)
+    except (LogtrickError, ValueError, TypeError):
+        raise
+    except Exception as err:
+        name = name.removeprefix("custom:")
+        raise EnvError(f"env: making {name} raised {_describe(err)}") from err
+
+
+def numbers(name: str, obs: Any) -> Any:
+    """``obs`` as numpy arrays (dicts and tuples kept); ``TypeError`` naming ``name`` if an
+    entry is not numbers (strings, objects)."""
+    if isinstance(obs, dict):
+        return {k: numbers(f"{name}[{k!r}]", v) for k, v in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(numbers(f"{name}[{i}]", v) for i, v in enumerate(obs))
+    array = np.asarray(obs)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name}: expected numbers (an array of the observation space's shape), got an "
+            f"array of dtype {array.dtype}"
+        )
+    return array

@@ -43,13 +43,23 @@ from ray.exceptions import RayActorError
 
 from logtrick.rl.config import Config
 from logtrick.rl.distributed import check_data_parallel, shard
-from logtrick.rl.policies import ActorCritic
-from logtrick.rl.rollout import Collector, Rollout, make_env
+from logtrick.rl.envs import make_env
+from logtrick.rl.policies import ActorCritic, build_policy
+from logtrick.rl.rollout import Collector, Rollout
 
 __all__ = ["RayCollector", "RolloutWorker", "merge_rollouts"]
 
-_TIME_MAJOR = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated",
-               "next_values", "valid")  # fmt: skip
+_TIME_MAJOR = (
+    "obs",
+    "actions",
+    "log_probs",
+    "values",
+    "rewards",
+    "terminated",
+    "truncated",
+    "next_values",
+    "valid",
+)
 
 
 class RolloutWorker:
@@ -63,13 +73,12 @@ class RolloutWorker:
     """
 
     def __init__(self, config: dict[str, Any], index: int, seeds: list[int]) -> None:
-        from logtrick.rl.loop import build_policy
-
         cfg = Config.from_dict(config)
         torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed + 1_000_003 * (index + 1))
-        self.envs = make_env(cfg.env, num_envs=len(seeds),
-                             vectorization_mode=cfg.vectorization_mode)  # fmt: skip
+        self.envs = make_env(
+            cfg.env, num_envs=len(seeds), vectorization_mode=cfg.vectorization_mode
+        )
         self.policy = build_policy(cfg, self.envs)
         self.collector = Collector(self.envs, self.policy, cfg.num_steps)
         self.collector.reset(seed=seeds)
@@ -132,13 +141,17 @@ class RayCollector:
     """
 
     def __init__(
-        self, config: Config, policy: ActorCritic, seeds: list[int], timeout_s: float = 120.0,
-        max_restarts: int = 3, startup_s: float = 300.0,
-    ) -> None:  # fmt: skip
+        self,
+        config: Config,
+        policy: ActorCritic,
+        seeds: list[int],
+        timeout_s: float = 120.0,
+        max_restarts: int = 3,
+        startup_s: float = 300.0,
+    ) -> None:
         check_data_parallel(config, config.workers, "workers")
         if not ray.is_initialized():
-            ray.init(address=config.ray_address, include_dashboard=False,
-                     log_to_driver=False)  # fmt: skip
+            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
         self.config, self.policy, self.seeds = config, policy, seeds
         self.timeout_s, self.max_restarts, self.startup_s = timeout_s, max_restarts, startup_s
         self.iteration = 0
@@ -188,8 +201,10 @@ class RayCollector:
                 if attempt:
                     self._note(w, attempt, time.perf_counter() - start)
                 return part
-        raise RuntimeError(f"workers: worker {w} failed {self.max_restarts + 1} times in a row "
-                           f"at iteration {self.iteration}; see the Ray logs")  # fmt: skip
+        raise RuntimeError(
+            f"workers: worker {w} failed {self.max_restarts + 1} times in a row "
+            f"at iteration {self.iteration}; see the Ray logs"
+        )
 
     def _note(self, w: int, attempts: int, seconds: float) -> None:
         self.restarts.append((self.iteration, w, seconds))
