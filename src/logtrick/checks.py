@@ -196,8 +196,9 @@ MAX_SEED = 2**63 - 1
 def check_seed(name: str, value: object) -> int:
     """``value`` is an ``int`` in ``[0, MAX_SEED]`` (a seed the generators accept)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"{name}: expected an int in [0, 2**63 - 1] (the generators' seed "
-                         f"range), got {value!r}")  # fmt: skip
+        raise ValueError(
+            f"{name}: expected an int in [0, 2**63 - 1] (the generators' seed range), got {value!r}"
+        )
     return value
 
 

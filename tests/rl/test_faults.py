@@ -30,9 +30,20 @@ from logtrick.cli import main
 from logtrick.rl import runs
 from logtrick.rl.agent import FORMAT
 
-TINY = dict(env="CartPole-v1", num_envs=2, num_steps=8, num_minibatches=1, update_epochs=1,
-            total_steps=48, eval_every=0, checkpoint_every=16, anneal_lr=False, progress=False,
-            tensorboard=False, plot=False)  # fmt: skip
+TINY = dict(
+    env="CartPole-v1",
+    num_envs=2,
+    num_steps=8,
+    num_minibatches=1,
+    update_epochs=1,
+    total_steps=48,
+    eval_every=0,
+    checkpoint_every=16,
+    anneal_lr=False,
+    progress=False,
+    tensorboard=False,
+    plot=False,
+)
 
 
 def _run(out: Path, **fields: object) -> Path:
@@ -44,8 +55,11 @@ def _run(out: Path, **fields: object) -> Path:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Finished tiny runs, copied by each test that changes them."""
     out = tmp_path_factory.mktemp("runs")
-    return {"ppo0": _run(out, algo="ppo", seed=0), "a2c0": _run(out, algo="a2c", seed=0),
-            "ppo1": _run(out, algo="ppo", seed=1)}  # fmt: skip
+    return {
+        "ppo0": _run(out, algo="ppo", seed=0),
+        "a2c0": _run(out, algo="a2c", seed=0),
+        "ppo1": _run(out, algo="ppo", seed=1),
+    }
 
 
 @pytest.fixture
@@ -139,9 +153,12 @@ def test_an_agent_file_with_damaged_bytes_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("other", "field"), [("a2c0", "algo"), ("ppo1", "seed")])
 def test_resume_refuses_a_checkpoint_copied_from_another_run(
-    trained: dict[str, Path], run_dir: Path, other: str, field: str,
+    trained: dict[str, Path],
+    run_dir: Path,
+    other: str,
+    field: str,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """a2c's checkpoint into a ppo run, or seed 1's into seed 0's: the networks fit, so only
     the run recorded in the checkpoint gives it away; the message names the field."""
     shutil.copy(trained[other] / "checkpoint.pt", run_dir / "checkpoint.pt")
@@ -162,8 +179,11 @@ def test_two_runs_of_one_config_have_different_ids(trained: dict[str, Path]) -> 
 def test_orphaned_temporary_files_are_removed_at_the_next_start(run_dir: Path) -> None:
     """A process killed mid-write leaves ``.checkpoint.pt.<random>.tmp``; resuming removes it
     (and those of the other atomically written files), and nothing else."""
-    orphans = [run_dir / ".checkpoint.pt.k2j3h_g5.tmp", run_dir / ".metrics.csv.a1b2c3d4.tmp",
-               run_dir / ".config.json.zz9_8y7x.tmp"]  # fmt: skip
+    orphans = [
+        run_dir / ".checkpoint.pt.k2j3h_g5.tmp",
+        run_dir / ".metrics.csv.a1b2c3d4.tmp",
+        run_dir / ".config.json.zz9_8y7x.tmp",
+    ]
     for orphan in orphans:
         orphan.write_bytes(b"\0" * 4096)
     keep = run_dir / "notes.tmp"
@@ -197,10 +217,13 @@ def test_a_damaged_config_json_names_the_file_and_what_to_do(
 ) -> None:
     config = run_dir / "config.json"
     text = config.read_text()
-    config.write_text({"half": text[: len(text) // 2], "string": json.dumps("-1C"),
-                       "list": "[1, 2]"}[damage])  # fmt: skip
-    for args in (["train", "--resume", str(run_dir), "--steps", "64"],
-                 ["evaluate", str(run_dir), "--episodes", "1"]):  # fmt: skip
+    config.write_text(
+        {"half": text[: len(text) // 2], "string": json.dumps("-1C"), "list": "[1, 2]"}[damage]
+    )
+    for args in (
+        ["train", "--resume", str(run_dir), "--steps", "64"],
+        ["evaluate", str(run_dir), "--episodes", "1"],
+    ):
         err = _cli_error(capsys, args)
         assert "config.json" in err and "restore" in err and "unknown fields" not in err, err
     with pytest.raises(ValueError, match=r"config\.json.*damaged"):
@@ -251,8 +274,7 @@ def test_sigterm_stops_like_ctrl_c_with_a_checkpoint_and_resume_continues(
     result says SIGTERM; the resumed run goes on from there to its budget."""
     stop_at = random.Random(seed).randint(1, 8)
     fields = {k: v for k, v in TINY.items() if k != "env"}
-    agent = rl.Agent("CartPole-v1", out=str(tmp_path), seed=seed,
-                     **{**fields, "total_steps": 160})  # fmt: skip
+    agent = rl.Agent("CartPole-v1", out=str(tmp_path), seed=seed, **{**fields, "total_steps": 160})
     agent.learn(callback=_signal_at(stop_at, signal.SIGTERM))
     result = agent.result
     assert result.interrupted and result.signal == signal.SIGTERM
@@ -265,8 +287,9 @@ def test_sigterm_stops_like_ctrl_c_with_a_checkpoint_and_resume_continues(
     assert [int(r["update"]) for r in rows] == list(range(1, 13))
 
 
-def test_cli_exits_143_on_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_cli_exits_143_on_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``logtrick train`` stopped by SIGTERM exits 128 + 15 (a scheduler sees it was stopped,
     not done) and says how to continue."""
     original = rl.Agent.learn
@@ -275,19 +298,54 @@ def test_cli_exits_143_on_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         return original(self, steps, _signal_at(2, signal.SIGTERM))
 
     monkeypatch.setattr(rl.Agent, "learn", learn)
-    args = ["train", "CartPole-v1", "--envs", "2", "--steps", "640", "--out", str(tmp_path),
-            "--no-progress", "--eval-every", "0", "--set", "num_steps=8", "num_minibatches=1",
-            "update_epochs=1", "tensorboard=False", "plot=False"]  # fmt: skip
+    args = [
+        "train",
+        "CartPole-v1",
+        "--envs",
+        "2",
+        "--steps",
+        "640",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--eval-every",
+        "0",
+        "--set",
+        "num_steps=8",
+        "num_minibatches=1",
+        "update_epochs=1",
+        "tensorboard=False",
+        "plot=False",
+    ]
     assert main(args) == 143
     out = capsys.readouterr().out
     assert "SIGTERM" in out and "--resume" in out, out
 
 
-SCRIPT_ARGS = ["-m", "logtrick", "train", "CartPole-v1", "--algo", "ppo", "--envs", "2",
-               "--steps", "64000", "--no-progress", "--no-stop", "--eval-every", "256",
-               "--set", "num_steps=32", "num_minibatches=1", "update_epochs=2",
-               "eval_episodes=2", "checkpoint_every=256", "tensorboard=False",
-               "plot=False"]  # fmt: skip
+SCRIPT_ARGS = [
+    "-m",
+    "logtrick",
+    "train",
+    "CartPole-v1",
+    "--algo",
+    "ppo",
+    "--envs",
+    "2",
+    "--steps",
+    "64000",
+    "--no-progress",
+    "--no-stop",
+    "--eval-every",
+    "256",
+    "--set",
+    "num_steps=32",
+    "num_minibatches=1",
+    "update_epochs=2",
+    "eval_episodes=2",
+    "checkpoint_every=256",
+    "tensorboard=False",
+    "plot=False",
+]
 
 
 @pytest.mark.slow
@@ -296,8 +354,12 @@ def test_sigterm_at_a_random_moment_of_a_cli_run_then_resume(tmp_path: Path, see
     """``kill`` (SIGTERM) a ``logtrick train`` process at a random moment (in an update, an
     evaluation or a checkpoint write): it exits 143 with a checkpoint of its last update and
     ``--resume`` continues from it, the metrics whole and in order."""
-    proc = subprocess.Popen([sys.executable, *SCRIPT_ARGS, "--out", str(tmp_path)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *SCRIPT_ARGS, "--out", str(tmp_path)],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     run_dir = tmp_path / "CartPole-v1-ppo-0"
     deadline = time.monotonic() + 120
     while not ((run_dir / "metrics.csv").exists() and (run_dir / "metrics.csv").stat().st_size):
@@ -325,8 +387,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root on Linux")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

@@ -26,8 +26,15 @@ from logtrick.cli import main
 from logtrick.rl import runs
 
 QUIET = dict(progress=False, tensorboard=False, plot=False, eval_every=0)
-TINY = dict(num_envs=2, num_steps=8, num_minibatches=1, update_epochs=1, total_steps=64,
-            anneal_lr=False, **QUIET)  # fmt: skip
+TINY = dict(
+    num_envs=2,
+    num_steps=8,
+    num_minibatches=1,
+    update_epochs=1,
+    total_steps=64,
+    anneal_lr=False,
+    **QUIET,
+)
 
 
 class Broken(gym.Env):
@@ -75,8 +82,14 @@ def test_an_env_whose_step_raises_is_named_with_step_index_and_what_is_kept(
     with pytest.raises(rl.EnvError) as err:
         rl.Agent(lambda: Broken("step raises"), seed=seed, out=str(tmp_path), **TINY).learn()
     message = _one_line(err.value)
-    for part in ("Broken", "RuntimeError: the simulator crashed", "step()", "env index 0",
-                 "update 1", "no checkpoint"):  # fmt: skip
+    for part in (
+        "Broken",
+        "RuntimeError: the simulator crashed",
+        "step()",
+        "env index 0",
+        "update 1",
+        "no checkpoint",
+    ):
         assert part in message, (part, message)
     assert list(tmp_path.iterdir()) == []  # no config.json + metrics.csv stub
 
@@ -84,8 +97,12 @@ def test_an_env_whose_step_raises_is_named_with_step_index_and_what_is_kept(
 def test_an_env_that_raises_after_a_checkpoint_names_the_checkpoint_kept(tmp_path: Path) -> None:
     """Raising on env 0's 40th step, checkpoints every update: the message names the update
     that failed and the checkpoint of the update before, which the run directory keeps."""
-    agent = rl.Agent(lambda: Broken("step raises", raise_at=40), out=str(tmp_path),
-                     checkpoint_every=16, **{**TINY, "total_steps": 320})  # fmt: skip
+    agent = rl.Agent(
+        lambda: Broken("step raises", raise_at=40),
+        out=str(tmp_path),
+        checkpoint_every=16,
+        **{**TINY, "total_steps": 320},
+    )
     with pytest.raises(rl.EnvError) as err:
         agent.learn()
     found = re.search(r"in update (\d+) .*the checkpoint of update (\d+)", _one_line(err.value))
@@ -212,8 +229,9 @@ def test_target_return_zero_is_a_target_and_stops_the_run(tmp_path: Path) -> Non
     """``target_return=0``: every CartPole return is above 0, so the first evaluation solves it
     and the run stops there (before: 0 was read as "no target" and the run trained on)."""
     fields = {**TINY, "eval_every": 16, "total_steps": 160}
-    config = rl.Config(env="CartPole-v1", out=str(tmp_path), target_return=0.0,
-                       eval_episodes=2, **fields)  # fmt: skip
+    config = rl.Config(
+        env="CartPole-v1", out=str(tmp_path), target_return=0.0, eval_episodes=2, **fields
+    )
     result = rl.train(config)
     assert result.solved_at_step == 16
     assert len(result.history) == 1
@@ -222,10 +240,27 @@ def test_target_return_zero_is_a_target_and_stops_the_run(tmp_path: Path) -> Non
 def test_the_solved_message_counts_the_episodes_evaluated(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["train", "CartPole-v1", "--envs", "2", "--steps", "160", "--out", str(tmp_path),
-            "--no-progress", "--eval-every", "16", "--set", "target_return=0",
-            "eval_episodes=2", "num_steps=8", "num_minibatches=1", "update_epochs=1",
-            "tensorboard=False", "plot=False"]  # fmt: skip
+    args = [
+        "train",
+        "CartPole-v1",
+        "--envs",
+        "2",
+        "--steps",
+        "160",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--eval-every",
+        "16",
+        "--set",
+        "target_return=0",
+        "eval_episodes=2",
+        "num_steps=8",
+        "num_minibatches=1",
+        "update_epochs=1",
+        "tensorboard=False",
+        "plot=False",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "solved: 2 deterministic episodes reached the target return at 16 steps" in out, out

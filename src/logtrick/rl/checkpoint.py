@@ -161,11 +161,15 @@ def finished_note(run_dir: Path, config: Config, counters: Counters) -> str | No
         return None
     done = f"{run_dir}: the run is finished ({counters.global_step:,} env steps, its budget)"
     if config.anneal_lr:
-        return (f"{done}; its learning rate was annealed to 0 (anneal_lr), so it cannot train "
-                "on: start a new run with a larger --steps (total_steps)")  # fmt: skip
-    return (f"{done}; nothing to train. --steps sets the run's total budget, not steps to add: "
-            f"--resume {run_dir} --steps N, with N above {counters.global_step:,}, trains on "
-            "to N")  # fmt: skip
+        return (
+            f"{done}; its learning rate was annealed to 0 (anneal_lr), so it cannot train "
+            "on: start a new run with a larger --steps (total_steps)"
+        )
+    return (
+        f"{done}; nothing to train. --steps sets the run's total budget, not steps to add: "
+        f"--resume {run_dir} --steps N, with N above {counters.global_step:,}, trains on "
+        "to N"
+    )
 
 
 def load_config(run_dir: str | Path) -> Config:

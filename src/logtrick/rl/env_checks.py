@@ -76,16 +76,19 @@ def check_custom_env(make: Callable[[], gym.Env], name: str) -> None:
             check_env(env, skip_render_check=True, skip_close_check=True)
         except Exception as err:
             if "determinis" not in str(err):  # a seed it ignores: a warning, below
-                raise EnvError(f"env: {name} does not follow Gymnasium's Env API "
-                               f"(gymnasium env_checker): {_describe(err)}") from err  # fmt: skip
+                raise EnvError(
+                    f"env: {name} does not follow Gymnasium's Env API "
+                    f"(gymnasium env_checker): {_describe(err)}"
+                ) from err
             warnings.warn(str(err), stacklevel=1)
         finally:
             env.close()
     messages = [_first_sentence(str(w.message)) for w in caught]
     fatal = [m for m in messages if any(f in m for f in _FATAL)]
     if fatal:
-        raise EnvError(f"env: {name} does not follow Gymnasium's Env API (gymnasium "
-                       f"env_checker): {fatal[0]}")  # fmt: skip
+        raise EnvError(
+            f"env: {name} does not follow Gymnasium's Env API (gymnasium env_checker): {fatal[0]}"
+        )
     for message in messages:
         if not any(h in message for h in _HARMLESS) and (name, message) not in _shown:
             _shown.add((name, message))
@@ -108,8 +111,7 @@ def env_failure(err: BaseException, name: str, when: str, kept: str) -> EnvError
     if cls is not None and "<" in name:  # a lambda: the env's class says more
         name = f"{cls} (made by {name.rsplit('.', 1)[-1]})"
     which = "" if index is None else f" of env index {index}"
-    return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}; "
-                    f"{kept}")  # fmt: skip
+    return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}; {kept}")
 
 
 def _env_call(tb: TracebackType | None) -> tuple[str, int | None, str | None] | None:

@@ -250,8 +250,11 @@ def _collect(s: Session, saved_at: int) -> Any:
     except Exception as err:
         c = s.counters
         when = f"in update {c.update + 1} (after env step {c.global_step:,})"
-        kept = (f"the run directory keeps the checkpoint of update {saved_at}" if saved_at
-                else "no checkpoint was written")  # fmt: skip
+        kept = (
+            f"the run directory keeps the checkpoint of update {saved_at}"
+            if saved_at
+            else "no checkpoint was written"
+        )
         name = s.learner.config.env.removeprefix("custom:")
         failure = env_failure(err, name, when, kept)
         if failure is None:

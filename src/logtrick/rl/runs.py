@@ -79,8 +79,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno is not None:  # a full disk, a quota, ...
-            raise OSError(err.errno, f"{err.strerror}: writing {path} failed; the previous "
-                          f"{path.name} is kept") from err  # fmt: skip
+            raise OSError(
+                err.errno,
+                f"{err.strerror}: writing {path} failed; the previous {path.name} is kept",
+            ) from err
         raise
 
 
@@ -278,8 +280,11 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     if rows and (None in rows[-1].values() or None in rows[-1]):
         rows, cut = rows[:-1], True
     if cut:
-        warnings.warn(f"{path}: dropped its last row, cut short (the writer was stopped "
-                      "mid-row); the run continues from its checkpoint", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{path}: dropped its last row, cut short (the writer was stopped "
+            "mid-row); the run continues from its checkpoint",
+            stacklevel=2,
+        )
     return rows
 
 
