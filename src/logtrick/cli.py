@@ -83,14 +83,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from logtrick.rl.errors import LogtrickError
+    from logtrick.rl.signals import Terminated, exit_code, terminate_as_interrupt
 
     try:
-        return int(args.run(args))
+        with terminate_as_interrupt():  # SIGTERM (kill, preemption) is a Ctrl-C
+            return int(args.run(args))
     except (LogtrickError, ValueError, OSError) as err:  # the user's to fix: a message
         if args.traceback:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines()) or repr(err)
         parser.exit(2, f"logtrick {args.command}: error: {message}\n")
+    except KeyboardInterrupt as err:  # outside the loop, or a second signal inside it
+        if args.traceback:
+            raise
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        parser.exit(
+            exit_code(signum),
+            f"logtrick {args.command}: stopped by {name}; a run "
+            "keeps its last checkpoint (logtrick train --resume RUN_DIR)\n",
+        )
 
 
 # --------------------------------------------------------------------------- compare

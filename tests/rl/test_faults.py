@@ -454,3 +454,40 @@ def test_a_full_disk_simulated_keeps_the_last_checkpoint(
         return full
 
     _check_full_disk_run(tmp_path / "out", fill)
+
+
+def test_sigterm_before_the_first_update_leaves_no_stub_and_exits_143(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM just after the run directory was made, before any update (no loop yet to
+    finish one): the CLI stops as at a Ctrl-C, removes the new directory (no checkpoint: a
+    stub, not a run), says so in one line and exits 143."""
+    write_config = runs.write_config
+
+    def write_then_terminate(run_dir: Path, config: dict) -> None:
+        write_config(run_dir, config)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runs, "write_config", write_then_terminate)
+    args = [
+        "train",
+        "CartPole-v1",
+        "--envs",
+        "2",
+        "--steps",
+        "640",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--set",
+        "num_steps=8",
+        "tensorboard=False",
+        "plot=False",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 143
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SIGTERM" in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() restored it

@@ -8,10 +8,12 @@ a shell gives a process the signal ended, so a scheduler sees the run was stoppe
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "exit_code"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "Terminated", "exit_code", "terminate_as_interrupt"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -38,7 +40,7 @@ class StopSignals:
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.received:
-            raise KeyboardInterrupt
+            raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
         self.received = signum
 
     def __exit__(self, *exc: object) -> None:
@@ -50,3 +52,32 @@ class StopSignals:
 def exit_code(signum: int) -> int:
     """``128 + signum``: how a shell reports a process a signal stopped (0: no signal)."""
     return 128 + signum if signum else 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where no loop is there to finish an update: stop at once, as Ctrl-C does."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """In the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) in the main
+    thread, as SIGINT does: the command line's cleanups run (a new run directory without a
+    checkpoint is removed) instead of the process vanishing. The training loop handles both
+    its own way; the previous handler is restored after the block."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
