@@ -13,11 +13,13 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from logtrick.rl.signals import Terminated, exit_code, terminate_as_interrupt
 
     try:
-        with terminate_as_interrupt():  # SIGTERM (kill, preemption) is a Ctrl-C
-            return int(args.run(args))
+        with terminate_as_interrupt(), _one_line_warnings(args.command):
+            return int(args.run(args))  # SIGTERM (kill, preemption) is a Ctrl-C
     except (LogtrickError, ValueError, OSError) as err:  # the user's to fix: a message
         if args.traceback:
             raise
@@ -103,6 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"logtrick {args.command}: stopped by {name}; a run "
             "keeps its last checkpoint (logtrick train --resume RUN_DIR)\n",
         )
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings as ``logtrick CMD: warning: ...`` lines (not file, line number and source)."""
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+        text = " ".join(str(message).split())
+        print(f"logtrick {command}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # --------------------------------------------------------------------------- compare

@@ -156,11 +156,15 @@ def test_env_checker_warnings_are_shown_once(recwarn: pytest.WarningsRecorder) -
 # ------------------------------------------------------------------- no unbounded wait
 
 
-def test_evaluation_of_an_env_that_never_ends_is_bounded_with_a_warning() -> None:
+def test_evaluation_of_an_env_that_never_ends_is_bounded_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """No TimeLimit and no spec: the evaluation stops at the documented default bound with
-    one warning line, instead of looping for ever."""
-    from logtrick.rl.env_checks import DEFAULT_EPISODE_STEPS
+    one warning line, instead of looping for ever (the bound lowered to keep the test fast)."""
+    from logtrick.rl import env_checks
 
+    assert env_checks.DEFAULT_EPISODE_STEPS == 10_000  # the documented default
+    monkeypatch.setattr(env_checks, "DEFAULT_EPISODE_STEPS", DEFAULT_EPISODE_STEPS := 500)
     agent = rl.Agent(lambda: Broken("never ends"), **TINY)
     with pytest.warns(UserWarning, match=f"had not ended after {DEFAULT_EPISODE_STEPS:,}"):
         mean, _ = agent.evaluate(episodes=2)
@@ -290,3 +294,42 @@ def test_the_finished_message_is_exact_about_an_annealed_run(
     out = capsys.readouterr().out
     assert "finished" in out and "anneal" in out and "new run" in out, out
     assert math.isfinite(float((run_dir / "metrics.csv").read_text().splitlines()[-1][0]))
+
+
+@pytest.mark.slow
+def test_cli_evaluation_of_an_env_that_never_ends_warns_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registered env without a time limit: training evaluates with the default eval_every
+    scaled down; the first evaluation ends at the documented bound with one warning line
+    (``logtrick train: warning: ...``), and the run finishes with a checkpoint. Slow: two
+    evaluations of 10,000 steps."""
+    gym.register("LogtrickNeverEnds-v0", entry_point=lambda: Broken("never ends"))
+    args = [
+        "train",
+        "LogtrickNeverEnds-v0",
+        "--algo",
+        "ppo",
+        "--envs",
+        "2",
+        "--steps",
+        "32",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--eval-every",
+        "16",
+        "--set",
+        "eval_episodes=1",
+        "num_steps=8",
+        "num_minibatches=1",
+        "update_epochs=1",
+        "tensorboard=False",
+        "plot=False",
+    ]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "had not ended" in line]
+    assert len(warned) == 1, err  # one line, once (the second evaluation says the same)
+    assert all(w.startswith("logtrick train: warning: evaluate: 1 of 1 episodes") for w in warned)
+    assert (tmp_path / "LogtrickNeverEnds-v0-ppo-0" / "checkpoint.pt").is_file()
