@@ -333,3 +333,21 @@ def test_cli_evaluation_of_an_env_that_never_ends_warns_in_one_line(
     assert len(warned) == 1, err  # one line, once (the second evaluation says the same)
     assert all(w.startswith("logtrick train: warning: evaluate: 1 of 1 episodes") for w in warned)
     assert (tmp_path / "LogtrickNeverEnds-v0-ppo-0" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("mode", ["obs only", "step raises"])
+def test_a_registered_env_that_breaks_is_named_in_training_and_evaluation(
+    tmp_path: Path, mode: str
+) -> None:
+    """Registered ids are not run through env_checker; their failures at the first reset, in a
+    rollout or in an evaluation are still one ``EnvError`` line naming the id and env index."""
+    env_id = f"LogtrickBroken{mode.title().replace(' ', '')}-v0"
+    gym.register(env_id, entry_point=lambda: Broken(mode, raise_at=3), max_episode_steps=50)
+    with pytest.raises(rl.EnvError) as err:
+        rl.Agent(env_id, out=str(tmp_path), **TINY).learn()
+    assert _one_line(err.value).startswith(f"env: {env_id} raised") and "env index" in str(
+        err.value
+    )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(rl.EnvError, match=f"env: {env_id} raised .* in an evaluation"):
+        rl.evaluate(rl.Agent(lambda: Broken(), **TINY).policy, env_id, episodes=2)

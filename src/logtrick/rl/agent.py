@@ -54,7 +54,7 @@ from logtrick.rl.checkpoint import (
     restore,
 )
 from logtrick.rl.config import Config, preset
-from logtrick.rl.env_checks import check_custom_env, numbers, probe_env
+from logtrick.rl.env_checks import check_custom_env, env_errors, numbers, probe_env
 from logtrick.rl.envs import make_env
 from logtrick.rl.errors import DivergenceError
 from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
@@ -210,11 +210,7 @@ class Agent:
         self._set_budget(None if steps is None else check_positive_int("steps", steps))
         first = self.run_dir is None
         if self._envs is None:
-            local = distributed.local_envs(self.config, self.ranks)
-            self._envs = make_env(
-                self.env, num_envs=local, vectorization_mode=self.config.vectorization_mode
-            )
-            self._collector = new_collector(self.learner, self._envs, self.counters)
+            self._start_envs()
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
             with tempfile.TemporaryDirectory() as scratch:
                 self._run(Path(scratch), True, callback)
@@ -234,6 +230,14 @@ class Agent:
                 self._remove_stub()
             raise
         return self
+
+    def _start_envs(self) -> None:
+        """The training envs and their collector, reset; an env's failure is an EnvError."""
+        local = distributed.local_envs(self.config, self.ranks)
+        mode = self.config.vectorization_mode
+        with env_errors(self.config.env, "when the training envs were made and reset"):
+            self._envs = make_env(self.env, num_envs=local, vectorization_mode=mode)
+            self._collector = new_collector(self.learner, self._envs, self.counters)
 
     def _remove_stub(self) -> None:
         """Remove a new run directory that never got a checkpoint: a stub, not a run."""

@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +30,7 @@ from logtrick.rl.errors import EnvError, LogtrickError
 __all__ = [
     "DEFAULT_EPISODE_STEPS",
     "check_custom_env",
+    "env_errors",
     "env_failure",
     "episode_step_limit",
     "numbers",
@@ -100,18 +102,35 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
-def env_failure(err: BaseException, name: str, when: str, kept: str) -> EnvError | None:
+@contextlib.contextmanager
+def env_errors(name: str, when: str, kept: str = "") -> Iterator[None]:
+    """In the block, an exception raised in a vector env's ``reset`` / ``step`` becomes an
+    :class:`EnvError` naming the env (``name``), the method, the env index, ``when`` and what
+    the run ``kept``; other exceptions (bugs of ours) keep their tracebacks."""
+    try:
+        yield
+    except EnvError:
+        raise
+    except Exception as err:
+        failure = env_failure(err, name, when, kept)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def env_failure(err: BaseException, name: str, when: str, kept: str = "") -> EnvError | None:
     """The ``EnvError`` for ``err`` if it was raised in a vector env's ``reset`` or ``step``
-    (``None`` otherwise: a bug of ours keeps its traceback). ``when``: the update and env step;
-    ``kept``: what the run directory keeps."""
+    (``None`` otherwise: a bug of ours keeps its traceback)."""
     found = _env_call(err.__traceback__)
     if found is None:
         return None
     method, index, cls = found
+    name = name.removeprefix("custom:")
     if cls is not None and "<" in name:  # a lambda: the env's class says more
         name = f"{cls} (made by {name.rsplit('.', 1)[-1]})"
     which = "" if index is None else f" of env index {index}"
-    return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}; {kept}")
+    tail = f"; {kept}" if kept else ""
+    return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}{tail}")
 
 
 def _env_call(tb: TracebackType | None) -> tuple[str, int | None, str | None] | None:

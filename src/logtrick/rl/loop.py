@@ -42,7 +42,7 @@ from logtrick.collective import world_size
 from logtrick.rl import runs
 from logtrick.rl.checkpoint import Counters, checkpoint_state
 from logtrick.rl.config import Config
-from logtrick.rl.env_checks import env_failure, episode_step_limit
+from logtrick.rl.env_checks import env_errors, episode_step_limit
 from logtrick.rl.envs import make_env
 from logtrick.rl.errors import DivergenceError
 from logtrick.rl.learner import Learner
@@ -69,30 +69,38 @@ def evaluate(
     check_positive_int("episodes", episodes)
     check_seed("seed", seed)
     envs = make_env(env, num_envs=episodes, vectorization_mode="sync")
+    name = env if isinstance(env, str) else getattr(env, "__qualname__", type(env).__name__)
     try:
-        seeds = [seed + i for i in range(episodes)]
-        # VectorEnv.reset is typed int | None; Sync/AsyncVectorEnv take one seed per env
-        obs, info = envs.reset(seed=seeds)  # type: ignore[arg-type]
-        totals = np.zeros(episodes)
-        running = np.ones(episodes, dtype=bool)
-        limit, own = episode_step_limit(envs)
-        for _ in range(limit):  # an env's own TimeLimit truncates at its `limit`-th step
-            action = policy.act(obs, deterministic, info_action_mask(info))
-            obs, reward, terminated, truncated, info = envs.step(action)
-            totals += np.where(running, reward, 0.0)
-            running &= ~(terminated | truncated)
-            if not running.any():
-                break
+        with env_errors(name, "in an evaluation"):
+            totals, cut, limit, own = _episodes(policy, envs, seed, deterministic)
     finally:
         envs.close()
-    if running.any():
-        _warn_cut(env, int(running.sum()), episodes, limit, own)
+    if cut:
+        _warn_cut(name, cut, episodes, limit, own)
     return float(totals.mean()), float(totals.std())
 
 
-def _warn_cut(env: Any, cut: int, episodes: int, limit: int, own: bool) -> None:
+def _episodes(
+    policy: ActorCritic, envs: Any, seed: int, deterministic: bool
+) -> tuple[np.ndarray, int, int, bool]:
+    """The returns of one episode per env (reset seeds ``seed + i``), bounded by
+    :func:`~logtrick.rl.env_checks.episode_step_limit`; also how many were cut at the bound."""
+    n = envs.num_envs
+    obs, info = envs.reset(seed=[seed + i for i in range(n)])
+    totals, running = np.zeros(n), np.ones(n, dtype=bool)
+    limit, own = episode_step_limit(envs)
+    for _ in range(limit):  # an env's own TimeLimit truncates at its `limit`-th step
+        action = policy.act(obs, deterministic, info_action_mask(info))
+        obs, reward, terminated, truncated, info = envs.step(action)
+        totals += np.where(running, reward, 0.0)
+        running &= ~(terminated | truncated)
+        if not running.any():
+            break
+    return totals, int(running.sum()), limit, own
+
+
+def _warn_cut(name: str, cut: int, episodes: int, limit: int, own: bool) -> None:
     """One line: an evaluation stopped episodes that had not ended (not a hang)."""
-    name = env if isinstance(env, str) else getattr(env, "__name__", type(env).__name__)
     why = "its max_episode_steps" if own else "it has no TimeLimit: the default bound"
     warnings.warn(
         f"evaluate: {cut} of {episodes} episodes of {name} had not ended after {limit:,} "
@@ -186,7 +194,8 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
             "train", total=config.total_steps, completed=c.global_step, sps="-", ret="-"
         )
         while c.global_step < config.total_steps:
-            row = _one_update(s, recent, target, saved_at)
+            with env_errors(config.env, _when(c), _kept(saved_at)):  # the env's, named
+                row = _one_update(s, recent, target, saved_at)
             logger.log(row)
             s.history.append(row)
             bar.update(
@@ -206,6 +215,16 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
     return stop.received
 
 
+def _when(c: Counters) -> str:
+    return f"in update {c.update + 1} (after env step {c.global_step:,})"
+
+
+def _kept(saved_at: int) -> str:
+    if saved_at:
+        return f"the run directory keeps the checkpoint of update {saved_at}"
+    return "no checkpoint was written"
+
+
 def _or_inf(target: float | None) -> float:
     """The target, or +inf without one (0 is a target)."""
     return math.inf if target is None else target
@@ -219,7 +238,7 @@ def _one_update(
     lr = c.lr(learner.config)
     _set_lr(learner, lr)
     t0 = time.perf_counter()
-    ro = _collect(s, saved_at)
+    ro = s.collector.collect()
     steps = ro.rewards.numel() * world_size()  # summed over the ranks
     try:
         info = update(learner, ro)
@@ -241,25 +260,6 @@ def _one_update(
         "eval_return": _maybe_evaluate(s, target, steps),
         **info,
     }
-
-
-def _collect(s: Session, saved_at: int) -> Any:
-    """``s.collector.collect()``; an exception the env raised is an ``EnvError`` naming it."""
-    try:
-        return s.collector.collect()
-    except Exception as err:
-        c = s.counters
-        when = f"in update {c.update + 1} (after env step {c.global_step:,})"
-        kept = (
-            f"the run directory keeps the checkpoint of update {saved_at}"
-            if saved_at
-            else "no checkpoint was written"
-        )
-        name = s.learner.config.env.removeprefix("custom:")
-        failure = env_failure(err, name, when, kept)
-        if failure is None:
-            raise
-        raise failure from err
 
 
 def _diverged(
