@@ -169,8 +169,20 @@ def test_resume_refuses_a_checkpoint_copied_from_another_run(
 
 
 def test_two_runs_of_one_config_have_different_ids(trained: dict[str, Path]) -> None:
-    ids = {json.loads((d / "config.json").read_text())["run_id"] for d in trained.values()}
+    ids = {(d / ".run-id").read_text() for d in trained.values()}
     assert len(ids) == 3
+    config = json.loads((trained["ppo0"] / "config.json").read_text())
+    assert config == rl.Config.from_dict(config).to_dict()  # the config, nothing added
+
+
+def test_a_checkpoint_of_another_run_of_the_same_config_is_refused(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """Same algo, seed and env: only the run id tells the two runs apart."""
+    other = Path(shutil.copytree(trained["ppo0"], tmp_path / "other"))
+    (other / ".run-id").write_text("0123456789abcdef\n")
+    with pytest.raises(rl.CheckpointError, match=r"another run: run_id .*\.run-id"):
+        runs.load_checkpoint(other / "checkpoint.pt")
 
 
 # ---------------------------------------------------------- leftovers of a killed writer

@@ -24,7 +24,8 @@ CHECKSUMS = "checksums"
 VALUES = "(values)"
 """The key of the checksum of every value that is not a tensor."""
 IDENTITY = ("algo", "seed", "env", "run_id")
-"""What identifies a run: a checkpoint records these from its run's ``config.json``."""
+"""What identifies a run: a checkpoint records these from its run directory (``config.json``
+and ``.run-id``)."""
 
 
 def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -97,15 +98,16 @@ def check_finite(path: Path, state: Mapping[str, Any]) -> None:
 
 
 def check_identity(path: Path, state: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-    """``CheckpointError`` if the checkpoint records another run than ``config`` (config.json)
-    describes, naming the first field that differs."""
+    """``CheckpointError`` if the checkpoint records another run than ``config`` (the run
+    directory's identity) describes, naming the first field that differs."""
     saved = state.get("run")
     if not isinstance(saved, Mapping):
         return  # written before checkpoints recorded their run
     for field in IDENTITY:
         if field in saved and field in config and saved[field] != config[field]:
+            source = path.parent / (".run-id" if field == "run_id" else "config.json")
             raise CheckpointError(
                 f"{path}: the checkpoint is of another run: {field} {saved[field]!r} in the "
-                f"checkpoint, {config[field]!r} in {path.parent / 'config.json'}; was it copied "
-                "from another run? Put back this run's own checkpoint, or start a new run"
+                f"checkpoint, {config[field]!r} in {source}; was it copied from another run? "
+                "Put back this run's own checkpoint, or start a new run"
             )

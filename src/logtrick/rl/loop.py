@@ -42,6 +42,7 @@ from logtrick.collective import world_size
 from logtrick.rl import runs
 from logtrick.rl.checkpoint import Counters, checkpoint_state
 from logtrick.rl.config import Config
+from logtrick.rl.distributed import ranks_from_env
 from logtrick.rl.env_checks import env_errors, episode_step_limit
 from logtrick.rl.envs import make_env
 from logtrick.rl.errors import DivergenceError
@@ -110,25 +111,9 @@ def _warn_cut(name: str, cut: int, episodes: int, limit: int, own: bool) -> None
 
 
 def _progress(config: Config) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from logtrick.rl.progress import progress_bar
 
-    return Progress(
-        TextColumn(f"[bold]{config.env} {config.algo}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[sps]:>6} steps/s"),
-        TextColumn("return {task.fields[ret]:>8}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not config.progress,
-    )
+    return progress_bar(config)
 
 
 Callback = Callable[[dict[str, float]], Any]
@@ -158,7 +143,8 @@ def run_loop(s: Session, first: bool, callback: Callback | None = None) -> int:
     in the checkpoint)."""
     config = s.learner.config
     keep = None if first else s.counters.update
-    logger = runs.MetricsLogger(s.run_dir, config.tensorboard, keep_until=keep)
+    wandb = config.to_dict() if config.wandb and ranks_from_env().writer else None  # rank 0
+    logger = runs.MetricsLogger(s.run_dir, config.tensorboard, keep_until=keep, wandb_config=wandb)
     if first:
         logger.log_hparams(config.to_dict())
     try:

@@ -59,8 +59,9 @@ CONFIG = "config.json"
 METRICS = "metrics.csv"
 CURVE = "learning_curve.png"
 LOCK = ".lock"
-RUN_ID = "run_id"
-"""The key of ``config.json`` naming the run (not a Config field: :func:`read_config` drops it)."""
+RUN_ID = ".run-id"
+"""The file naming the run (a random id written with its first ``config.json``): a checkpoint
+records it, so one copied in from another run of the same config is refused too."""
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 """The names :func:`atomic_write_bytes` gives its temporary files (``tempfile.mkstemp``)."""
 
@@ -117,7 +118,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     integrity.verify(path, state)
     integrity.check_finite(path, state)
     if path.name == CHECKPOINT and (path.parent / CONFIG).is_file():
-        integrity.check_identity(path, state, _read_json(path.parent / CONFIG))
+        _read_json(path.parent / CONFIG)  # damaged: a message naming it
+        integrity.check_identity(path, state, run_identity(path.parent) or {})
     return {k: v for k, v in state.items() if k != integrity.CHECKSUMS}
 
 
@@ -198,14 +200,19 @@ def new_run_dir(out: str | os.PathLike[str], name: str) -> Path:
 
 
 class MetricsLogger:
-    """Append rows to ``metrics.csv`` (flushed each row) and, if installed, TensorBoard.
+    """Append rows to ``metrics.csv`` (flushed each row) and, if installed, TensorBoard; with
+    ``wandb_config`` (the run's config) also to Weights & Biases (:mod:`logtrick.rl.tracking`).
 
     On resume, rows written after the checkpoint's update are dropped first (``keep_until``), so
     the CSV of a resumed run equals the CSV of an uninterrupted one.
     """
 
     def __init__(
-        self, run_dir: Path, tensorboard: bool = True, keep_until: int | None = None
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        keep_until: int | None = None,
+        wandb_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = run_dir / METRICS
         self.fields: list[str] | None = None
@@ -223,6 +230,11 @@ class MetricsLogger:
         if self.fields is not None:
             self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
         self.tb = _summary_writer(run_dir) if tensorboard else None
+        self.wandb: Any = None
+        if wandb_config is not None:
+            from logtrick.rl.tracking import WandbRun
+
+            self.wandb = WandbRun(run_dir, wandb_config, atomic_write_text)
 
     def log(self, row: Mapping[str, float]) -> None:
         if self.writer is None:
@@ -236,6 +248,8 @@ class MetricsLogger:
             for key, value in row.items():
                 if key not in ("global_step", "update") and value == value:  # skip NaN
                     self.tb.add_scalar(key, float(value), step)
+        if self.wandb is not None:
+            self.wandb.log(row)
 
     def log_hparams(self, config: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters in TensorBoard's HPARAMS tab (no-op without
@@ -257,6 +271,8 @@ class MetricsLogger:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 def _summary_writer(run_dir: Path) -> Any:
@@ -333,7 +349,7 @@ def _number(value: Any) -> bool:
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The config saved in a run directory's ``config.json`` (without its ``run_id``).
+    """The config saved in a run directory's ``config.json``.
 
     Raises:
         FileNotFoundError: no ``config.json``.
@@ -342,7 +358,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: no {CONFIG} in {Path(run_dir)}; is it a run directory?")
-    return {k: v for k, v in _read_json(path).items() if k != RUN_ID}
+    return _read_json(path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -362,18 +378,20 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def run_identity(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """What identifies the run in ``run_dir`` (:data:`~.integrity.IDENTITY` from its
-    ``config.json``); ``None`` without a readable one."""
+    """What identifies the run in ``run_dir``: ``algo``, ``seed`` and ``env`` from its
+    ``config.json``, ``run_id`` from its ``.run-id``; ``None`` without a readable config."""
     try:
         saved = _read_json(Path(run_dir) / CONFIG)
     except (OSError, ValueError):
         return None
-    return {k: saved[k] for k in integrity.IDENTITY if k in saved}
+    identity = {k: saved[k] for k in integrity.IDENTITY if k in saved}
+    with contextlib.suppress(OSError):
+        identity["run_id"] = (Path(run_dir) / RUN_ID).read_text().strip()
+    return identity
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
-    """``config.json``, atomically, with the run's ``run_id`` (kept from the file it replaces, a
-    new one for a new run)."""
-    identity = run_identity(run_dir) or {}
-    config = {**config, RUN_ID: identity.get(RUN_ID) or uuid.uuid4().hex[:16]}
-    atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    """``config.json``, atomically; a new run also gets its ``.run-id``."""
+    if not (run_dir / RUN_ID).is_file():
+        atomic_write_text(run_dir / RUN_ID, uuid.uuid4().hex[:16] + "\n")
+    atomic_write_text(run_dir / CONFIG, json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
