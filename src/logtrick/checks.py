@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 __all__ = [
+    "MAX_SEED",
     "check_bool",
     "check_bool_tensor",
     "check_broadcasts_to",
@@ -39,6 +40,7 @@ __all__ = [
     "check_positive",
     "check_positive_int",
     "check_same_shape",
+    "check_seed",
     "check_shape",
     "check_shape_in",
     "check_tensor",
@@ -157,6 +159,20 @@ def check_nonnegative_int(name: str, value: object, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         hint = f" ({what})" if what else ""
         raise ValueError(f"{name}: expected a non-negative int{hint}, got {value!r}")
+    return value
+
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch's generators take 64-bit seeds, and runs derive others from it
+(``seed + 1``, ``seed + 10_000 + episode``, ...)."""
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` is an ``int`` in ``[0, MAX_SEED]`` (a seed the generators accept)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(
+            f"{name}: expected an int in [0, 2**63 - 1] (the generators' seed range), got {value!r}"
+        )
     return value
 
 

@@ -159,9 +159,7 @@ class Config:
         flag=Flag("--steps", "env-step budget, e.g. 200000 or 2e5", _RUN, metavar="N"),
     )
     """Budget of environment steps (summed over the parallel envs)."""
-    seed: int = option(
-        checks.check_nonnegative_int, 0, flag=Flag("--seed", "random seed", _RUN, metavar="N")
-    )
+    seed: int = option(checks.check_seed, 0, flag=Flag("--seed", "random seed", _RUN, metavar="N"))
     """Seeds torch, the environments' resets and the evaluation episodes."""
     num_envs: int = option(
         checks.check_positive_int,
@@ -244,7 +242,7 @@ class Config:
         resume=True,
         flag=Flag(
             "--eval-every",
-            "evaluate the deterministic policy every N env steps; 0: never",
+            "evaluate eval_episodes deterministic episodes every N env steps; 0: never",
             _RUN,
             metavar="N",
         ),

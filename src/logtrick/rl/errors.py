@@ -17,6 +17,9 @@ error                      also a                    raised when
                                                      policies do not handle
 ``MissingExtraError``      ``ImportError``           a feature needs an optional dependency
                                                      (an extra) that is not installed
+``EnvError``               ``ValueError``            the environment cannot be made, breaks
+                                                     Gymnasium's API, or raised in ``reset`` /
+                                                     ``step``
 =========================  ========================  ==========================================
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DivergenceError",
+    "EnvError",
     "LogtrickError",
     "MissingExtraError",
     "RunLockedError",
@@ -55,3 +59,8 @@ class UnsupportedSpaceError(LogtrickError, TypeError):
 class MissingExtraError(LogtrickError, ImportError):
     """A feature needs an optional dependency that is not installed (the message names the
     extra to install)."""
+
+
+class EnvError(LogtrickError, ValueError):
+    """The environment broke: it cannot be made, breaks Gymnasium's API, or raised in
+    ``reset``/``step`` (the message names the env, the env index and what the run kept)."""
