@@ -129,3 +129,40 @@ def test_values_and_next_values_agree_under_observation_normalisation(
 def test_one_update_per_algorithm_in_one_table() -> None:
     assert set(update_module.UPDATES) == set(rl.ALGOS)
     assert all(callable(fn) for fn in update_module.UPDATES.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fused_adam_step_is_adams_step_bit_for_bit(seed: int) -> None:
+    """The learner's direct call of the fused kernels gives Adam's own parameters and state."""
+    from logtrick.rl.learner import fused_adam_step
+
+    torch.manual_seed(seed)
+    nets = [torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2, eps=1e-5, fused=True) for n in nets]
+    for step in range(4):
+        x = torch.randn(8, 5)
+        for net in nets:
+            net.zero_grad()
+            net(x).square().sum().backward()
+        opts[0].step()
+        assert fused_adam_step(opts[1]) == (step > 0)  # the first step makes the state
+        if step == 0:
+            opts[1].step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    for pa, pb in zip(nets[0].parameters(), nets[1].parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opts[0].state[pa][key], opts[1].state[pb][key]), key
+
+
+def test_fused_adam_step_leaves_other_optimizers_alone() -> None:
+    from logtrick.rl.learner import fused_adam_step
+
+    net = torch.nn.Linear(2, 1)
+    net(torch.ones(1, 2)).sum().backward()
+    for opt in (torch.optim.SGD(net.parameters(), lr=0.1),
+                torch.optim.Adam(net.parameters(), lr=0.1),
+                torch.optim.Adam(net.parameters(), lr=0.1, fused=True, amsgrad=True)):  # fmt: skip
+        opt.step()
+        assert not fused_adam_step(opt)
