@@ -12,6 +12,7 @@ the table reports medians.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -28,9 +29,9 @@ from logtrick.rl.update import update
 QUIET = {"progress": False, "tensorboard": False, "plot": False}
 
 
-def _mlp(sizes: list[int], out_std: float) -> nn.Sequential:
+def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.Tanh())
@@ -40,8 +41,8 @@ def _mlp(sizes: list[int], out_std: float) -> nn.Sequential:
 def lean_update(config: rl.Config, ro: Rollout, obs_dim: int, act_dim: int, box: bool) -> Callable:
     """A CleanRL-style update of the same shape as logtrick's, as a closure over its state."""
     hidden = list(config.hidden)
-    actor = _mlp([obs_dim, *hidden, act_dim], 0.01)
-    critic = _mlp([obs_dim, *hidden, 1], 1.0)
+    actor = _mlp([obs_dim, *hidden, act_dim])
+    critic = _mlp([obs_dim, *hidden, 1])
     log_std = nn.Parameter(torch.zeros(act_dim))
     params = [*actor.parameters(), *critic.parameters(), *([log_std] if box else [])]
     opt = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=True)
@@ -67,7 +68,8 @@ def lean_update(config: rl.Config, ro: Rollout, obs_dim: int, act_dim: int, box:
                 adv = adv_all[idx]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 ratio = (lp - old_lp[idx]).exp()
-                pg = -torch.min(ratio * adv, ratio.clamp(1 - config.clip_eps, 1 + config.clip_eps) * adv)
+                eps = config.clip_eps
+                pg = -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
                 v = critic(obs[idx]).squeeze(-1)
                 loss = pg.mean() + 0.5 * config.vf_coef * (v - ret_all[idx]).pow(2).mean()
                 loss = loss - config.ent_coef * ent.mean()

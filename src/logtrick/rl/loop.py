@@ -47,7 +47,7 @@ from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it
 )
 from logtrick.rl.config import Config
 from logtrick.rl.errors import DivergenceError
-from logtrick.rl.learner import Learner, RewardScale
+from logtrick.rl.learner import Adam, Learner, RewardScale
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
@@ -192,7 +192,7 @@ def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = Non
 
         policy = ModulePolicy(policy, envs.single_observation_space, envs.single_action_space,
                               config)  # fmt: skip
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5, fused=True)
+    optimizer = Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
     generator = torch.Generator().manual_seed(config.seed + 1)
     # ModulePolicy duck-types ActorCritic's learner-facing methods (no shared Protocol yet)

@@ -164,9 +164,9 @@ def ppo_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
             sums.add_(torch.cat([stats, grad_norm.reshape(1)]).float(), alpha=len(mb["obs"]))
         if config.target_kl is not None and float(sums[1] / n) > config.target_kl:
             break
-    stats = dict(zip(PPO_LOGGED, (sums / n).unbind()))
+    logged: dict[str, Any] = dict(zip(PPO_LOGGED, (sums / n).unbind()))
     ev = explained_variance(batch["values"], batch["returns"])
-    return {**stats, "epochs": epochs, "explained_variance": ev}
+    return {**logged, "epochs": epochs, "explained_variance": ev}
 
 
 def score_function_update(learner: Learner, batch: Batch) -> dict[str, Any]:
