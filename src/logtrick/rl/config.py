@@ -187,6 +187,14 @@ class Config:
     device: str = "cpu"
     """Where the learner runs: ``"cpu"``, ``"cuda"`` or ``"auto"`` (cuda when available);
     rollouts stay on the CPU."""
+    vector_env: str = "gymnasium"
+    """Who steps the environments: ``"gymnasium"`` (its vector env, ``vectorization_mode``) or
+    ``"envpool"`` (EnvPool's C++ threads, ``pip install 'logtrick[envpool]'``; ids EnvPool
+    registers, e.g. MuJoCo ``-v4``/``-v5``), with the same autoreset, truncation and seeds."""
+    overlap: bool = False
+    """Collect the next rollout in a second thread while the learner updates on the last one.
+    The rollout is then one update behind (policy lag 1): PPO's ratio is taken against the
+    behaviour policy's stored log-probabilities. Off: strictly on-policy."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()
@@ -301,6 +309,7 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "plot": checks.check_bool, "extra": _json_dict,
     "workers": checks.check_nonnegative_int, "ray_address": _optional(checks.check_nonempty_str),
     "device": _choice("cpu", "cuda", "auto"),
+    "vector_env": _choice("gymnasium", "envpool"), "overlap": checks.check_bool,
 }  # fmt: skip
 """The check of every Config field: ``check(name, value) -> value`` (converted, e.g. a list of
 hidden sizes to a tuple); ``TypeError`` / ``ValueError`` naming the field otherwise."""
