@@ -49,6 +49,7 @@ from logtrick.rl.config import Config
 from logtrick.rl.errors import DivergenceError
 from logtrick.rl.learner import Adam, Learner, RewardScale
 from logtrick.rl.masks import info_action_mask
+from logtrick.rl.overlap import OverlapCollector
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector, make_env
 from logtrick.rl.update import update
@@ -204,6 +205,9 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
     this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     config = learner.config
     seeds = _reset_seeds(config, counters.update)
+    if config.overlap and (config.workers or distributed.ranks_from_env().world > 1):
+        raise ValueError("overlap: collection already runs apart from the learner with Ray "
+                         "workers or several ranks; set overlap=False")  # fmt: skip
     if config.workers:
         try:
             from logtrick.rl.workers import RayCollector  # Ray is imported only here
@@ -218,7 +222,7 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
     collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
     if ranks.world > 1:
         return distributed.RankCollector(collector, learner.policy)
-    return collector
+    return OverlapCollector(collector, learner.policy) if config.overlap else collector
 
 
 Callback = Callable[[dict[str, float]], Any]

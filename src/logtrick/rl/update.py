@@ -68,10 +68,11 @@ def update(learner: Learner, rollout: Rollout) -> dict[str, float]:
 def prepare(learner: Learner, ro: Rollout) -> Rollout:
     """The rollout as the update sees it, a new :class:`Rollout` (``ro`` is left alone).
 
-    With observation normalisation the statistics moved during collection: log-probabilities,
-    values and, from the bootstrap observations, next values are re-evaluated under the current
-    ones, so that all values come from one critic. With reward scaling the rewards are scaled
-    (and the running statistics updated).
+    With observation normalisation the statistics moved during collection: values and, from the
+    bootstrap observations, next values are re-evaluated under the current ones, so that all
+    values come from one critic; so are the log-probabilities, unless the rollout lags the
+    learner (``policy_lag``): PPO's ratio is then against the behaviour policy's own. With
+    reward scaling the rewards are scaled (and the running statistics updated).
     """
     config, policy = learner.config, learner.policy
     changes: dict[str, Any] = {}
@@ -80,7 +81,9 @@ def prepare(learner: Learner, ro: Rollout) -> Rollout:
             log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions, ro.action_masks)
             boot = policy.value(ro.bootstrap_obs)
         next_values = next_values_of(values, boot, ro.bootstrap_index, ro.terminated)
-        changes.update(log_probs=log_probs, values=values, next_values=next_values)
+        changes.update(values=values, next_values=next_values)
+        if not ro.policy_lag:  # lagged: the ratio is against the behaviour policy as it acted
+            changes["log_probs"] = log_probs
     if learner.reward_scale is not None:
         done = ro.terminated | ro.truncated
         changes["rewards"] = learner.reward_scale(ro.rewards, done, ro.valid)
