@@ -70,7 +70,7 @@ class OverlapCollector:
     @torch.no_grad()
     def _send_weights(self) -> None:
         """Behaviour policy ← the learner's parameters (the collector is idle)."""
-        behaviour = list(self.behaviour.parameters())
+        behaviour: list[torch.Tensor] = list(self.behaviour.parameters())
         torch._foreach_copy_(behaviour, list(self.policy.parameters()))
         increment_version(behaviour)  # the policy's cached fused weights follow the versions
 

@@ -104,9 +104,10 @@ class Rollout:
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     action_masks: Tensor | None = None
-    policy_lag: int = 0
+    policy_lag: int = field(default=0, init=False)
     """Updates between the policy that acted and the one that learns from it (1 with
-    ``overlap``, :mod:`logtrick.rl.overlap`): ``log_probs`` are then the behaviour policy's."""
+    ``overlap``, :mod:`logtrick.rl.overlap`): ``log_probs`` are then the behaviour policy's.
+    Set by the collector after construction."""
 
 
 def next_values_of(
