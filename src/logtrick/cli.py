@@ -311,11 +311,22 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", help="Ray rollout workers sharing --envs (default: 0, none)")
     p.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (with --workers)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="learner device, default cpu")
+    p.add_argument(
+        "--vector-env",
+        choices=("gymnasium", "envpool"),
+        help="who steps the envs (default: gymnasium; envpool: pip install envpool)",
+    )
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="collect the next rollout while the learner updates (policy lag 1)",
+    )
 
 
 _FLAG_FIELDS = {"steps": "total_steps", "seed": "seed", "envs": "num_envs",
                 "eval_every": "eval_every", "out": "out", "workers": "workers",
-                "ray_address": "ray_address", "device": "device"}  # fmt: skip
+                "ray_address": "ray_address", "device": "device",
+                "vector_env": "vector_env"}  # fmt: skip
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,7 +341,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"env": args.env, "algo": args.algo,
              "vectorization_mode": "async" if args.async_envs else None,
              "stop_at_threshold": False if args.no_stop else None,
-             "progress": False if args.no_progress else None}  # fmt: skip
+             "progress": False if args.no_progress else None,
+             "overlap": True if args.overlap else None}  # fmt: skip
     overrides.update({k: v for k, v in flags.items() if v is not None})
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -174,8 +174,9 @@ class Agent:
         first = self.run_dir is None
         if self._envs is None:
             local = distributed.local_envs(self.config, self.ranks)
-            self._envs = make_env(self.env, num_envs=local,
-                                  vectorization_mode=self.config.vectorization_mode)  # fmt: skip
+            pool = self.config.vector_env == "envpool"
+            mode = "envpool" if pool else self.config.vectorization_mode
+            self._envs = make_env(self.env, num_envs=local, vectorization_mode=mode)
             self._collector = new_collector(self.learner, self._envs, self.counters)
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
             with tempfile.TemporaryDirectory() as scratch:
