@@ -81,10 +81,12 @@ def lean_update(config: rl.Config, ro: Rollout, obs_dim: int, act_dim: int, box:
     return run
 
 
-def _time(fn: Callable[[], object]) -> float:
+def _time(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call, over ``calls`` calls (short updates: enough to pass the timer's noise)."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
 
 
 def bench(env: str, algo: str, repeats: int) -> dict[str, float]:
@@ -99,11 +101,12 @@ def bench(env: str, algo: str, repeats: int) -> dict[str, float]:
     obs_dim = int(ro.obs.shape[-1])
     lean = lean_update(config, ro, obs_dim, act_dim, box)
     ours = lambda: update(learner, ro)  # noqa: E731
-    ours(), lean()  # warm-up
+    calls = max(1, round(0.2 / _time(ours, 1)))  # warm-up, and about 0.2 s per timing
+    _time(lean, 1)
     t_ours, t_lean = [], []
     for _ in range(repeats):
-        t_ours.append(_time(ours))
-        t_lean.append(_time(lean))
+        t_ours.append(_time(ours, calls))
+        t_lean.append(_time(lean, calls))
     envs.close()
     m_ours, m_lean = statistics.median(t_ours), statistics.median(t_lean)
     steps = config.update_epochs * min(config.num_minibatches, len(ro.obs.flatten(0, 1)))
@@ -119,7 +122,7 @@ def main() -> None:
     parser.add_argument("--algo", nargs="*", default=["ppo", "a2c"])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(f"torch {torch.__version__}, one torch thread (the configs'), median of {args.repeats}")
     print(f"{'env':<14}{'algo':<6}{'logtrick ms':>12}{'lean ms':>10}{'ratio':>8}"
           f"{'opt steps':>10}{'extra us/step':>14}")  # fmt: skip
     for env in args.env:
