@@ -51,7 +51,10 @@ class OverlapCollector:
         self.policy, self.collector = policy, collector
         self.behaviour = copy.deepcopy(policy)
         collector.policy = self.behaviour
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="logtrick-collect")
+        threads = torch.get_num_threads()  # the run's torch_threads, in the new thread too
+        self._pool = ThreadPoolExecutor(
+            1, "logtrick-collect", initializer=torch.set_num_threads, initargs=(threads,)
+        )
         self._pending: Future[Rollout] | None = None
 
     def collect(self) -> Rollout:
