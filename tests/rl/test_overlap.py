@@ -126,3 +126,9 @@ def test_overlap_refuses_ray_workers() -> None:
     with pytest.raises(ValueError, match="overlap"):
         rl.train(rl.Config(env="CartPole-v1", algo="ppo", total_steps=64, overlap=True,
                            workers=2, **QUIET))  # fmt: skip
+
+
+def test_envpool_refuses_ray_workers() -> None:
+    with pytest.raises(ValueError, match="vector_env"):
+        rl.train(rl.Config(env="CartPole-v1", algo="ppo", total_steps=64,
+                           vector_env="envpool", workers=2, **QUIET))  # fmt: skip

@@ -208,6 +208,9 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
     if config.overlap and (config.workers or distributed.ranks_from_env().world > 1):
         raise ValueError("overlap: collection already runs apart from the learner with Ray "
                          "workers or several ranks; set overlap=False")  # fmt: skip
+    if config.vector_env == "envpool" and config.workers:
+        raise ValueError("vector_env: Ray workers step Gymnasium's envs; EnvPool runs in this "
+                         "process only (workers=0)")  # fmt: skip
     if config.workers:
         try:
             from logtrick.rl.workers import RayCollector  # Ray is imported only here
