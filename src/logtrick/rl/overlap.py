@@ -79,9 +79,12 @@ class OverlapCollector:
 
     @torch.no_grad()
     def _take_obs_stats(self) -> None:
-        """The learner's buffers (observation statistics) ← the behaviour copy's."""
-        for mine, theirs in zip(self.policy.buffers(), self.behaviour.buffers()):
-            mine.copy_(theirs)
+        """The learner's observation statistics (``obs_*`` buffers) ← the behaviour copy's;
+        other buffers (a user network's own) stay the learner's."""
+        theirs = dict(self.behaviour.named_buffers())
+        for name, mine in self.policy.named_buffers():
+            if name.rsplit(".", 1)[-1].lstrip("_").startswith("obs_"):
+                mine.copy_(theirs[name])
 
     def __getattr__(self, name: str) -> Any:  # num_envs, env, ...: the collector's
         if name in ("collector", "policy", "behaviour", "_pool", "_pending"):
