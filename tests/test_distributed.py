@@ -20,7 +20,7 @@ import torch
 
 import distributed_ranks as ranks
 from logtrick.rl.build import make_learner
-from logtrick.rl.update import actor_critic_loss, clipped_term, flatten, gae, prepare
+from logtrick.rl.update import flatten, gae, ppo_loss, prepare
 
 HERE = Path(__file__).parent
 
@@ -84,7 +84,7 @@ def _reference_params(rollouts: list[list], config: object) -> dict[str, torch.T
                 learner.generator = gen
                 splits.append(learner.minibatches(batch))
             for mbs in zip(*splits):
-                losses = [actor_critic_loss(learner, mb, clipped_term)[0] for mb in mbs]
+                losses = [ppo_loss(learner, mb)[0] for mb in mbs]
                 learner.step(sum(losses) / len(losses))
     return learner.policy.state_dict()
 

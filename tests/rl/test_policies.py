@@ -249,3 +249,27 @@ def test_step_follows_the_trainers_fused_optimizer() -> None:
             _, _, value = policy.step(obs)
         torch.testing.assert_close(value, policy.value(obs).detach())
         learner.step(policy.value(obs).square().mean())
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_box_evaluate_actions_is_independent_normals_bit_for_bit(
+    shape: tuple[int, ...], seed: int
+) -> None:
+    """evaluate_actions' Box path (no distribution objects) gives Independent(Normal)'s
+    log-probabilities, entropies and gradients exactly."""
+    from torch.distributions import Independent, Normal
+
+    policy = _policy(spaces.Box(-1.0, 1.0, shape), seed)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.randn(shape))
+    obs = _obs(6, seed)
+    actions = torch.randn(6, *shape)
+    log_prob, entropy, _ = policy.evaluate_actions(obs, actions)
+    mean = policy.actor(policy._features(obs)).reshape(6, *shape)
+    dist = Independent(Normal(mean, policy.log_std.exp().expand_as(mean)), len(shape))
+    want_lp, want_h = dist.log_prob(actions), dist.entropy()
+    assert torch.equal(log_prob, want_lp) and torch.equal(entropy, want_h)
+    grads = torch.autograd.grad((log_prob + entropy).sum(), [policy.log_std])
+    want = torch.autograd.grad((want_lp + want_h).sum(), [policy.log_std])
+    assert torch.equal(grads[0], want[0])

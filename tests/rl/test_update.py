@@ -130,3 +130,33 @@ def test_values_and_next_values_agree_under_observation_normalisation(
 def test_one_update_per_algorithm_in_one_table() -> None:
     assert set(update_module.UPDATES) == set(rl.ALGOS)
     assert all(callable(fn) for fn in update_module.UPDATES.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learner_adam_is_torch_fused_adam_bit_for_bit(seed: int) -> None:
+    """The learner's Adam gives torch's fused Adam's parameters and state, and the two load
+    each other's state_dict (checkpoints of either resume in the other)."""
+    from logtrick.rl.learner import Adam
+
+    torch.manual_seed(seed)
+    nets = [torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    ref = torch.optim.Adam(nets[0].parameters(), lr=1e-2, eps=1e-5, fused=True)
+    ours = Adam(nets[1].parameters(), lr=1e-2, eps=1e-5)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            x = torch.randn(8, 5)
+            for net, opt in zip(nets, (ref, ours)):
+                opt.zero_grad()
+                net(x).square().sum().backward()
+                opt.step()
+
+    steps(3)
+    assert repr(ours.state_dict()) == repr(ref.state_dict())
+    ours.load_state_dict(copy.deepcopy(ref.state_dict()))
+    ref.load_state_dict(copy.deepcopy(ours.state_dict()))
+    steps(2)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    assert repr(ours.state_dict()) == repr(ref.state_dict())

@@ -233,7 +233,8 @@ class Agent:
     def _start_envs(self) -> None:
         """The training envs and their collector, reset; an env's failure is an EnvError."""
         local = distributed.local_envs(self.config, self.ranks)
-        mode = self.config.vectorization_mode
+        pool = self.config.vector_env == "envpool"
+        mode = "envpool" if pool else self.config.vectorization_mode
         with env_errors(self.config.env, "when the training envs were made and reset"):
             self._envs = make_env(self.env, num_envs=local, vectorization_mode=mode)
             self._collector = new_collector(self.learner, self._envs, self.counters)

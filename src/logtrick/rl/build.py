@@ -15,7 +15,8 @@ import torch
 from logtrick.rl import distributed
 from logtrick.rl.checkpoint import Counters
 from logtrick.rl.config import Config
-from logtrick.rl.learner import Learner, RewardScale
+from logtrick.rl.learner import Adam, Learner, RewardScale
+from logtrick.rl.overlap import OverlapCollector
 from logtrick.rl.policies import ActorCritic, build_policy
 from logtrick.rl.rollout import Collector
 
@@ -49,7 +50,7 @@ def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = Non
         policy = ModulePolicy(
             policy, envs.single_observation_space, envs.single_action_space, config
         )
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5, fused=True)
+    optimizer = Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     scale = RewardScale(config.gamma) if config.normalize_rewards else None
     generator = torch.Generator().manual_seed(config.seed + 1)
     # ModulePolicy duck-types ActorCritic's learner-facing methods (no shared Protocol yet)
@@ -67,6 +68,16 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
     this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     config = learner.config
     seeds = reset_seeds(config, counters.update)
+    if config.overlap and (config.workers or distributed.ranks_from_env().world > 1):
+        raise ValueError(
+            "overlap: collection already runs apart from the learner with Ray workers or "
+            "several ranks; set overlap=False"
+        )
+    if config.vector_env == "envpool" and config.workers:
+        raise ValueError(
+            "vector_env: Ray workers step Gymnasium's envs; EnvPool runs in this process only "
+            "(workers=0)"
+        )
     if config.workers:
         try:
             from logtrick.rl.workers import RayCollector  # Ray is imported only here
@@ -84,4 +95,4 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
     collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
     if ranks.world > 1:
         return distributed.RankCollector(collector, learner.policy)
-    return collector
+    return OverlapCollector(collector, learner.policy) if config.overlap else collector

@@ -128,6 +128,9 @@ def option(
     return field(default=default, metadata=meta)
 
 
+VECTOR_ENVS = ("gymnasium", "envpool")
+"""Who may step the envs (:attr:`Config.vector_env`)."""
+
 GROUPS = ("run", "algorithm", "network", "scale-out", "logging")
 """The sections of ``logtrick train --help``, in order."""
 _RUN, _ALGO, _NET, _SCALE, _LOG = GROUPS
@@ -336,6 +339,30 @@ class Config:
     """Mirror the metrics and config TensorBoard gets to Weights & Biases (``pip install
     logtrick[wandb]``; project ``WANDB_PROJECT``, else ``logtrick``; ``WANDB_MODE=offline``
     writes locally)."""
+    vector_env: str = option(
+        _choice(*VECTOR_ENVS),
+        default="gymnasium",
+        flag=Flag(
+            "--vector-env",
+            "who steps the envs: Gymnasium's vector env, or EnvPool's C++ threads "
+            "(pip install 'logtrick[envpool]')",
+            _SCALE,
+            choices=VECTOR_ENVS,
+        ),
+    )
+    """Who steps the environments: ``"gymnasium"`` (its vector env, ``vectorization_mode``) or
+    ``"envpool"`` (EnvPool's C++ threads, ``pip install 'logtrick[envpool]'``; ids EnvPool
+    registers, e.g. MuJoCo ``-v4``/``-v5``), with the same autoreset, truncation and seeds."""
+    overlap: bool = option(
+        checks.check_bool,
+        default=False,
+        flag=Flag(
+            "--overlap", "collect the next rollout while the learner updates (policy lag 1)", _SCALE
+        ),
+    )
+    """Collect the next rollout in a second thread while the learner updates on the last one.
+    The rollout is then one update behind (policy lag 1): PPO's ratio is taken against the
+    behaviour policy's stored log-probabilities. Off: strictly on-policy."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()

@@ -16,10 +16,11 @@ from gymnasium.envs.registration import VectorizeMode
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from logtrick.checks import check_nonempty_str
+from logtrick.rl.errors import MissingExtraError
 
-__all__ = ["autoreset_mode", "make_env"]
+__all__ = ["EnvPoolEnv", "autoreset_mode", "make_env"]
 
-_MODES = ("sync", "async", "vector_entry_point")
+_MODES = ("sync", "async", "vector_entry_point", "envpool")
 
 
 def make_env(
@@ -37,8 +38,9 @@ def make_env(
             single ``gymnasium.Env`` instance (wrapped into a one-env ``SyncVectorEnv``; the
             instance is used once, not copied) or a zero-argument factory returning an ``Env``.
         num_envs: number of copies (default 1; for a ``VectorEnv``, its own count).
-        vectorization_mode: ``"sync"``, ``"async"`` (one process per env) or
-            ``"vector_entry_point"`` (the id's own vectorised implementation).
+        vectorization_mode: ``"sync"``, ``"async"`` (one process per env),
+            ``"vector_entry_point"`` (the id's own vectorised implementation) or ``"envpool"``
+            (an id EnvPool registers, stepped by its C++ threads: :class:`EnvPoolEnv`).
         seed: if given, the env is reset with it (sub-env ``i`` gets ``seed + i``) and its
             action space is seeded, so that later unseeded resets are reproducible.
         autoreset_mode: ``"NextStep"`` / ``"SameStep"`` or an ``AutoresetMode``; default the
@@ -62,6 +64,14 @@ def make_env(
         if num_envs not in (None, env.num_envs):
             raise ValueError(f"num_envs: the vector env has {env.num_envs} envs, got {num_envs}")
         envs = env
+    elif vectorization_mode == "envpool":
+        if not isinstance(env, str):
+            raise TypeError(f"env: EnvPool makes envs from an id, got {type(env).__name__}")
+        if autoreset_mode not in (None, AutoresetMode.NEXT_STEP, "NextStep"):
+            raise ValueError(
+                f"autoreset_mode: EnvPool resets NEXT_STEP only, got {autoreset_mode!r}"
+            )
+        envs = EnvPoolEnv(env, num_envs or 1)
     elif isinstance(env, str):
         check_env_id("env", env)
         try:
@@ -132,3 +142,52 @@ def check_env_id(name: str, value: object) -> object:
         close = difflib.get_close_matches(env_name, list(gym.registry), n=5, cutoff=0.5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise ValueError(f"{name}: unknown environment id {env_id!r} ({err}){hint}") from None
+
+
+class EnvPoolEnv(VectorEnv):
+    """EnvPool's Gymnasium vector env, seeded as Gymnasium's is.
+
+    EnvPool 1.2.5 already follows Gymnasium's NEXT_STEP autoreset (the step after a done returns
+    the reset observation, reward 0, the action ignored) and reports time limits as
+    ``truncated``; but it takes seeds only when the pool is made (``reset(seed=...)`` is
+    ignored). Here a seeded reset makes the pool again with env ``i`` seeded ``seed + i`` (or
+    ``seed[i]``), as ``SyncVectorEnv.reset`` seeds its envs. ``kwargs`` go to
+    ``envpool.make_gymnasium`` (e.g. ``max_episode_steps``). Extra: ``logtrick[envpool]``.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, **kwargs: Any) -> None:
+        try:
+            import envpool
+        except ImportError as err:
+            raise MissingExtraError(
+                f"vector_env: 'envpool' needs EnvPool ({err}); pip install 'logtrick[envpool]'"
+            ) from err
+        if env_id not in envpool.list_all_envs():
+            raise ValueError(f"env: {env_id!r} is not an EnvPool id (its MuJoCo ids are "
+                             "e.g. Hopper-v4, Hopper-v5; see envpool.list_all_envs())")  # fmt: skip
+        self._make = lambda seeds: envpool.make_gymnasium(env_id, num_envs=num_envs,
+                                                          env_seed=seeds, **kwargs)  # fmt: skip
+        self.env_id, self.num_envs = env_id, num_envs
+        self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+        self._pool = self._make(list(range(num_envs)))
+        self.single_observation_space = self._pool.observation_space
+        self.single_action_space = self._pool.action_space
+        batch = gym.vector.utils.batch_space
+        self.observation_space = batch(self.single_observation_space, num_envs)
+        self.action_space = batch(self.single_action_space, num_envs)
+
+    def reset(self, *, seed: int | list[int] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+        if seed is not None:
+            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed: expected {self.num_envs} seeds, got {len(seeds)}")
+            self._pool.close()
+            self._pool = self._make([int(x) for x in seeds])
+        return self._pool.reset()
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        return self._pool.step(actions)
+
+    def close(self, **kwargs: Any) -> None:
+        self._pool.close()

@@ -39,6 +39,8 @@ from logtrick.checks import check_finite
 from logtrick.rl.masks import check_action_mask, combine_masks, mask_logits, sections
 from logtrick.rl.spaces import ObsLayout, head_size
 
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+
 if TYPE_CHECKING:  # config.py imports ACTIVATIONS from here: a type-only import back
     from logtrick.rl.config import Config
 
@@ -390,8 +392,22 @@ class ActorCritic(nn.Module):
             action_mask: the mask they were sampled under, ``batch + (head_size,)``, or None.
         """
         x = self._features(obs)
+        if self.kind == "box":  # Independent(Normal)'s arithmetic without building the objects
+            log_prob, entropy = self._box_log_prob_entropy(self.actor(x), actions)
+            return log_prob, entropy, self._value_of(x)
         dist = self._dist(self.actor(x), action_mask)
         return dist.log_prob(actions), dist.entropy(), self._value_of(x)
+
+    def _box_log_prob_entropy(self, head: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """``Independent(Normal(mean, exp(log_std)))``'s log_prob and entropy, the same ops in
+        the same order (bit for bit), at a third of the per-minibatch cost."""
+        mean = head.reshape(*head.shape[:-1], *self.action_shape)
+        scale = self.log_std.exp().expand_as(mean)
+        log_scale = scale.log()
+        log_prob = -((actions - mean) ** 2) / (2 * scale**2) - log_scale - _LOG_SQRT_2PI
+        entropy = 0.5 + 0.5 * math.log(2 * math.pi) + log_scale
+        dims = tuple(range(-len(self.action_shape), 0))
+        return log_prob.sum(dims), entropy.sum(dims)
 
     # ----------------------------------------------------------------- env boundary
     def _mode(self, dist: Distribution) -> Tensor:

@@ -106,6 +106,9 @@ class Rollout:
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     action_masks: Tensor | None = None
+    policy_lag = 0  # not a field: set by the collector after construction
+    """Updates between the policy that acted and the one that learns from it (1 with
+    ``overlap``, :mod:`logtrick.rl.overlap`): ``log_probs`` are then the behaviour policy's."""
 
 
 def next_values_of(

@@ -15,8 +15,10 @@ npg        GAE(γ, λ)                                   natural gradient in a K
 :func:`update` is the one entry point: :func:`prepare` (the rollout as the update sees it, never
 changed in place), then ``UPDATES[config.algo]``, then one host sync that reports the logged
 values and checks that the update's inputs, every loss, every gradient norm and the parameters
-are finite (:class:`~logtrick.rl.errors.DivergenceError` otherwise). The losses are the public ones
-of :mod:`logtrick.rl.losses` with ``check=False``: their inputs are checked by that sync.
+are finite (:class:`~logtrick.rl.errors.DivergenceError` otherwise). PPO's whole loss is
+:func:`ppo_loss`, one screen on the shared :func:`~logtrick.surrogates.clipped_surrogate`; the
+other pieces are the public ones of :mod:`logtrick.rl.losses` with ``check=False``: their inputs
+are checked by that sync.
 Nothing here depends on where the rollout came from (env id, instance or factory).
 """
 
@@ -35,16 +37,15 @@ from logtrick.rl.losses import (
     explained_variance,
     masked_mean,
     normalize_advantages,
-    ppo_clip_loss,
     reinforce_loss,
     value_loss,
 )
 from logtrick.rl.npg import natural_gradient
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Rollout, next_values_of
-from logtrick.surrogates import clipped_surrogate
+from logtrick.surrogates import approx_kl, clipped_surrogate
 
-__all__ = ["UPDATES", "prepare", "update"]
+__all__ = ["PPO_LOGGED", "UPDATES", "ppo_loss", "ppo_update", "prepare", "update"]
 
 
 # ------------------------------------------------------------------------ the update, prepared
@@ -67,10 +68,11 @@ def update(learner: Learner, rollout: Rollout) -> dict[str, float]:
 def prepare(learner: Learner, ro: Rollout) -> Rollout:
     """The rollout as the update sees it, a new :class:`Rollout` (``ro`` is left alone).
 
-    With observation normalisation the statistics moved during collection: log-probabilities,
-    values and, from the bootstrap observations, next values are re-evaluated under the current
-    ones, so that all values come from one critic. With reward scaling the rewards are scaled
-    (and the running statistics updated).
+    With observation normalisation the statistics moved during collection: values and, from the
+    bootstrap observations, next values are re-evaluated under the current ones, so that all
+    values come from one critic; so are the log-probabilities, unless the rollout lags the
+    learner (``policy_lag``): PPO's ratio is then against the behaviour policy's own. With
+    reward scaling the rewards are scaled (and the running statistics updated).
     """
     config, policy = learner.config, learner.policy
     changes: dict[str, Any] = {}
@@ -79,7 +81,9 @@ def prepare(learner: Learner, ro: Rollout) -> Rollout:
             log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions, ro.action_masks)
             boot = policy.value(ro.bootstrap_obs)
         next_values = next_values_of(values, boot, ro.bootstrap_index, ro.terminated)
-        changes.update(log_probs=log_probs, values=values, next_values=next_values)
+        changes.update(values=values, next_values=next_values)
+        if not ro.policy_lag:  # lagged: the ratio is against the behaviour policy as it acted
+            changes["log_probs"] = log_probs
     if learner.reward_scale is not None:
         done = ro.terminated | ro.truncated
         changes["rewards"] = learner.reward_scale(ro.rewards, done, ro.valid)
@@ -107,54 +111,89 @@ def gae(learner: Learner, ro: Rollout) -> tuple[Tensor, Tensor]:
     return advantages, returns
 
 
-# ------------------------------------------------------------------------------ the losses
+# ------------------------------------------------------------------------ one per algorithm
 
 
-def actor_critic_loss(
-    learner: Learner, batch: Batch, policy_term: Callable[[Learner, Tensor, Batch], Any]
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """``policy_term`` + ``vf_coef`` · value loss − ``ent_coef`` · entropy on one (mini)batch."""
+PPO_LOGGED = ("policy_loss", "approx_kl", "clip_fraction", "ratio_mean", "value_loss", "entropy",
+              "grad_norm")  # fmt: skip
+"""What :func:`ppo_update` logs, in the order of :func:`ppo_loss`'s statistics (+ grad_norm)."""
+
+
+def ppo_loss(learner: Learner, mb: Batch) -> tuple[Tensor, Tensor]:
+    r"""PPO's loss on one minibatch, the whole of it (as in CleanRL's ``ppo.py``).
+
+    .. math::  L = -\overline{\min(\rho \hat A,\ \mathrm{clip}(\rho, 1\pm\epsilon) \hat A)}
+               + c_v\,\tfrac12\overline{(V_\theta - G^\lambda)^2} - c_e\,\overline{H[\pi_\theta]},
+               \qquad \rho = \pi_\theta(a|s) / \mu(a|s)
+
+    :math:`\mu` is the behaviour policy, whose log-probabilities the rollout stored (the policy
+    before this update; with ``overlap`` the one before the previous update). Returns the loss
+    and the detached statistics named by the first six entries of :data:`PPO_LOGGED`.
+    """
+    config = learner.config
+    log_prob, entropy, values = learner.policy.evaluate_actions(
+        mb["obs"], mb["actions"], mb.get("action_masks")
+    )
+    adv = mb["advantages"]
+    if config.normalize_advantages:
+        adv = normalize_advantages(adv, check=False)
+    terms, ratio, log_ratio = clipped_surrogate(log_prob, mb["log_probs"], adv, config.clip_eps)
+    policy_loss = terms.mean()
+    v_loss, _ = value_loss(values, mb["returns"], mb["values"], config.clip_value, check=False)
+    entropy = entropy.mean()
+    loss = policy_loss - config.ent_coef * entropy if config.ent_coef else policy_loss
+    loss = loss + config.vf_coef * v_loss
+    with torch.no_grad():
+        clipped = ((ratio - 1.0).abs() > config.clip_eps).to(ratio.dtype)
+        stats = torch.stack([policy_loss, approx_kl(ratio, log_ratio).mean(), clipped.mean(),
+                             ratio.mean(), v_loss, entropy])  # fmt: skip
+    return loss, stats
+
+
+def ppo_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
+    """``update_epochs`` passes of minibatch steps on :func:`ppo_loss`; logged values are the
+    last epoch's means (weighted by minibatch size); stops after the first epoch whose mean KL
+    passes ``target_kl``. The first epoch's minibatch gradients give ``grad_snr``
+    (:func:`~logtrick.rl.learner.gradient_snr`; NaN with one minibatch)."""
+    config = learner.config
+    advantages, returns = gae(learner, ro)
+    batch = flatten(ro, advantages=advantages, returns=returns)
+    n, epochs, sums = len(batch["obs"]), 0, torch.zeros(len(PPO_LOGGED))
+    for epochs in range(1, config.update_epochs + 1):
+        sums = torch.zeros(len(PPO_LOGGED))
+        for mb in learner.minibatches(batch):
+            loss, stats = ppo_loss(learner, mb)
+            grad_norm = learner.step(loss, record_gradient=epochs == 1)
+            sums.add_(torch.cat([stats, grad_norm.reshape(1)]).float(), alpha=len(mb["obs"]))
+        if config.target_kl is not None and float(sums[1] / n) > config.target_kl:
+            break
+    logged: dict[str, Any] = dict(zip(PPO_LOGGED, (sums / n).unbind()))
+    ev = explained_variance(batch["values"], batch["returns"])
+    return {**logged, "epochs": epochs, "explained_variance": ev}
+
+
+def score_function_update(learner: Learner, batch: Batch) -> dict[str, Any]:
+    r"""One step on the core's surrogate of the cost :math:`-G_t` with baseline :math:`-b_t`
+    (:func:`~logtrick.rl.losses.reinforce_loss`), plus the critic's loss and the entropy bonus.
+    Standardising the advantages :math:`G_t - b_t` adds their batch mean :math:`\mu` to the
+    baseline and scales both by :math:`1/\sigma`."""
     config = learner.config
     log_prob, entropy, values = learner.policy.evaluate_actions(
         batch["obs"], batch["actions"], batch.get("action_masks")
     )
-    loss, info = policy_term(learner, log_prob, batch)
+    returns, baseline = batch["returns"], batch["baseline"]
+    if config.normalize_advantages:
+        mean, inverse_scale = advantage_moments(returns - baseline)
+        returns, baseline = returns * inverse_scale, (baseline + mean) * inverse_scale
+    loss, info = reinforce_loss(log_prob, returns, baseline=baseline, check=False)
     if config.ent_coef:
         loss = loss - config.ent_coef * entropy.mean()
     if config.uses_critic:
-        vl, _ = value_loss(values, batch["returns"], batch["values"], config.clip_value,
-                           check=False)  # fmt: skip
-        loss = loss + config.vf_coef * vl
-        info["value_loss"] = vl.detach()
+        v_loss, _ = value_loss(values, batch["returns"], batch["values"], config.clip_value,
+                               check=False)  # fmt: skip
+        loss = loss + config.vf_coef * v_loss
+        info["value_loss"] = v_loss.detach()
     info["entropy"] = entropy.detach().mean()
-    return loss, info
-
-
-def score_function_term(learner: Learner, log_prob: Tensor, batch: Batch) -> Any:
-    r"""The core's surrogate of the cost :math:`-G_t` with baseline :math:`-b_t`
-    (:func:`~logtrick.rl.losses.reinforce_loss`). Standardising the advantages
-    :math:`G_t - b_t` adds their batch mean :math:`\mu` to the baseline and scales both by
-    :math:`1/\sigma`."""
-    returns, baseline = batch["returns"], batch["baseline"]
-    if learner.config.normalize_advantages:
-        mean, inverse_scale = advantage_moments(returns - baseline)
-        returns, baseline = returns * inverse_scale, (baseline + mean) * inverse_scale
-    return reinforce_loss(log_prob, returns, baseline=baseline, check=False)
-
-
-def clipped_term(learner: Learner, log_prob: Tensor, batch: Batch) -> Any:
-    """PPO's clipped surrogate of the (standardised) GAE advantages."""
-    config, adv = learner.config, batch["advantages"]
-    if config.normalize_advantages:
-        adv = normalize_advantages(adv, check=False)
-    return ppo_clip_loss(log_prob, batch["log_probs"], adv, config.clip_eps, check=False)
-
-
-# ------------------------------------------------------------------------ one per algorithm
-
-
-def _one_step(learner: Learner, batch: Batch) -> dict[str, Any]:
-    loss, info = actor_critic_loss(learner, batch, score_function_term)
     info["grad_norm"] = learner.step(loss)
     info["explained_variance"] = explained_variance(batch["values"], batch["returns"])
     return info
@@ -169,38 +208,14 @@ def reinforce_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     learner.watch("returns", returns)
     baselines = {"value": ro.values, "none": torch.zeros(()),
                  "mean": masked_mean(returns, ro.valid)}  # fmt: skip
-    return _one_step(learner, flatten(ro, returns=returns, baseline=baselines[config.baseline]))
+    batch = flatten(ro, returns=returns, baseline=baselines[config.baseline])
+    return score_function_update(learner, batch)
 
 
 def a2c_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     """A2C: one step on the λ-returns with the critic as the baseline."""
     _, returns = gae(learner, ro)
-    return _one_step(learner, flatten(ro, returns=returns, baseline=ro.values))
-
-
-def ppo_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
-    """``update_epochs`` passes of minibatch steps; logged values are the last epoch's means
-    (weighted by minibatch size); stops after the first epoch whose mean KL passes
-    ``target_kl``. The first epoch's minibatch gradients give ``grad_snr``
-    (:func:`~logtrick.rl.learner.gradient_snr`; NaN with one minibatch)."""
-    config = learner.config
-    advantages, returns = gae(learner, ro)
-    batch = flatten(ro, advantages=advantages, returns=returns)
-    n, epochs, names, sums = len(batch["obs"]), 0, [], torch.zeros(0)
-    for epochs in range(1, config.update_epochs + 1):
-        sums = torch.zeros(0)
-        for mb in learner.minibatches(batch):
-            loss, info = actor_critic_loss(learner, mb, clipped_term)
-            info["grad_norm"] = learner.step(loss, record_gradient=epochs == 1)
-            names = list(info)
-            values = torch.stack([v.float() for v in info.values()]) * len(mb["obs"])
-            sums = values if not len(sums) else sums.add_(values)
-        kl = sums[names.index("approx_kl")] / n
-        if config.target_kl is not None and float(kl) > config.target_kl:
-            break
-    stats = dict(zip(names, (sums / n).unbind()))
-    ev = explained_variance(batch["values"], batch["returns"])
-    return {**stats, "epochs": epochs, "explained_variance": ev}
+    return score_function_update(learner, flatten(ro, returns=returns, baseline=ro.values))
 
 
 def npg_update(learner: Learner, ro: Rollout) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""Overlapped collection: the stated lag exactly (rollout k is the one a plain collector gathers
+with the weights of update k-1), truncation and observation statistics as without overlap, the
+PPO ratio against the behaviour policy, and a resumable, reproducible run."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+from logtrick import rl
+from logtrick.rl.envs import make_env
+from logtrick.rl.overlap import OverlapCollector
+from logtrick.rl.policies import build_policy
+from logtrick.rl.rollout import Collector, Rollout
+
+QUIET = {"progress": False, "tensorboard": False, "plot": False}
+ENVS = {"CartPole-v1": False, "Pendulum-v1": True}  # env -> normalise observations
+
+
+def _factory(env_id: str) -> object:
+    return lambda: gym.make(env_id, max_episode_steps=13)  # truncations inside every rollout
+
+
+def _fake_update(policy: torch.nn.Module, k: int) -> None:
+    """A deterministic change of the weights standing in for update k."""
+    with torch.no_grad():
+        for i, p in enumerate(policy.parameters()):
+            p.add_(0.05 * torch.cos(torch.arange(p.numel(), dtype=p.dtype) + k + i).view_as(p))
+
+
+def _assert_same(a: Rollout, b: Rollout, k: int) -> None:
+    for name in ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated",
+                 "next_values", "valid", "bootstrap_obs", "bootstrap_index"):  # fmt: skip
+        assert torch.equal(getattr(a, name), getattr(b, name)), f"rollout {k}: {name}"
+    assert a.episode_returns == b.episode_returns and a.episode_lengths == b.episode_lengths
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rollouts_are_a_plain_collectors_with_the_weights_one_update_back(
+    env_id: str, seed: int
+) -> None:
+    """Rollout 0 is the plain collector's (lag 0); rollout k >= 1 is the plain collector's with
+    the weights after update k-1 (lag 1): same transitions, truncations, bootstrap values and
+    episode statistics, and the learner ends with the plain path's observation statistics."""
+    config = rl.Config(env=env_id, algo="ppo", num_envs=3, num_steps=20, seed=seed,
+                       normalize_obs=ENVS[env_id], **QUIET)  # fmt: skip
+    envs = [make_env(_factory(env_id), num_envs=3) for _ in range(2)]
+    torch.manual_seed(seed)
+    policy = build_policy(config, envs[0])
+    reference = copy.deepcopy(policy)
+    overlapped = OverlapCollector(Collector(envs[0], policy, 20, seed=seed), policy)
+    torch.manual_seed(seed + 7)
+    got, weights = [], [copy.deepcopy(list(policy.parameters()))]
+    for k in range(4):
+        got.append(overlapped.collect())
+        stats = [b.clone() for b in policy.buffers()]
+        _fake_update(policy, k)
+        weights.append(copy.deepcopy(list(policy.parameters())))
+    overlapped.close()
+    plain = Collector(envs[1], reference, 20, seed=seed)
+    torch.manual_seed(seed + 7)
+    for k in range(4):
+        with torch.no_grad():
+            for p, w in zip(reference.parameters(), weights[max(k - 1, 0)]):
+                p.copy_(w)
+        _assert_same(got[k], plain.collect(), k)
+        assert got[k].policy_lag == min(k, 1)
+    assert any(bool(r.truncated.any()) for r in got)
+    for mine, want in zip(stats, reference.buffers()):
+        assert torch.equal(mine, want)
+    for e in envs:
+        e.close()
+
+
+def test_lagged_rollouts_keep_the_behaviour_log_probs() -> None:
+    """With observation normalisation the update re-evaluates values; the log-probabilities of
+    a lagged rollout stay the behaviour policy's (the PPO ratio's denominator)."""
+    from logtrick.rl.build import make_learner
+    from logtrick.rl.update import prepare
+
+    config = rl.Config(env="Pendulum-v1", algo="ppo", num_envs=2, num_steps=16,
+                       normalize_obs=True, **QUIET)  # fmt: skip
+    envs = make_env(config.env, num_envs=2)
+    learner = make_learner(config, envs)
+    ro = Collector(envs, learner.policy, 16, seed=0).collect()
+    _fake_update(learner.policy, 0)
+    fresh = prepare(learner, ro)
+    ro.policy_lag = 1
+    lagged = prepare(learner, ro)
+    assert not torch.equal(fresh.log_probs, ro.log_probs)
+    assert torch.equal(lagged.log_probs, ro.log_probs)
+    assert torch.equal(lagged.values, fresh.values)
+    envs.close()
+
+
+def _metrics(run_dir: Path) -> list[str]:
+    return (run_dir / "metrics.csv").read_text().splitlines()
+
+
+def test_overlapped_run_resumes_and_repeats(tmp_path: Path) -> None:
+    """A run with overlap learns through a checkpoint; resuming one checkpoint twice gives the
+    same continuation."""
+    config = rl.Config(env="CartPole-v1", algo="ppo", total_steps=1024, num_envs=4, num_steps=64,
+                       overlap=True, anneal_lr=False, eval_every=0, checkpoint_every=512,
+                       out=str(tmp_path),
+                       run_name="a", **QUIET)  # fmt: skip
+    first = rl.train(config)
+    assert len(first.history) == 4
+    runs = []
+    for name in ("b", "c"):
+        shutil.copytree(first.run_dir, tmp_path / name)
+        longer = rl.Config(**{**config.to_dict(), "total_steps": 2048})
+        runs.append(rl.train(longer, resume=tmp_path / name))
+    assert len(runs[0].history) == len(runs[1].history) == 8
+    skip = ("time", "sps")
+    rows = [[{k: v for k, v in r.items() if k not in skip} for r in run.history] for run in runs]
+    assert repr(rows[0]) == repr(rows[1])  # NaN cells (no evaluation) compare by repr
+
+
+def test_overlap_refuses_ray_workers() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        rl.train(rl.Config(env="CartPole-v1", algo="ppo", total_steps=64, overlap=True,
+                           workers=2, **QUIET))  # fmt: skip
+
+
+def test_envpool_refuses_ray_workers() -> None:
+    with pytest.raises(ValueError, match="vector_env"):
+        rl.train(rl.Config(env="CartPole-v1", algo="ppo", total_steps=64,
+                           vector_env="envpool", workers=2, **QUIET))  # fmt: skip
