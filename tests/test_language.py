@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 import logtrick as lt
-from logtrick.language.tokens import Completions, logits_of, sequence_log_probs, token_log_probs
+from logtrick.language.scoring import sequence_log_probs
+from logtrick.language.tokens import Completions, logits_of, token_log_probs
 from stats import z_bonferroni
 
 V = 7

@@ -38,11 +38,11 @@ from logtrick.language.advantages import (
     rloo_advantages,
 )
 from logtrick.language.sequence import sequence_surrogate, token_kl
+from logtrick.language.scoring import sequence_log_probs
 from logtrick.language.tokens import (
     Completions,
     logits_of,
     sample_completions,
-    sequence_log_probs,
     token_log_probs,
 )
 from logtrick.measure_valued import DeltaMethod, MeasureValued

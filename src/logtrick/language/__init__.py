@@ -17,31 +17,39 @@ from logtrick.language.advantages import (
     rloo_advantages,
 )
 from logtrick.language.sequence import sequence_surrogate, token_kl
+from logtrick.language.generation import generate_completions, left_pad
+from logtrick.language.scoring import Scores, score_completions, sequence_log_probs
 from logtrick.language.tokens import (
     Completions,
     logits_of,
     sample_completions,
-    sequence_log_probs,
     token_log_probs,
 )
+from logtrick.language.toy import char_tokenizer, tiny_causal_lm
 
 __all__ = [
     "Completions",
     "GroupedAdvantages",
+    "Scores",
     "MovingAverageState",
     "baseline_advantages",
     "batch_normalized_advantages",
+    "char_tokenizer",
+    "generate_completions",
     "group_mean_advantages",
     "group_normalized_advantages",
     "grouped_advantages",
     "logits_of",
     "moving_average_advantages",
+    "left_pad",
     "rank_advantages",
     "reinforce_advantages",
     "rloo_advantages",
     "sample_completions",
+    "score_completions",
     "sequence_log_probs",
     "sequence_surrogate",
     "token_kl",
+    "tiny_causal_lm",
     "token_log_probs",
 ]
