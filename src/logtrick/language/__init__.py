@@ -17,6 +17,7 @@ from logtrick.language.advantages import (
     rloo_advantages,
 )
 from logtrick.language.sequence import sequence_surrogate, token_kl
+from logtrick.language.config import LM_ALGOS, LMConfig
 from logtrick.language.generation import generate_completions, left_pad
 from logtrick.language.scoring import Scores, score_completions, sequence_log_probs
 from logtrick.language.tokens import (
@@ -26,11 +27,15 @@ from logtrick.language.tokens import (
     token_log_probs,
 )
 from logtrick.language.toy import char_tokenizer, tiny_causal_lm
+from logtrick.language.trainer import Trainer
 
 __all__ = [
     "Completions",
+    "LM_ALGOS",
     "GroupedAdvantages",
+    "LMConfig",
     "Scores",
+    "Trainer",
     "MovingAverageState",
     "baseline_advantages",
     "batch_normalized_advantages",
