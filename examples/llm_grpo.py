@@ -55,7 +55,9 @@ class Settings:
     digits: int = 2
     """Digits per operand."""
     hidden: int = 64
-    """Width of the Qwen2 model."""
+    """Width of the model."""
+    arch: str = "qwen2"
+    """``"qwen2"`` or ``"gpt2"`` (:func:`logtrick.language.tiny_causal_lm`)."""
     warm_lenient: float = 0.5
     """Maximum likelihood stops once this share of greedy answers has the right value."""
     warm_max_steps: int = 3000
@@ -128,7 +130,7 @@ def teacher(prompt: str, s: Settings, g: torch.Generator) -> str:
 
 def warm_start(s: Settings, seed: int, test: list[str]) -> torch.nn.Module:
     """Maximum likelihood on the teacher until half the greedy answers have the right value."""
-    model = lt.language.tiny_causal_lm(len(TOK), "qwen2", hidden=s.hidden, layers=2, seed=seed)
+    model = lt.language.tiny_causal_lm(len(TOK), s.arch, hidden=s.hidden, layers=2, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     probe = lt.language.Trainer(model, TOK, test, lenient, checker=lenient,
