@@ -211,3 +211,14 @@ def test_bad_input_names_the_argument(kwargs: dict[str, Any], error: type, name:
 def test_config_rejects_bad_fields(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field if field != "lr_schedule" else "total_steps"):
         LMConfig(**{field: value})
+
+
+def test_every_language_name_has_an_api_entry() -> None:
+    from test_docs import documented_names
+
+    names = {f"logtrick.language.{n}" for n in lt.language.__all__}
+    also_top = {f"logtrick.{n}" for n in lt.language.__all__ if n in lt.__all__}
+    documented = documented_names()
+    missing = sorted(n for n in names if n not in documented
+                     and n.replace("logtrick.language.", "logtrick.") not in also_top & documented)  # fmt: skip
+    assert not missing, f"logtrick.language names without an entry in docs/api: {missing}"

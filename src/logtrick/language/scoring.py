@@ -58,9 +58,10 @@ def _chunked_head(
 ) -> tuple[Tensor, Tensor]:
     """``_head_chunk`` over ``chunk`` positions at a time, checkpointed under autograd."""
     lps, ents = [], []
+    several = h.shape[1] > chunk  # one chunk: nothing to save by recomputing it
     for i in range(0, h.shape[1], chunk):
         part = (h[:, i : i + chunk], head, tokens[:, i : i + chunk], valid[:, i : i + chunk])
-        if torch.is_grad_enabled() and h.requires_grad:
+        if several and torch.is_grad_enabled() and h.requires_grad:
             lp, ent = checkpoint(_head_chunk, *part, temperature, use_reentrant=False)
         else:
             lp, ent = _head_chunk(*part, temperature)
