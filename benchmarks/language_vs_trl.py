@@ -49,8 +49,14 @@ def accuracy(model: Any, t: Any) -> float:
     import logtrick as lt
 
     test = t.problems(100, 1, 12345)
-    probe = lt.language.Trainer(model, t.TOK, test, t.correct, checker=t.correct,
-                                config=lt.language.LMConfig(max_new_tokens=8, progress=False))  # fmt: skip
+    probe = lt.language.Trainer(
+        model,
+        t.TOK,
+        test,
+        t.correct,
+        checker=t.correct,
+        config=lt.language.LMConfig(max_new_tokens=8, progress=False),
+    )
     return probe.evaluate(test)
 
 
@@ -58,9 +64,18 @@ def run_logtrick(model: Any, t: Any, algo: str, seed: int, steps: int) -> dict[s
     import logtrick as lt
     from logtrick.language import trainer as trainer_module
 
-    cfg = lt.language.LMConfig(algo=algo, k=K, prompts_per_step=C, max_new_tokens=8, lr=1e-4,
-                               epochs=2, minibatches=2, clip_eps=0.2, seed=seed,
-                               progress=False)  # fmt: skip
+    cfg = lt.language.LMConfig(
+        algo=algo,
+        k=K,
+        prompts_per_step=C,
+        max_new_tokens=8,
+        lr=1e-4,
+        epochs=2,
+        minibatches=2,
+        clip_eps=0.2,
+        seed=seed,
+        progress=False,
+    )
     gen = [0.0]
     real = trainer_module.Trainer._generate
 
@@ -85,16 +100,37 @@ def run_trl(model: Any, t: Any, algo: str, seed: int, steps: int) -> dict[str, f
     prompts = t.problems(5000, 1, seed + 1)
     data = datasets.Dataset.from_dict({"prompt": prompts})
     cfg = GRPOConfig(
-        output_dir=str(WORK / "trl_out"), use_cpu=True, seed=seed, learning_rate=1e-4,
-        per_device_train_batch_size=C * K // 2, gradient_accumulation_steps=1,
-        steps_per_generation=2, num_iterations=2, num_generations=K, epsilon=0.2, beta=0.0,
-        loss_type=algo, max_completion_length=8, temperature=1.0, top_k=0, top_p=1.0,
-        max_steps=2 * steps * 2, save_strategy="no", report_to="none", logging_steps=10**6,
-        disable_dropout=True, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        weight_decay=0.0, bf16=False, dataloader_num_workers=0,
-    )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=t.correct, args=cfg, train_dataset=data,
-                          processing_class=t.TOK)  # fmt: skip
+        output_dir=str(WORK / "trl_out"),
+        use_cpu=True,
+        seed=seed,
+        learning_rate=1e-4,
+        per_device_train_batch_size=C * K // 2,
+        gradient_accumulation_steps=1,
+        steps_per_generation=2,
+        num_iterations=2,
+        num_generations=K,
+        epsilon=0.2,
+        beta=0.0,
+        loss_type=algo,
+        max_completion_length=8,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_steps=2 * steps * 2,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10**6,
+        disable_dropout=True,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        bf16=False,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=t.correct, args=cfg, train_dataset=data, processing_class=t.TOK
+    )
     gen = [0.0]
     real = trainer._generate_and_score_completions
 
@@ -134,8 +170,12 @@ def warm(seed: int) -> None:
 
 def _spawn(*args: str) -> dict[str, float]:
     cmd = [sys.executable, __file__, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={
-        **__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(done.stderr[-3000:])
@@ -153,14 +193,20 @@ def compare(seeds: list[int], algos: list[str], steps: int) -> None:
                 r = _spawn("--child", lib, algo, str(seed), str(steps))
                 rows.setdefault((algo, lib), []).append(r)
                 print(f"seed {seed} {algo:<8} {lib:<9} {json.dumps(r)}", flush=True)
-    print(f"\n{'algo':<8} {'library':<9} {'CPU s/1k total':>15} {'generate':>9} {'update':>7} "
-          f"{'peak MiB':>9} {'accuracy (per seed)':>24}")  # fmt: skip
+    print(
+        f"\n{'algo':<8} {'library':<9} {'CPU s/1k total':>15} {'generate':>9} {'update':>7} "
+        f"{'peak MiB':>9} {'accuracy (per seed)':>24}"
+    )
     for (algo, lib), rs in rows.items():
-        per_k = lambda key: statistics.median(r[key] / r["completions"] * 1000 for r in rs)  # noqa: E731
+        per_k = lambda key, rs=rs: statistics.median(  # noqa: E731
+            r[key] / r["completions"] * 1000 for r in rs
+        )
         upd = statistics.median((r["total"] - r["generate"]) / r["completions"] * 1000 for r in rs)
         accs = " / ".join(f"{r['accuracy']:.2f}" for r in rs)
-        print(f"{algo:<8} {lib:<9} {per_k('total'):>15.2f} {per_k('generate'):>9.2f} {upd:>7.2f} "
-              f"{statistics.median(r['peak_mib'] for r in rs):>9.0f} {accs:>24}")  # fmt: skip
+        print(
+            f"{algo:<8} {lib:<9} {per_k('total'):>15.2f} {per_k('generate'):>9.2f} {upd:>7.2f} "
+            f"{statistics.median(r['peak_mib'] for r in rs):>9.0f} {accs:>24}"
+        )
 
 
 def memory_child(mode: str, length: int) -> None:
@@ -176,7 +222,10 @@ def memory_child(mode: str, length: int) -> None:
         z = model(seq[:, :-1]).logits[:, 7:]
         lp = z.log_softmax(-1).gather(-1, seq[:, 8:, None])[..., 0]
     lp.sum().backward()
-    print("RESULT " + json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        "RESULT "
+        + json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    )
 
 
 def memory() -> None:

@@ -81,8 +81,14 @@ class Settings:
         return 3 + self.digits + 2 + 3
 
 
-QUICK = Settings(digits=1, rl_steps=25, prompts=8, test_size=100, methods=("GRPO", "Dr. GRPO"),
-                 warm_max_steps=600)  # fmt: skip
+QUICK = Settings(
+    digits=1,
+    rl_steps=25,
+    prompts=8,
+    test_size=100,
+    methods=("GRPO", "Dr. GRPO"),
+    warm_max_steps=600,
+)
 TOK = lt.language.char_tokenizer("0123456789+=.")
 
 
@@ -133,11 +139,17 @@ def warm_start(s: Settings, seed: int, test: list[str]) -> torch.nn.Module:
     model = lt.language.tiny_causal_lm(len(TOK), s.arch, hidden=s.hidden, layers=2, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
-    probe = lt.language.Trainer(model, TOK, test, lenient, checker=lenient,
-                                config=lt.language.LMConfig(max_new_tokens=s.max_new))
+    probe = lt.language.Trainer(
+        model,
+        TOK,
+        test,
+        lenient,
+        checker=lenient,
+        config=lt.language.LMConfig(max_new_tokens=s.max_new),
+    )
     for step in range(1, s.warm_max_steps + 1):
         prompts = problems(64, s.digits, seed * 100_000 + step)
-        rows = [TOK(p + teacher(p, s, g)).input_ids + [TOK.eos_token_id] for p in prompts]
+        rows = [[*TOK(p + teacher(p, s, g)).input_ids, TOK.eos_token_id] for p in prompts]
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [TOK.pad_token_id] * (width - len(r)) for r in rows])
         labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
@@ -153,9 +165,17 @@ def warm_start(s: Settings, seed: int, test: list[str]) -> torch.nn.Module:
 
 
 def fine_tune(model: torch.nn.Module, algo: str, s: Settings, seed: int, test: list[str]) -> dict:
-    cfg = lt.language.LMConfig(k=s.k, prompts_per_step=s.prompts, max_new_tokens=s.max_new,
-                               lr=1e-4, epochs=2, minibatches=2, clip_eps=0.2, seed=seed,
-                               progress=False)  # fmt: skip
+    cfg = lt.language.LMConfig(
+        k=s.k,
+        prompts_per_step=s.prompts,
+        max_new_tokens=s.max_new,
+        lr=1e-4,
+        epochs=2,
+        minibatches=2,
+        clip_eps=0.2,
+        seed=seed,
+        progress=False,
+    )
     train = problems(5000, s.digits, seed + 1)
     trainer = lt.language.Trainer(model, TOK, train, correct, algo, cfg, checker=correct)
     before = trainer.evaluate(test)
@@ -164,8 +184,14 @@ def fine_tune(model: torch.nn.Module, algo: str, s: Settings, seed: int, test: l
     seconds = time.perf_counter() - begin
     tail = rows[-max(len(rows) // 5, 1) :]
     mean = lambda key: sum(r.get(key, float("nan")) for r in tail) / len(tail)  # noqa: E731
-    return {"algo": algo, "before": before, "after": trainer.evaluate(test), "seconds": seconds,
-            "length_right": mean("length_right"), "length_wrong": mean("length_wrong")}  # fmt: skip
+    return {
+        "algo": algo,
+        "before": before,
+        "after": trainer.evaluate(test),
+        "seconds": seconds,
+        "length_right": mean("length_right"),
+        "length_wrong": mean("length_wrong"),
+    }
 
 
 def main(quick: bool = False, seed: int = 0, out_dir: Path | str = OUT) -> dict:
@@ -180,9 +206,12 @@ def main(quick: bool = False, seed: int = 0, out_dir: Path | str = OUT) -> dict:
     for name in s.methods:
         r = fine_tune(copy.deepcopy(warm), METHODS[name], s, seed, test)
         results.append({"method": name, **r})
-        print(f"{name:<9} greedy accuracy {r['before']:.3f} -> {r['after']:.3f} in "
-              f"{r['seconds']:.0f} s; length right {r['length_right']:.2f}, wrong "
-              f"{r['length_wrong']:.2f}", flush=True)  # fmt: skip
+        print(
+            f"{name:<9} greedy accuracy {r['before']:.3f} -> {r['after']:.3f} in "
+            f"{r['seconds']:.0f} s; length right {r['length_right']:.2f}, wrong "
+            f"{r['length_wrong']:.2f}",
+            flush=True,
+        )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return {"settings": replace(s).__dict__, "results": results}
 

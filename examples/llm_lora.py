@@ -58,23 +58,40 @@ def main(quick: bool = False, seed: int = 0) -> dict:
     s = t.Settings(digits=1, arch="gpt2", warm_max_steps=600)  # type: ignore[attr-defined]
     test = t.problems(100 if quick else 300, 1, 12345)  # type: ignore[attr-defined]
     base = t.warm_start(s, seed, test)  # type: ignore[attr-defined]
-    lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj"],
-                           fan_in_fan_out=True)  # fmt: skip
+    lora = peft.LoraConfig(
+        r=8, lora_alpha=16, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True
+    )
     model = peft.get_peft_model(base, lora)
-    cfg = lt.language.LMConfig(k=8, prompts_per_step=8, max_new_tokens=s.max_new, lr=2e-3,
-                               kl_coef=0.02, seed=seed, progress=False)  # fmt: skip
+    cfg = lt.language.LMConfig(
+        k=8,
+        prompts_per_step=8,
+        max_new_tokens=s.max_new,
+        lr=2e-3,
+        kl_coef=0.02,
+        seed=seed,
+        progress=False,
+    )
     prompts = t.problems(2000, 1, seed + 1)  # type: ignore[attr-defined]
-    trainer = lt.language.Trainer(model, t.TOK, prompts, t.correct, "grpo", cfg,  # type: ignore[attr-defined]
-                                  checker=t.correct)  # type: ignore[attr-defined]
+    trainer = lt.language.Trainer(
+        model,
+        t.TOK,
+        prompts,
+        t.correct,
+        "grpo",
+        cfg,  # type: ignore[attr-defined]
+        checker=t.correct,
+    )  # type: ignore[attr-defined]
     before = trainer.evaluate(test)
     begin = time.perf_counter()
     rows = [trainer.learn(1) for _ in range(30 if quick else 100)]
     after = trainer.evaluate(test)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    print(f"LoRA ({trainable:,} of {total:,} parameters train): greedy accuracy {before:.3f} -> "
-          f"{after:.3f} in {time.perf_counter() - begin:.0f} s; KL to the base "
-          f"{rows[-1]['kl']:.4f}")  # fmt: skip
+    print(
+        f"LoRA ({trainable:,} of {total:,} parameters train): greedy accuracy {before:.3f} -> "
+        f"{after:.3f} in {time.perf_counter() - begin:.0f} s; KL to the base "
+        f"{rows[-1]['kl']:.4f}"
+    )
     return {"before": before, "after": after, "trainable": trainable, "total": total}
 
 

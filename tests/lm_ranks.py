@@ -29,8 +29,15 @@ def fixed_generate(self: Trainer, prompts: list[Any], k: int, greedy: bool = Fal
         torch.manual_seed(1000 * self.step + int(p))
         parts.append(_generate(self, [p], k, greedy))
     cat = lambda name: torch.cat([getattr(c, name) for c in parts])  # noqa: E731
-    return Completions(cat("sequences"), cat("tokens"), cat("mask"), cat("log_probs"),
-                       cat("stopped"), parts[0].prompt_length, cat("attention_mask"))  # fmt: skip
+    return Completions(
+        cat("sequences"),
+        cat("tokens"),
+        cat("mask"),
+        cat("log_probs"),
+        cat("stopped"),
+        parts[0].prompt_length,
+        cat("attention_mask"),
+    )
 
 
 def echo(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
@@ -40,8 +47,17 @@ def echo(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
 def trainer(algo: str, run_dir: Path | None) -> Trainer:
     torch.set_num_threads(1)
     Trainer._generate = fixed_generate  # type: ignore[method-assign]
-    cfg = LMConfig(algo=algo, k=4, prompts_per_step=4, max_new_tokens=4, epochs=2, lr=3e-3,
-                   progress=False, tensorboard=False, **CASES[algo])  # fmt: skip
+    cfg = LMConfig(
+        algo=algo,
+        k=4,
+        prompts_per_step=4,
+        max_new_tokens=4,
+        epochs=2,
+        lr=3e-3,
+        progress=False,
+        tensorboard=False,
+        **CASES[algo],
+    )
     model = tiny_causal_lm(len(TOK), "qwen2", hidden=32, layers=1, seed=0)
     return Trainer(model, TOK, [str(d) for d in range(10)], echo, config=cfg, run_dir=run_dir)
 

@@ -300,8 +300,10 @@ def test_chunked_scoring_equals_whole_logits_with_gradients(arch: str) -> None:
         s = lt.language.score_completions(*args, chunk_size=chunk, entropy=True)
         (g,) = torch.autograd.grad(s.log_probs.sum() + s.entropy.sum(), model.lm_head.weight)
         outs.append((s.log_probs.detach(), s.entropy.detach(), g))
-    kw = {"attention_mask": c.attention_mask[:, :-1],
-          "position_ids": (c.attention_mask[:, :-1].long().cumsum(-1) - 1).clamp_min(0)}
+    kw = {
+        "attention_mask": c.attention_mask[:, :-1],
+        "position_ids": (c.attention_mask[:, :-1].long().cumsum(-1) - 1).clamp_min(0),
+    }
     z = model(c.sequences[:, :-1], **kw).logits[:, c.prompt_length - 1 :] / 1.3  # whole (B, T, V)
     lp = torch.where(c.mask, z.log_softmax(-1).gather(-1, c.tokens[..., None])[..., 0], 0.0)
     ent = torch.where(c.mask, -(z.softmax(-1) * z.log_softmax(-1)).sum(-1), 0.0)

@@ -30,15 +30,29 @@ def short(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
 
 
 def _config(**kw: Any) -> LMConfig:
-    base = {"k": 4, "prompts_per_step": 4, "max_new_tokens": 4, "lr": 3e-3, "progress": False,
-            "tensorboard": False}  # fmt: skip
+    base = {
+        "k": 4,
+        "prompts_per_step": 4,
+        "max_new_tokens": 4,
+        "lr": 3e-3,
+        "progress": False,
+        "tensorboard": False,
+    }
     return LMConfig(**{**base, **kw})
 
 
 def _trainer(run_dir: Path | None = None, **kw: Any) -> Trainer:
     model = tiny_causal_lm(len(TOK), "qwen2", hidden=32, layers=1, seed=0)
-    return Trainer(model, TOK, PROMPTS, [echo, short], config=_config(**kw), checker=echo,
-                   reward_weights=[1.0, 0.5], run_dir=run_dir)  # fmt: skip
+    return Trainer(
+        model,
+        TOK,
+        PROMPTS,
+        [echo, short],
+        config=_config(**kw),
+        checker=echo,
+        reward_weights=[1.0, 0.5],
+        run_dir=run_dir,
+    )
 
 
 def _params(t: Trainer) -> dict[str, torch.Tensor]:
@@ -67,7 +81,7 @@ def test_resume_continues_exactly(tmp_path: Path, algo: str) -> None:
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     _trainer(tmp_path, algo="grpo").learn(1)
-    with pytest.raises(ValueError, match="config: .*lr"):
+    with pytest.raises(ValueError, match=r"config: .*lr"):
         _trainer(tmp_path, algo="grpo", lr=1e-4)
 
 
@@ -75,16 +89,29 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
 def test_every_algorithm_runs_and_reports(algo: str) -> None:
     t = _trainer(algo=algo, epochs=2, minibatches=2, micro_batch_size=4, kl_coef=0.0)
     row = t.learn(2)
-    for key in ("reward", "reward/echo", "reward/short", "accuracy", "length", "clip_fraction",
-                "approx_kl", "grad_norm", "grad_snr", "entropy", "time_generate", "time_update"):
+    for key in (
+        "reward",
+        "reward/echo",
+        "reward/short",
+        "accuracy",
+        "length",
+        "clip_fraction",
+        "approx_kl",
+        "grad_norm",
+        "grad_snr",
+        "entropy",
+        "time_generate",
+        "time_update",
+    ):
         assert key in row and math.isfinite(row[key]), key
     assert row["reward"] == pytest.approx(row["reward/echo"] + 0.5 * row["reward/short"])
     assert ("value_loss" in row) == (algo == "ppo")
     assert row["completions"] == 2 * 16
 
 
-@pytest.mark.parametrize("loss_type", ["sequence_mean", "token_mean", "bnpo", "constant",
-                                       "sequence_sum"])  # fmt: skip
+@pytest.mark.parametrize(
+    "loss_type", ["sequence_mean", "token_mean", "bnpo", "constant", "sequence_sum"]
+)
 def test_micro_batches_accumulate_the_minibatch_gradient(loss_type: str) -> None:
     whole = _trainer(loss_type=loss_type, max_grad_norm=None)
     parts = _trainer(loss_type=loss_type, max_grad_norm=None, micro_batch_size=3)
@@ -98,9 +125,18 @@ def _captured(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     real = update_module.sequence_surrogate
 
-    def spy(lp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, reduction: str,
-            constant: float | None, *args: Any, **kw: Any) -> Any:  # fmt: skip
-        calls.append({"reduction": reduction, "constant": constant, "tokens": int(mask.sum()), **kw})
+    def spy(
+        lp: torch.Tensor,
+        mask: torch.Tensor,
+        adv: torch.Tensor,
+        reduction: str,
+        constant: float | None,
+        *args: Any,
+        **kw: Any,
+    ) -> Any:
+        calls.append(
+            {"reduction": reduction, "constant": constant, "tokens": int(mask.sum()), **kw}
+        )
         return real(lp, mask, adv, reduction, constant, *args, **kw)
 
     monkeypatch.setattr(update_module, "sequence_surrogate", spy)
@@ -171,8 +207,9 @@ def test_dataset_columns_and_chat_prompts_reach_the_reward_functions() -> None:
 
     chats = [[{"role": "user", "content": d}] for d in "0123"]
     data = datasets.Dataset.from_dict({"prompt": chats, "answer": list("0123")})
-    t = Trainer(tiny_causal_lm(len(TOK), hidden=32, layers=1), TOK, data, by_answer, "rloo",
-                _config())  # fmt: skip
+    t = Trainer(
+        tiny_causal_lm(len(TOK), hidden=32, layers=1), TOK, data, by_answer, "rloo", _config()
+    )
     t.learn(1)
     prompts, answers = seen[0]["prompts"], seen[0]["answer"]
     assert len(prompts) == 16 and all(a == p[0]["content"] for p, a in zip(prompts, answers))
@@ -195,9 +232,13 @@ def test_dataset_columns_and_chat_prompts_reach_the_reward_functions() -> None:
     ],
 )
 def test_bad_input_names_the_argument(kwargs: dict[str, Any], error: type, name: str) -> None:
-    args: dict[str, Any] = {"model": tiny_causal_lm(len(TOK), hidden=32, layers=1),
-                            "tokenizer": TOK, "prompts": PROMPTS, "rewards": echo,
-                            "config": _config()}  # fmt: skip
+    args: dict[str, Any] = {
+        "model": tiny_causal_lm(len(TOK), hidden=32, layers=1),
+        "tokenizer": TOK,
+        "prompts": PROMPTS,
+        "rewards": echo,
+        "config": _config(),
+    }
     args.update(kwargs)
     with pytest.raises(error, match=name):
         Trainer(**args).learn(1)
@@ -205,8 +246,15 @@ def test_bad_input_names_the_argument(kwargs: dict[str, Any], error: type, name:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("k", 1), ("lr", -1.0), ("top_p", 0.0), ("loss_type", "mean"), ("lr_schedule", "cosine"),
-     ("clip_eps_high", 0.0), ("kl_estimator", "k4")],
+    [
+        ("k", 1),
+        ("lr", -1.0),
+        ("top_p", 0.0),
+        ("loss_type", "mean"),
+        ("lr_schedule", "cosine"),
+        ("clip_eps_high", 0.0),
+        ("kl_estimator", "k4"),
+    ],
 )
 def test_config_rejects_bad_fields(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field if field != "lr_schedule" else "total_steps"):
@@ -219,6 +267,10 @@ def test_every_language_name_has_an_api_entry() -> None:
     names = {f"logtrick.language.{n}" for n in lt.language.__all__}
     also_top = {f"logtrick.{n}" for n in lt.language.__all__ if n in lt.__all__}
     documented = documented_names()
-    missing = sorted(n for n in names if n not in documented
-                     and n.replace("logtrick.language.", "logtrick.") not in also_top & documented)  # fmt: skip
+    missing = sorted(
+        n
+        for n in names
+        if n not in documented
+        and n.replace("logtrick.language.", "logtrick.") not in also_top & documented
+    )
     assert not missing, f"logtrick.language names without an entry in docs/api: {missing}"

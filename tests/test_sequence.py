@@ -92,7 +92,9 @@ def test_asymmetric_clip_known_answer_and_active_clip_fraction() -> None:
     assert float(info["clip_fraction"]) == pytest.approx(2 / 6)  # 1.35 (A > 0), 0.75 (A < 0)
     loss.backward()
     assert lp.grad is not None
-    expected = torch.tensor([[-1.25, 0.0, -0.75], [1.25, 1.35, 0.0]], dtype=torch.float64) / 6  # d(-rho A)/d log rho
+    expected = (
+        torch.tensor([[-1.25, 0.0, -0.75], [1.25, 1.35, 0.0]], dtype=torch.float64) / 6
+    )  # d(-rho A)/d log rho
     torch.testing.assert_close(lp.grad, expected)
 
 

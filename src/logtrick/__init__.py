@@ -37,8 +37,8 @@ from logtrick.language.advantages import (
     reinforce_advantages,
     rloo_advantages,
 )
-from logtrick.language.sequence import sequence_surrogate, token_kl
 from logtrick.language.scoring import sequence_log_probs
+from logtrick.language.sequence import sequence_surrogate, token_kl
 from logtrick.language.tokens import (
     Completions,
     logits_of,

@@ -16,10 +16,10 @@ from logtrick.language.advantages import (
     reinforce_advantages,
     rloo_advantages,
 )
-from logtrick.language.sequence import sequence_surrogate, token_kl
 from logtrick.language.config import LM_ALGOS, LMConfig
 from logtrick.language.generation import generate_completions, left_pad
 from logtrick.language.scoring import Scores, score_completions, sequence_log_probs
+from logtrick.language.sequence import sequence_surrogate, token_kl
 from logtrick.language.tokens import (
     Completions,
     logits_of,
@@ -30,13 +30,13 @@ from logtrick.language.toy import char_tokenizer, tiny_causal_lm
 from logtrick.language.trainer import Trainer
 
 __all__ = [
-    "Completions",
     "LM_ALGOS",
+    "Completions",
     "GroupedAdvantages",
     "LMConfig",
+    "MovingAverageState",
     "Scores",
     "Trainer",
-    "MovingAverageState",
     "baseline_advantages",
     "batch_normalized_advantages",
     "char_tokenizer",
@@ -44,9 +44,9 @@ __all__ = [
     "group_mean_advantages",
     "group_normalized_advantages",
     "grouped_advantages",
+    "left_pad",
     "logits_of",
     "moving_average_advantages",
-    "left_pad",
     "rank_advantages",
     "reinforce_advantages",
     "rloo_advantages",
@@ -54,7 +54,7 @@ __all__ = [
     "score_completions",
     "sequence_log_probs",
     "sequence_surrogate",
-    "token_kl",
     "tiny_causal_lm",
+    "token_kl",
     "token_log_probs",
 ]

@@ -118,7 +118,9 @@ class LMConfig:
         for name in ("k", "prompts_per_step", "max_new_tokens", "epochs", "minibatches"):
             check_positive_int(name, getattr(self, name))
         if self.k < 2 and self.adv_method in ("rloo", "grpo"):
-            raise ValueError(f"k: {self.adv_method} needs k >= 2 completions per prompt, got {self.k}")
+            raise ValueError(
+                f"k: {self.adv_method} needs k >= 2 completions per prompt, got {self.k}"
+            )
         if self.micro_batch_size is not None:
             check_positive_int("micro_batch_size", self.micro_batch_size)
         for name in ("temperature", "lr", "clip_eps"):
@@ -141,7 +143,9 @@ class LMConfig:
         if self.loss_type is not None:
             check_choice("loss_type", self.loss_type, REDUCTIONS)
         if self.advantages is not None:
-            check_choice("advantages", self.advantages, tuple(m for m in METHODS if m != "baseline"))
+            check_choice(
+                "advantages", self.advantages, tuple(m for m in METHODS if m != "baseline")
+            )
         check_in_range("gamma", self.gamma, 0.0, 1.0)
         check_in_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
 

@@ -60,16 +60,25 @@ def _stop_mask(tokens: Tensor, stops: list[int]) -> tuple[Tensor, Tensor]:
 
 
 def _generation_config(
-    max_new_tokens: int, sampling: tuple[float, float, int], stops: list[int], pad: int, greedy: bool
+    max_new_tokens: int,
+    sampling: tuple[float, float, int],
+    stops: list[int],
+    pad: int,
+    greedy: bool,
 ) -> object:
     from transformers import GenerationConfig  # lazy: import logtrick stays light
 
     temperature, top_p, top_k = sampling
     extra = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=not greedy,
-        eos_token_id=stops or None, pad_token_id=pad, use_cache=True, **extra,
-    )  # fmt: skip
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=not greedy,
+        eos_token_id=stops or None,
+        pad_token_id=pad,
+        use_cache=True,
+        **extra,
+    )
 
 
 @torch.no_grad()
@@ -107,7 +116,13 @@ def generate_completions(
     Returns:
         :class:`logtrick.language.Completions` with its ``attention_mask``.
     """
-    stops = [] if stop_tokens is None else [stop_tokens] if isinstance(stop_tokens, int) else list(stop_tokens)  # fmt: skip
+    stops = (
+        []
+        if stop_tokens is None
+        else [stop_tokens]
+        if isinstance(stop_tokens, int)
+        else list(stop_tokens)
+    )
     for s in stops:
         check_nonnegative_int("stop_tokens", s)
     pad = (stops[0] if stops else 0) if pad_token is None else pad_token
@@ -119,8 +134,10 @@ def generate_completions(
     ids, prompt_mask = left_pad(prompts, pad)
     if not is_hf_model(model):
         if top_p < 1.0 or top_k > 0 or not bool(prompt_mask.all()):
-            raise ValueError("model: top_p, top_k and prompts of different lengths need a "
-                             "model with generate (a transformers causal LM)")  # fmt: skip
+            raise ValueError(
+                "model: top_p, top_k and prompts of different lengths need a "
+                "model with generate (a transformers causal LM)"
+            )
         stop = stops[0] if len(stops) == 1 else None
         if len(stops) > 1:
             raise ValueError(f"stop_tokens: a model without generate takes one, got {stops}")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["RewardFn", "PromptSet", "call_rewards", "render_prompt"]
+__all__ = ["PromptSet", "RewardFn", "call_rewards", "render_prompt"]
 
 RewardFn = Callable[..., Sequence[float]]
 
@@ -90,7 +90,9 @@ def call_rewards(
             )
         bad = [v for v in values if not isinstance(v, (int, float)) or not math.isfinite(v)]
         if bad:
-            raise ValueError(f"rewards: {name} returned a non-finite or non-number value {bad[0]!r}")
+            raise ValueError(
+                f"rewards: {name} returned a non-finite or non-number value {bad[0]!r}"
+            )
         per_fn[name] = [float(v) for v in values]
         total = [t + w * float(v) for t, v in zip(total, values)]
     return total, per_fn

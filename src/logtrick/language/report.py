@@ -36,8 +36,9 @@ class RunLog:
                 self.logger.log_hparams(config.as_dict())
             metrics = run_dir / "metrics.csv"
             if metrics.exists() and metrics.stat().st_size:
-                self.rows = [{k: float(v) for k, v in r.items() if _num(v)}
-                             for r in read_metrics(metrics)]  # fmt: skip
+                self.rows = [
+                    {k: float(v) for k, v in r.items() if _num(v)} for r in read_metrics(metrics)
+                ]
         self.bar: Any = None
         self.task: Any = None
 

@@ -135,7 +135,7 @@ def score_completions(
     backbone, head = split
     out = backbone(input_ids=sequences[:, :-1], **kwargs)
     h = out.last_hidden_state[:, prompt_length - 1 :]
-    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])  # type: ignore[union-attr]
+    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])  # type: ignore[index]
     chunk = max(CHUNK_ELEMENTS // max(b * vocab, 1), 1) if chunk_size is None else chunk_size
     check_positive_int("chunk_size", chunk)
     lp, ent = _chunked_head(h, head, tokens, valid, temperature, chunk)

@@ -248,19 +248,19 @@ def sequence_surrogate(
         (mean :math:`\rho`), ``info["clip_fraction"]`` (fraction of valid tokens whose
         clip is *active*, i.e. zeroes the gradient: :math:`\rho > 1+\epsilon_{high}` with
         :math:`A > 0` or :math:`\rho < 1-\epsilon` with :math:`A < 0`; 0 without clipping),
-        ``info["entropy"]`` (mean entropy, 0 without one), ``info["approx_kl"]`` (:math:`k_3` estimate of
-        :math:`\mathrm{KL}(\pi_{old}\|\pi)`), ``info["kl"]`` (mean per-token KL estimate to the
-        reference by ``kl_estimator``, 0 without one) and ``info["tokens"]`` (number of valid
-        tokens), all means over valid tokens.
+        ``info["entropy"]`` (mean entropy, 0 without one), ``info["approx_kl"]`` (:math:`k_3`
+        estimate of :math:`\mathrm{KL}(\pi_{old}\|\pi)`), ``info["kl"]`` (mean per-token KL
+        estimate to the reference by ``kl_estimator``, 0 without one) and ``info["tokens"]``
+        (number of valid tokens), all means over valid tokens.
 
     References:
         Williams (1992), REINFORCE. Schulman et al. (2017), Proximal Policy Optimization.
         Shao et al. (2024), DeepSeekMath (GRPO). Ahmadian et al. (2024), Back to Basics:
         Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs (RLOO).
         Yu et al. (2025), DAPO (token-level mean, clip-higher, overlong masking). Zheng et
-        al. (2025), Group Sequence Policy Optimization (GSPO). Liu et al. (2025), Understanding R1-Zero-Like
-        Training (Dr. GRPO: constant divisor, length and difficulty biases). Schulman (2020),
-        Approximating KL Divergence (blog post: k1, k2, k3).
+        al. (2025), Group Sequence Policy Optimization (GSPO). Liu et al. (2025), Understanding
+        R1-Zero-Like Training (Dr. GRPO: constant divisor, length and difficulty biases).
+        Schulman (2020), Approximating KL Divergence (blog post: k1, k2, k3).
     """
     others = {
         "old_token_log_probs": old_token_log_probs,
@@ -307,7 +307,8 @@ def sequence_surrogate(
         "clip_fraction": _masked_mean(active.to(work), mask),
         "approx_kl": _masked_mean(approx_kl(ratio, log_ratio), mask),
         "kl": _masked_mean(kl, mask),
-        "entropy": _masked_mean(_masked(entropy, mask, work), mask) if entropy is not None
+        "entropy": _masked_mean(_masked(entropy, mask, work), mask)
+        if entropy is not None
         else torch.zeros((), dtype=work),
         "tokens": mask.sum(),
     }

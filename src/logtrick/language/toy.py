@@ -48,14 +48,28 @@ def tiny_causal_lm(
     from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    special = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+    special: dict[str, Any] = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     if arch == "gpt2":
-        cfg: Any = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4,
-                              n_positions=256, **special)  # fmt: skip
+        cfg: Any = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=4,
+            n_positions=256,
+            **special,
+        )
         return GPT2LMHeadModel(cfg)
     if arch == "qwen2":
-        cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=256, tie_word_embeddings=True, **special)  # fmt: skip
+        cfg = Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **special,
+        )
         return Qwen2ForCausalLM(cfg)
     raise ValueError(f"arch: expected 'qwen2' or 'gpt2', got {arch!r}")

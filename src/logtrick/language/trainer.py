@@ -34,10 +34,10 @@ from logtrick.language.config import LMConfig
 from logtrick.language.generation import generate_completions
 from logtrick.language.models import reference_policy, split_head
 from logtrick.language.prompts import PromptSet, call_rewards, check_rewards, render_prompt
+from logtrick.language.report import RunLog
 from logtrick.language.scoring import score_completions
 from logtrick.language.tokens import Completions
 from logtrick.language.update import GenerationBatch, token_gae, update_policy
-from logtrick.language.report import RunLog
 
 __all__ = ["Trainer"]
 
@@ -91,16 +91,25 @@ class Trainer:
             raise TypeError(f"tokenizer: expected a transformers tokenizer, got {type(tokenizer)}")
         if config is not None and not isinstance(config, LMConfig):
             raise TypeError(f"config: expected an LMConfig, got {type(config).__name__}")
-        self.config = cfg = replace(config or LMConfig(), **({"algo": algo} if algo else {}))
+        self.config = cfg = config or LMConfig()
+        if algo is not None:
+            self.config = cfg = replace(cfg, algo=algo)
         if checker is not None and not callable(checker):
             raise TypeError(f"checker: expected a function returning list[bool], got {checker!r}")
-        self.model, self.tokenizer, self.checker, self.ref_model = model, tokenizer, checker, ref_model
+        self.model, self.tokenizer, self.checker, self.ref_model = (
+            model,
+            tokenizer,
+            checker,
+            ref_model,
+        )
         self.data = PromptSet(prompts)
         self.reward_fns, self.reward_weights = check_rewards(rewards, reward_weights)
         self.rank, self.world = _rank(), world_size()
         if cfg.prompts_per_step % self.world:
-            raise ValueError(f"prompts_per_step: {cfg.prompts_per_step} is not divisible by the "
-                             f"{self.world} ranks")  # fmt: skip
+            raise ValueError(
+                f"prompts_per_step: {cfg.prompts_per_step} is not divisible by the "
+                f"{self.world} ranks"
+            )
         if cfg.kl_coef > 0 and ref_model is None and not hasattr(model, "disable_adapter"):
             raise ValueError("ref_model: kl_coef > 0 needs ref_model or a PEFT model")
         self.value_head = self._make_value_head() if cfg.adv_method == "gae" else None
@@ -123,17 +132,20 @@ class Trainer:
     def _make_value_head(self) -> nn.Module:
         split = split_head(self.model)
         if split is None:
-            raise ValueError("algo: 'ppo' needs a transformers causal LM (its value head reads "
-                             "the last hidden state)")  # fmt: skip
-        head = nn.Linear(int(split[1].weight.shape[1]), 1)  # type: ignore[union-attr,index]
+            raise ValueError(
+                "algo: 'ppo' needs a transformers causal LM (its value head reads "
+                "the last hidden state)"
+            )
+        head = nn.Linear(int(split[1].weight.shape[1]), 1)  # type: ignore[index]
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         return head.to(next(self.model.parameters()).device)
 
     # ------------------------------------------------------------------ the loop
 
-    def learn(self, steps: int, callback: Callable[[dict[str, float]], object] | None = None
-              ) -> dict[str, float]:  # fmt: skip
+    def learn(
+        self, steps: int, callback: Callable[[dict[str, float]], object] | None = None
+    ) -> dict[str, float]:
         """Run ``steps`` generation steps; ``callback(metrics)`` returning True stops early.
         Returns the last step's metrics."""
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -165,8 +177,9 @@ class Trainer:
         n, c = len(self.data), self.config.prompts_per_step
         rows = []
         for pos in range(self.step * c, (self.step + 1) * c):
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(
-                self.config.seed * 7919 + pos // n))  # fmt: skip
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + pos // n)
+            )
             rows.append(int(perm[pos % n]))
         per = c // self.world
         return rows[self.rank * per : (self.rank + 1) * per]
@@ -178,8 +191,17 @@ class Trainer:
         self.model.eval()
         with self._autocast():
             return generate_completions(
-                self.model, ids, k, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                self.stop_tokens, self.pad_token, greedy, cfg.chunk_size,
+                self.model,
+                ids,
+                k,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                cfg.top_p,
+                cfg.top_k,
+                self.stop_tokens,
+                self.pad_token,
+                greedy,
+                cfg.chunk_size,
             )
 
     def _decode(self, c: Completions) -> list[str]:
@@ -196,17 +218,24 @@ class Trainer:
         texts = self._decode(c)
         rep = lambda xs: [x for x in xs for _ in range(cfg.k)]  # noqa: E731
         rep_prompts, rep_cols = rep(prompts), {key: rep(v) for key, v in columns.items()}
-        total, per_fn = call_rewards(self.reward_fns, self.reward_weights, rep_prompts, texts,
-                                     rep_cols)  # fmt: skip
+        total, per_fn = call_rewards(
+            self.reward_fns, self.reward_weights, rep_prompts, texts, rep_cols
+        )
         correct = None
         if self.checker is not None:
             correct = [bool(x) for x in self.checker(rep_prompts, texts, **rep_cols)]
         t_gen = time.perf_counter() - t0
         batch = self._batch(c, torch.tensor(total, dtype=torch.float64))
         self.optimizer.param_groups[0]["lr"] = lr = cfg.lr_at(self.step)
-        stats = update_policy(self.model, self.value_head, self.optimizer, batch, cfg,
-                              torch.Generator().manual_seed(cfg.seed * 31 + self.step),
-                              self._autocast)  # fmt: skip
+        stats = update_policy(
+            self.model,
+            self.value_head,
+            self.optimizer,
+            batch,
+            cfg,
+            torch.Generator().manual_seed(cfg.seed * 31 + self.step),
+            self._autocast,
+        )
         self.step += 1
         self.completions += cfg.completions_per_step
         row = self._metrics(c, total, per_fn, correct, stats)
@@ -227,21 +256,40 @@ class Trainer:
         ref = returns = None
         if cfg.kl_coef > 0:
             with reference_policy(self.model, self.ref_model) as r, self._autocast():
-                ref = score_completions(r, seq, c.prompt_length, mask, att, cfg.temperature,
-                                        cfg.chunk_size).log_probs  # fmt: skip
+                ref = score_completions(
+                    r, seq, c.prompt_length, mask, att, cfg.temperature, cfg.chunk_size
+                ).log_probs
         if self.value_head is not None:
             with torch.no_grad(), self._autocast():
-                h = score_completions(self.model, seq, c.prompt_length, c.mask[:, :width], att,
-                                      cfg.temperature, cfg.chunk_size, hidden=True).hidden
+                h = score_completions(
+                    self.model,
+                    seq,
+                    c.prompt_length,
+                    c.mask[:, :width],
+                    att,
+                    cfg.temperature,
+                    cfg.chunk_size,
+                    hidden=True,
+                ).hidden
                 values = self.value_head(h.float()).squeeze(-1)  # type: ignore[union-attr]
-            adv, returns = token_gae(rewards.float().to(device), values, c.mask[:, :width],
-                                     cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            adv, returns = token_gae(
+                rewards.float().to(device), values, c.mask[:, :width], cfg.gamma, cfg.gae_lambda
+            )
             adv = _whiten(adv, mask)
         else:
             adv = self._group_advantages(rewards).to(device)
         total = all_reduce_sum([mask.sum().double()], default=True)[0]
-        return GenerationBatch(seq, att, c.prompt_length, mask, old, ref, adv, returns,
-                               max(float(total) / self.world, 1.0))  # fmt: skip
+        return GenerationBatch(
+            seq,
+            att,
+            c.prompt_length,
+            mask,
+            old,
+            ref,
+            adv,
+            returns,
+            max(float(total) / self.world, 1.0),
+        )
 
     def _group_advantages(self, rewards: Tensor) -> Tensor:
         """Advantages of this rank's rows, computed on the rewards of all ranks."""
@@ -253,22 +301,43 @@ class Trainer:
         adv = grouped_advantages(full.view(-1, cfg.k), cfg.adv_method).advantages.reshape(-1)
         return adv[self.rank * n : (self.rank + 1) * n].float()
 
-    def _metrics(self, c: Completions, total: list[float], per_fn: Mapping[str, list[float]],
-                 correct: list[bool] | None, stats: Mapping[str, float]) -> dict[str, float]:  # fmt: skip
+    def _metrics(
+        self,
+        c: Completions,
+        total: list[float],
+        per_fn: Mapping[str, list[float]],
+        correct: list[bool] | None,
+        stats: Mapping[str, float],
+    ) -> dict[str, float]:
         """The step's metrics, summed over ranks."""
         lengths = c.mask.sum(1).double().cpu()
         ok = torch.tensor(correct if correct is not None else [False] * len(total))
-        parts = [torch.tensor(float(len(total))), torch.tensor(total).sum(), (~c.stopped.cpu()).sum(),
-                 lengths.sum(), ok.sum(), lengths[ok].sum(), lengths[~ok].sum()]  # fmt: skip
+        parts = [
+            torch.tensor(float(len(total))),
+            torch.tensor(total).sum(),
+            (~c.stopped.cpu()).sum(),
+            lengths.sum(),
+            ok.sum(),
+            lengths[ok].sum(),
+            lengths[~ok].sum(),
+        ]
         parts += [torch.tensor(v).sum() for v in per_fn.values()]
         parts += [torch.tensor(v) for v in stats.values()]
         s = all_reduce_sum([torch.stack([p.double() for p in parts])], default=True)[0].tolist()
         n, right = s[0], s[4]
-        row = {"step": float(self.step), "completions": float(self.completions),
-               "reward": s[1] / n, "truncated": s[2] / n, "length": s[3] / n}  # fmt: skip
+        row = {
+            "step": float(self.step),
+            "completions": float(self.completions),
+            "reward": s[1] / n,
+            "truncated": s[2] / n,
+            "length": s[3] / n,
+        }
         if correct is not None:
-            row.update(accuracy=right / n, length_right=s[5] / right if right else float("nan"),
-                       length_wrong=s[6] / (n - right) if n > right else float("nan"))  # fmt: skip
+            row.update(
+                accuracy=right / n,
+                length_right=s[5] / right if right else float("nan"),
+                length_wrong=s[6] / (n - right) if n > right else float("nan"),
+            )
         for i, name in enumerate(per_fn):
             row[f"reward/{name}"] = s[7 + i] / n
         for i, key in enumerate(stats):
@@ -282,8 +351,12 @@ class Trainer:
         """Completions (text) of ``prompts``: greedy, or ``k`` samples each."""
         return self._decode(self._generate(list(prompts), k, greedy))
 
-    def evaluate(self, prompts: object, checker: Callable[..., Sequence[bool]] | None = None,
-                 batch_size: int = 64) -> float:  # fmt: skip
+    def evaluate(
+        self,
+        prompts: object,
+        checker: Callable[..., Sequence[bool]] | None = None,
+        batch_size: int = 64,
+    ) -> float:
         """Greedy accuracy on ``prompts`` (a list or Dataset, as in the constructor)."""
         check = checker or self.checker
         if check is None:
@@ -296,18 +369,31 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers: trainable weights, optimizer, counters, config."""
-        trainable = {k: p.detach().clone() for k, p in self.model.named_parameters()
-                     if p.requires_grad}  # fmt: skip
+        trainable = {
+            k: p.detach().clone() for k, p in self.model.named_parameters() if p.requires_grad
+        }
         head = {} if self.value_head is None else self.value_head.state_dict()
-        return {"format": "logtrick-lm-1", "step": self.step, "completions": self.completions,
-                "model": trainable, "value_head": head, "optimizer": self.optimizer.state_dict(),
-                "config": json.dumps(self.config.as_dict())}  # fmt: skip
+        return {
+            "format": "logtrick-lm-1",
+            "step": self.step,
+            "completions": self.completions,
+            "model": trainable,
+            "value_head": head,
+            "optimizer": self.optimizer.state_dict(),
+            "config": json.dumps(self.config.as_dict()),
+        }
 
     def save(self, path: str | Path | None = None) -> None:
         """Write the checkpoint atomically (rank 0; default ``run_dir/checkpoint.pt``)."""
         from logtrick.rl.runs import save_checkpoint
 
-        target = path if path is not None else None if self.run_dir is None else self.run_dir / CHECKPOINT
+        target = (
+            path
+            if path is not None
+            else None
+            if self.run_dir is None
+            else self.run_dir / CHECKPOINT
+        )
         if target is not None and self.rank == 0:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(target, self.state_dict())
@@ -321,12 +407,15 @@ class Trainer:
         saved, now = json.loads(state["config"]), self.config.as_dict()
         for key, value in saved.items():
             if key not in FREE_FIELDS and now.get(key) != value:
-                raise ValueError(f"config: {path} was trained with {key}={value!r}, got "
-                                 f"{key}={now.get(key)!r}")  # fmt: skip
+                raise ValueError(
+                    f"config: {path} was trained with {key}={value!r}, got {key}={now.get(key)!r}"
+                )
         params = dict(self.model.named_parameters())
         missing = [k for k in state["model"] if k not in params]
         if missing:
-            raise ValueError(f"model: the checkpoint has parameters this model lacks: {missing[:3]}")
+            raise ValueError(
+                f"model: the checkpoint has parameters this model lacks: {missing[:3]}"
+            )
         with torch.no_grad():
             for key, value in state["model"].items():
                 params[key].copy_(value)
@@ -343,4 +432,3 @@ def _whiten(x: Tensor, mask: Tensor) -> Tensor:
     mean = s / n.clamp_min(1)
     std = (ss / n.clamp_min(1) - mean**2).clamp_min(0).sqrt()
     return torch.where(mask, (x - mean) / (std + 1e-8), 0.0).float()
-

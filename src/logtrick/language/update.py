@@ -43,10 +43,17 @@ class GenerationBatch:
 
     def rows(self, index: Tensor) -> GenerationBatch:
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return GenerationBatch(self.sequences[index], self.attention_mask[index],
-                               self.prompt_length, self.mask[index], self.old_log_probs[index],
-                               pick(self.ref_log_probs), self.advantages[index],
-                               pick(self.returns), self.token_total)  # fmt: skip
+        return GenerationBatch(
+            self.sequences[index],
+            self.attention_mask[index],
+            self.prompt_length,
+            self.mask[index],
+            self.old_log_probs[index],
+            pick(self.ref_log_probs),
+            self.advantages[index],
+            pick(self.returns),
+            self.token_total,
+        )
 
 
 def token_gae(
@@ -66,25 +73,52 @@ def token_gae(
 
 
 def _micro_loss(
-    model: nn.Module, value_head: nn.Module | None, b: GenerationBatch, cfg: LMConfig,
+    model: nn.Module,
+    value_head: nn.Module | None,
+    b: GenerationBatch,
+    cfg: LMConfig,
     scale: tuple[float, float | None],
-) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+) -> tuple[Tensor, dict[str, Tensor]]:
     weight, tokens = scale
-    s = score_completions(model, b.sequences, b.prompt_length, b.mask, b.attention_mask,
-                          cfg.temperature, cfg.chunk_size, hidden=value_head is not None,
-                          entropy=True)  # fmt: skip
+    s = score_completions(
+        model,
+        b.sequences,
+        b.prompt_length,
+        b.mask,
+        b.attention_mask,
+        cfg.temperature,
+        cfg.chunk_size,
+        hidden=value_head is not None,
+        entropy=True,
+    )
     reduction = "token_mean" if tokens is not None else cfg.reduction
-    constant = tokens if tokens is not None else (
-        float(cfg.max_new_tokens) if cfg.reduction == "constant" else None)  # fmt: skip
+    constant = (
+        tokens
+        if tokens is not None
+        else (float(cfg.max_new_tokens) if cfg.reduction == "constant" else None)
+    )
     loss, info = sequence_surrogate(
-        s.log_probs, b.mask, b.advantages, reduction, constant, b.old_log_probs, cfg.clip_eps,
-        b.ref_log_probs, cfg.kl_coef, cfg.kl_estimator, clip_eps_high=cfg.eps_high,
-        ratio_level=cfg.ratio_level, entropy=s.entropy, entropy_coef=cfg.entropy_coef,
+        s.log_probs,
+        b.mask,
+        b.advantages,
+        reduction,
+        constant,
+        b.old_log_probs,
+        cfg.clip_eps,
+        b.ref_log_probs,
+        cfg.kl_coef,
+        cfg.kl_estimator,
+        clip_eps_high=cfg.eps_high,
+        ratio_level=cfg.ratio_level,
+        entropy=s.entropy,
+        entropy_coef=cfg.entropy_coef,
     )
     if value_head is not None and b.returns is not None and s.hidden is not None:
         v = value_head(s.hidden.float()).squeeze(-1)
         sq = torch.where(b.mask, (v - b.returns) ** 2, 0.0).sum()
-        loss = loss + cfg.vf_coef * 0.5 * sq / (tokens if tokens is not None else b.mask.sum().clamp_min(1))
+        loss = loss + cfg.vf_coef * 0.5 * sq / (
+            tokens if tokens is not None else b.mask.sum().clamp_min(1)
+        )
         info["value_loss"] = (sq / b.mask.sum().clamp_min(1)).detach()
     return loss * weight, info
 
@@ -126,8 +160,12 @@ def _grad_snr(pieces: list[Tensor]) -> float:
 
 
 def _flat_grad(params: list[Tensor]) -> Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-                      for p in params])  # fmt: skip
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+            for p in params
+        ]
+    )
 
 
 def update_policy(
@@ -152,8 +190,13 @@ def update_policy(
             track = cfg.micro_batch_size is not None and cfg.micro_batch_size < n
             for part in _micro_batches(n, cfg.micro_batch_size):
                 with autocast():
-                    loss, info = _micro_loss(model, value_head, mb.rows(torch.arange(n)[part]),
-                                             cfg, _scale(cfg, mb, part, n))  # fmt: skip
+                    loss, info = _micro_loss(
+                        model,
+                        value_head,
+                        mb.rows(torch.arange(n)[part]),
+                        cfg,
+                        _scale(cfg, mb, part, n),
+                    )
                 loss.backward()
                 if track:  # the micro-batch's own gradient, for the SNR
                     flat = _flat_grad(params)
