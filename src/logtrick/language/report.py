@@ -14,9 +14,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from logtrick.language.config import LMConfig
+import torch
 
-__all__ = ["RunLog", "plot_lm_curve"]
+from logtrick.collective import all_reduce_sum
+from logtrick.language.config import LMConfig
+from logtrick.language.tokens import Completions
+
+__all__ = ["RunLog", "plot_lm_curve", "step_metrics"]
 
 
 class RunLog:
@@ -108,3 +112,50 @@ def plot_lm_curve(rows: list[dict[str, float]], path: Path, title: str) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def step_metrics(
+    c: Completions,
+    total: list[float],
+    per_fn: Mapping[str, list[float]],
+    correct: list[bool] | None,
+    stats: Mapping[str, float],
+    counts: tuple[int, int, int],
+) -> dict[str, float]:
+    """A step's metrics over all ranks: rewards, accuracy and lengths of right and wrong
+    completions (summed), and the update's diagnostics (averaged over ranks).
+    ``counts = (step, completions, ranks)``."""
+    step, completions, world = counts
+    lengths = c.mask.sum(1).double().cpu()
+    ok = torch.tensor(correct if correct is not None else [False] * len(total))
+    parts = [
+        torch.tensor(float(len(total))),
+        torch.tensor(total).sum(),
+        (~c.stopped.cpu()).sum(),
+        lengths.sum(),
+        ok.sum(),
+        lengths[ok].sum(),
+        lengths[~ok].sum(),
+    ]
+    parts += [torch.tensor(v).sum() for v in per_fn.values()]
+    parts += [torch.tensor(v) for v in stats.values()]
+    s = all_reduce_sum([torch.stack([p.double() for p in parts])], default=True)[0].tolist()
+    n, right = s[0], s[4]
+    row = {
+        "step": float(step),
+        "completions": float(completions),
+        "reward": s[1] / n,
+        "truncated": s[2] / n,
+        "length": s[3] / n,
+    }
+    if correct is not None:
+        row.update(
+            accuracy=right / n,
+            length_right=s[5] / right if right else float("nan"),
+            length_wrong=s[6] / (n - right) if n > right else float("nan"),
+        )
+    for i, name in enumerate(per_fn):
+        row[f"reward/{name}"] = s[7 + i] / n
+    for i, key in enumerate(stats):
+        row[key] = s[7 + len(per_fn) + i] / world
+    return row

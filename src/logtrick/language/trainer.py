@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ from logtrick.language.config import LMConfig
 from logtrick.language.generation import generate_completions
 from logtrick.language.models import reference_policy, split_head
 from logtrick.language.prompts import PromptSet, call_rewards, check_rewards, render_prompt
-from logtrick.language.report import RunLog
+from logtrick.language.report import RunLog, step_metrics
 from logtrick.language.scoring import score_completions
 from logtrick.language.tokens import Completions
-from logtrick.language.update import GenerationBatch, token_gae, update_policy
+from logtrick.language.update import GenerationBatch, token_gae, update_policy, whiten
 
 __all__ = ["Trainer"]
 
@@ -238,7 +238,8 @@ class Trainer:
         )
         self.step += 1
         self.completions += cfg.completions_per_step
-        row = self._metrics(c, total, per_fn, correct, stats)
+        counts = (self.step, self.completions, self.world)
+        row = step_metrics(c, total, per_fn, correct, stats, counts)
         row.update(lr=lr, time_generate=t_gen, time_update=time.perf_counter() - t0 - t_gen)
         self.history.append(row)
         return row
@@ -275,7 +276,7 @@ class Trainer:
             adv, returns = token_gae(
                 rewards.float().to(device), values, c.mask[:, :width], cfg.gamma, cfg.gae_lambda
             )
-            adv = _whiten(adv, mask)
+            adv = whiten(adv, mask)
         else:
             adv = self._group_advantages(rewards).to(device)
         total = all_reduce_sum([mask.sum().double()], default=True)[0]
@@ -300,49 +301,6 @@ class Trainer:
         full = all_reduce_sum([full], default=True)[0]
         adv = grouped_advantages(full.view(-1, cfg.k), cfg.adv_method).advantages.reshape(-1)
         return adv[self.rank * n : (self.rank + 1) * n].float()
-
-    def _metrics(
-        self,
-        c: Completions,
-        total: list[float],
-        per_fn: Mapping[str, list[float]],
-        correct: list[bool] | None,
-        stats: Mapping[str, float],
-    ) -> dict[str, float]:
-        """The step's metrics, summed over ranks."""
-        lengths = c.mask.sum(1).double().cpu()
-        ok = torch.tensor(correct if correct is not None else [False] * len(total))
-        parts = [
-            torch.tensor(float(len(total))),
-            torch.tensor(total).sum(),
-            (~c.stopped.cpu()).sum(),
-            lengths.sum(),
-            ok.sum(),
-            lengths[ok].sum(),
-            lengths[~ok].sum(),
-        ]
-        parts += [torch.tensor(v).sum() for v in per_fn.values()]
-        parts += [torch.tensor(v) for v in stats.values()]
-        s = all_reduce_sum([torch.stack([p.double() for p in parts])], default=True)[0].tolist()
-        n, right = s[0], s[4]
-        row = {
-            "step": float(self.step),
-            "completions": float(self.completions),
-            "reward": s[1] / n,
-            "truncated": s[2] / n,
-            "length": s[3] / n,
-        }
-        if correct is not None:
-            row.update(
-                accuracy=right / n,
-                length_right=s[5] / right if right else float("nan"),
-                length_wrong=s[6] / (n - right) if n > right else float("nan"),
-            )
-        for i, name in enumerate(per_fn):
-            row[f"reward/{name}"] = s[7 + i] / n
-        for i, key in enumerate(stats):
-            row[key] = s[7 + len(per_fn) + i] / self.world
-        return row
 
     # ------------------------------------------------------------------ use and checkpoints
 
@@ -423,12 +381,3 @@ class Trainer:
             self.value_head.load_state_dict(state["value_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.completions = int(state["step"]), int(state["completions"])
-
-
-def _whiten(x: Tensor, mask: Tensor) -> Tensor:
-    """``x`` minus its mean over valid entries, over their standard deviation (all ranks)."""
-    xm = torch.where(mask, x, 0.0).double()
-    n, s, ss = all_reduce_sum([mask.sum().double(), xm.sum(), xm.pow(2).sum()], default=True)
-    mean = s / n.clamp_min(1)
-    std = (ss / n.clamp_min(1) - mean**2).clamp_min(0).sqrt()
-    return torch.where(mask, (x - mean) / (std + 1e-8), 0.0).float()

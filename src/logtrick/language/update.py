@@ -23,7 +23,7 @@ from logtrick.language.scoring import score_completions
 from logtrick.language.sequence import sequence_surrogate
 from logtrick.rl.returns import compute_gae
 
-__all__ = ["GenerationBatch", "token_gae", "update_policy"]
+__all__ = ["GenerationBatch", "token_gae", "update_policy", "whiten"]
 
 
 @dataclass(frozen=True)
@@ -211,3 +211,12 @@ def update_policy(
             optimizer.step()
             steps += 1
     return {k: v / steps for k, v in sums.items() if k != "tokens"}
+
+
+def whiten(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` minus its mean over valid entries, over their standard deviation (all ranks)."""
+    xm = torch.where(mask, x, 0.0).double()
+    n, s, ss = all_reduce_sum([mask.sum().double(), xm.sum(), xm.pow(2).sum()], default=True)
+    mean = s / n.clamp_min(1)
+    std = (ss / n.clamp_min(1) - mean**2).clamp_min(0).sqrt()
+    return torch.where(mask, (x - mean) / (std + 1e-8), 0.0).float()
