@@ -274,3 +274,13 @@ def test_every_language_name_has_an_api_entry() -> None:
         and n.replace("logtrick.language.", "logtrick.") not in also_top & documented
     )
     assert not missing, f"logtrick.language names without an entry in docs/api: {missing}"
+
+
+def test_import_logtrick_loads_neither_transformers_nor_rl() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, logtrick; print(sorted(m for m in ('transformers', 'peft', 'datasets', "
+            "'logtrick.rl') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -21,7 +21,6 @@ from logtrick.collective import all_reduce_sum, world_size
 from logtrick.language.config import LMConfig
 from logtrick.language.scoring import score_completions
 from logtrick.language.sequence import sequence_surrogate
-from logtrick.rl.returns import compute_gae
 
 __all__ = ["GenerationBatch", "token_gae", "update_policy", "whiten"]
 
@@ -61,6 +60,8 @@ def token_gae(
 ) -> tuple[Tensor, Tensor]:
     """Per-token GAE advantages and returns ``(B, L)``: the reward on the last valid token, a
     terminal step after it, values of the states before each token (time-major inside)."""
+    from logtrick.rl.returns import compute_gae  # lazy: import logtrick does not load rl/
+
     length = mask.shape[1]
     last = (mask.sum(1) - 1).clamp_min(0)
     t = torch.arange(length, device=mask.device)[:, None]
