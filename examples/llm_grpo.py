@@ -29,6 +29,10 @@ completion length of right and wrong answers.
 Run:  python examples/llm_grpo.py           (2-digit numbers, 4 methods, 300 steps each)
       python examples/llm_grpo.py --quick   (1-digit numbers, GRPO and Dr. GRPO, 25 steps: < 1 min)
 
+Measured (seed 0, 2-digit numbers, 300 steps = 38,400 completions per method; warm start 324 s):
+greedy accuracy on 300 held-out problems from 0.000 to 0.920 (RLOO), 0.910 (GRPO), 0.880
+(Dr. GRPO) and 0.920 (PPO), in 210-442 s of wall-clock RL per method at high machine load.
+
 Machine: a 2-core CPU shared with other jobs; torch 2.13.0+cpu, one thread.
 """
 
