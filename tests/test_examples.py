@@ -114,10 +114,16 @@ def test_llm_grpo_lifts_accuracy_from_a_weak_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = load("llm_grpo").main(quick=True, seed=0, out_dir=tmp_path)
-    assert {r["method"] for r in out["results"]} == {"RLOO", "GRPO", "Dr. GRPO", "PPO"}
+    assert {r["method"] for r in out["results"]} == {"GRPO", "Dr. GRPO"}
     for r in out["results"]:
-        assert r["before"] < 0.3, r["method"]  # the warm start writes padded answers
-        # 0.00 -> 0.62-0.66 measured; a policy that never learns the canonical form stays near 0
-        assert r["after"] > r["before"] + 0.3, r["method"]
+        assert r["before"] < 0.2, r["method"]  # the warm start writes padded answers
+        # 0.00 -> 0.50-0.51 measured; a policy that never learns the canonical form stays near 0
+        assert r["after"] > r["before"] + 0.25, r["method"]
     assert any("accuracy" in line for line in capsys.readouterr().out.splitlines())
-    assert (tmp_path / "llm_grpo.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_llm_lora_reaches_its_stated_accuracy(tmp_path: Path) -> None:
+    out = load("llm_lora").main(quick=True, seed=0)
+    assert out["trainable"] < 0.2 * out["total"]  # only the adapter trains
+    assert out["after"] > out["before"] + 0.15  # 0.00 -> 0.24 measured (seed 0)

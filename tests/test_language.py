@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 import logtrick as lt
-from logtrick.language.tokens import Completions, logits_of, sequence_log_probs, token_log_probs
+from logtrick.language.scoring import sequence_log_probs
+from logtrick.language.tokens import Completions, logits_of, token_log_probs
 from stats import z_bonferroni
 
 V = 7
@@ -243,3 +244,120 @@ def test_hugging_face_causal_lm_offline() -> None:
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(bool(g.isfinite().all()) for g in grads)
+
+
+# ---------------------------------------------------------------- Hugging Face generate
+
+
+def _hf(arch: str, seed: int = 0) -> tuple[object, nn.Module]:
+    tok = lt.language.char_tokenizer("0123456789+=")
+    return tok, lt.language.tiny_causal_lm(len(tok), arch, hidden=32, layers=2, seed=seed).eval()
+
+
+def _brute_force(model: nn.Module, prompt: list[int], completion: list[int], tau: float) -> Tensor:
+    """Log-probs of ``completion`` after ``prompt``: one unpadded forward, no cache."""
+    with torch.no_grad():
+        z = model(torch.tensor([prompt + completion])).logits[0] / tau
+    pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(completion))
+    return z[pos].log_softmax(-1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_generate_completions_log_probs_equal_brute_force(arch: str, seed: int) -> None:
+    tok, model = _hf(arch, seed)
+    prompts = [tok("12+3=").input_ids, tok("7=").input_ids, tok("456+78=").input_ids]
+    torch.manual_seed(seed)
+    c = lt.language.generate_completions(model, prompts, k=3, max_new_tokens=7, temperature=0.7,
+                                         top_p=0.95, top_k=8, stop_tokens=[1])  # fmt: skip
+    assert c.tokens.shape == (9, 7) and c.prompt_length == 7  # right-padded to max_new_tokens
+    assert c.attention_mask is not None and torch.equal(c.attention_mask[:, 7:], c.mask)
+    for r in range(9):
+        n = int(c.mask[r].sum())
+        comp = c.tokens[r, :n].tolist()
+        assert bool(c.stopped[r]) == (1 in comp) and (1 not in comp[:-1])
+        assert (c.tokens[r, n:] == 1).all() and (c.log_probs[r, n:] == 0).all()  # pad: stop
+        expected = _brute_force(model, prompts[r // 3], comp, 0.7)
+        torch.testing.assert_close(c.log_probs[r, :n], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_generate_top_k_keeps_the_k_most_likely_tokens() -> None:
+    tok, model = _hf("qwen2")
+    prompt = tok("3+4=").input_ids
+    torch.manual_seed(0)
+    c = lt.language.generate_completions(model, [prompt], k=300, max_new_tokens=1, top_k=2)
+    with torch.no_grad():
+        top2 = model(torch.tensor([prompt])).logits[0, -1].topk(2).indices
+    assert torch.isin(c.tokens[:, 0], top2).all() and len(c.tokens[:, 0].unique()) == 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_generate_samples_follow_the_tempered_policy(seed: int) -> None:
+    """Frequencies of one sampled token against softmax(z / tau): |p_hat - p| <= z sigma."""
+    tok, model = _hf("gpt2", seed)
+    prompt, n, tau = tok("5=").input_ids, 4000, 3.0
+    torch.manual_seed(seed)
+    c = lt.language.generate_completions(model, [prompt], k=n, max_new_tokens=1, temperature=tau)
+    with torch.no_grad():
+        p = (model(torch.tensor([prompt])).logits[0, -1] / tau).softmax(-1).double()
+    freq = torch.bincount(c.tokens[:, 0], minlength=p.numel()).double() / n
+    z = z_bonferroni(0.001, p.numel())
+    assert ((freq - p).abs() <= z * (p * (1 - p) / n).sqrt() + 1e-12).all()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_chunked_scoring_equals_whole_logits_with_gradients(arch: str) -> None:
+    tok, model = _hf(arch)
+    torch.manual_seed(0)
+    c = lt.language.generate_completions(model, [tok("12=").input_ids, tok("9=").input_ids],
+                                         k=2, max_new_tokens=5, stop_tokens=[1])  # fmt: skip
+    args = (model, c.sequences, c.prompt_length, c.mask, c.attention_mask, 1.3)
+    outs = []
+    for chunk in (1, 2, None):
+        s = lt.language.score_completions(*args, chunk_size=chunk, entropy=True)
+        (g,) = torch.autograd.grad(s.log_probs.sum() + s.entropy.sum(), model.lm_head.weight)
+        outs.append((s.log_probs.detach(), s.entropy.detach(), g))
+    kw = {
+        "attention_mask": c.attention_mask[:, :-1],
+        "position_ids": (c.attention_mask[:, :-1].long().cumsum(-1) - 1).clamp_min(0),
+    }
+    z = model(c.sequences[:, :-1], **kw).logits[:, c.prompt_length - 1 :] / 1.3  # whole (B, T, V)
+    lp = torch.where(c.mask, z.log_softmax(-1).gather(-1, c.tokens[..., None])[..., 0], 0.0)
+    ent = torch.where(c.mask, -(z.softmax(-1) * z.log_softmax(-1)).sum(-1), 0.0)
+    (g,) = torch.autograd.grad(lp.sum() + ent.sum(), model.lm_head.weight)
+    for got in outs:
+        for a, b in zip(got, (lp.detach(), ent.detach(), g)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_generate_completions_without_generate_uses_sample_completions() -> None:
+    model = Bigram(torch.randn(V, V, generator=torch.Generator().manual_seed(0)))
+    c = lt.language.generate_completions(model, torch.tensor([[1, 2]]), k=3, max_new_tokens=4,
+                                         stop_tokens=0)  # fmt: skip
+    assert c.tokens.shape == (3, 4)
+    with pytest.raises(ValueError, match="model"):
+        lt.language.generate_completions(model, [[1], [2, 3]], k=1)
+    with pytest.raises(ValueError, match="top_p"):
+        lt.language.generate_completions(model, [[1]], top_p=0.0)
+
+
+def test_peft_reference_is_the_model_with_its_adapter_off() -> None:
+    peft = pytest.importorskip("peft")
+    tok, base = _hf("qwen2")
+    prompts = [tok("12=").input_ids]
+    torch.manual_seed(0)
+    c = lt.language.generate_completions(base, prompts, k=4, max_new_tokens=5)
+    args = (c.sequences, c.prompt_length, c.mask, 1.0, None, c.attention_mask)
+    base_lp = lt.sequence_log_probs(base, *args).detach()
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(base, config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # make the adapter matter
+    n_params = sum(p.numel() for p in model.parameters())
+    with lt.language.models.reference_policy(model, None) as ref:
+        assert ref is model
+        ref_lp = lt.sequence_log_probs(ref, *args)
+    torch.testing.assert_close(ref_lp, base_lp, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(lt.sequence_log_probs(model, *args), base_lp, atol=1e-3)
+    assert sum(p.numel() for p in model.parameters()) == n_params  # no second copy

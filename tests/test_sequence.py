@@ -12,7 +12,7 @@ from logtrick.language.tokens import token_log_probs
 
 torch.set_num_threads(1)
 
-REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean", "constant")
+REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean", "bnpo", "constant")
 
 
 def _batch(
@@ -36,7 +36,7 @@ def _weight(
         return 1.0 / b
     if reduction == "sequence_mean":
         return 1.0 / (b * mask.sum(1, keepdim=True).clamp_min(1).double())
-    if reduction == "token_mean":
+    if reduction in ("token_mean", "bnpo"):
         return 1.0 / max(int(mask.sum()), 1)
     return 1.0 / (b * (length if constant is None else constant))
 
@@ -53,6 +53,7 @@ def test_known_answer_values_for_each_reduction() -> None:
         "sequence_sum": -2.5,
         "sequence_mean": (-6.0 / 3 + 1.0 / 1) / 2,
         "token_mean": -5.0 / 4,
+        "bnpo": -5.0 / 4,
         "constant": -5.0 / 2 / 3,
     }
     for reduction, value in expected.items():
@@ -63,6 +64,71 @@ def test_known_answer_values_for_each_reduction() -> None:
         assert float(info["clip_fraction"]) == 0.0 and float(info["kl"]) == 0.0
     loss, _ = sequence_surrogate(lp, mask, adv, reduction="constant", constant=10.0)
     assert loss.item() == pytest.approx(-5.0 / 2 / 10, rel=1e-6)
+
+
+def test_token_mean_divides_by_the_generation_batch_count_and_bnpo_by_its_own() -> None:
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    adv = torch.tensor([2.0, -1.0])
+    # this minibatch holds 4 of the generation batch's 10 tokens: DAPO divides by 10
+    loss, _ = sequence_surrogate(lp, mask, adv, reduction="token_mean", constant=10.0)
+    assert loss.item() == pytest.approx(-5.0 / 10, rel=1e-6)
+    loss, _ = sequence_surrogate(lp, mask, adv, reduction="bnpo")
+    assert loss.item() == pytest.approx(-5.0 / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="constant"):
+        sequence_surrogate(lp, mask, adv, reduction="bnpo", constant=10.0)
+
+
+def test_asymmetric_clip_known_answer_and_active_clip_fraction() -> None:
+    old = torch.full((2, 3), -1.0, dtype=torch.float64)  # log-probs <= 0; only the ratio counts
+    rho = torch.tensor([[1.25, 1.35, 0.75], [1.25, 1.35, 0.75]], dtype=torch.float64)
+    lp = (rho.log() - 1.0).requires_grad_()
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    loss, info = sequence_surrogate(lp, mask, adv, "bnpo", old_token_log_probs=old,
+                                    clip_eps=0.2, clip_eps_high=0.28)  # fmt: skip
+    # A > 0: min(rho, 1.28) -> 1.25, 1.28, 0.75; A < 0: -max(rho, 0.8) -> -1.25, -1.35, -0.8
+    assert loss.item() == pytest.approx(-(1.25 + 1.28 + 0.75 - 1.25 - 1.35 - 0.8) / 6, rel=1e-6)
+    assert float(info["clip_fraction"]) == pytest.approx(2 / 6)  # 1.35 (A > 0), 0.75 (A < 0)
+    loss.backward()
+    assert lp.grad is not None
+    expected = (
+        torch.tensor([[-1.25, 0.0, -0.75], [1.25, 1.35, 0.0]], dtype=torch.float64) / 6
+    )  # d(-rho A)/d log rho
+    torch.testing.assert_close(lp.grad, expected)
+
+
+def test_sequence_level_ratio_known_answer() -> None:
+    old = torch.full((1, 2), -1.0)  # log-probs <= 0; only the ratio counts
+    lp = torch.tensor([[-0.9, -0.7]], requires_grad=True)
+    adv = torch.tensor([2.0])
+    loss, _ = sequence_surrogate(lp, torch.ones(1, 2, dtype=torch.bool), adv, "sequence_mean",
+                                 old_token_log_probs=old, ratio_level="sequence")  # fmt: skip
+    s = math.exp(0.2)  # exp of the mean log-ratio
+    assert loss.item() == pytest.approx(-2.0 * s, rel=1e-6)
+    loss.backward()
+    assert lp.grad is not None
+    torch.testing.assert_close(lp.grad, torch.full((1, 2), -2.0 * s / 2))
+    clipped, _ = sequence_surrogate(lp, torch.ones(1, 2, dtype=torch.bool), adv, "sequence_mean",
+                                    old_token_log_probs=old, ratio_level="sequence",
+                                    clip_eps=0.1)  # fmt: skip
+    assert clipped.item() == pytest.approx(-2.0 * 1.1, rel=1e-6)
+
+
+def test_truncated_completions_are_left_out_and_entropy_bonus() -> None:
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    adv = torch.tensor([2.0, -1.0])
+    loss, info = sequence_surrogate(lp, mask, adv, "bnpo", truncated=torch.tensor([False, True]))
+    assert loss.item() == pytest.approx(-2.0, rel=1e-6) and int(info["tokens"]) == 2
+    ent = torch.tensor([[0.5, 1.5], [3.0, 3.0]])
+    loss, info = sequence_surrogate(lp, mask, adv, "bnpo", entropy=ent, entropy_coef=0.1)
+    assert loss.item() == pytest.approx((-4.0 + 2.0) / 4 - 0.1 * 8.0 / 4, rel=1e-6)
+    assert float(info["entropy"]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="entropy"):
+        sequence_surrogate(lp, mask, adv, entropy_coef=0.1)
+    with pytest.raises(ValueError, match="truncated"):
+        sequence_surrogate(lp, mask, adv, truncated=torch.tensor([True]))
 
 
 def test_known_answer_clipped_ratio() -> None:
@@ -79,7 +145,7 @@ def test_known_answer_clipped_ratio() -> None:
     )
     # A > 0: min(1.5, 1.2) = 1.2 (clipped), min(0.5, 0.8) = 0.5, 1.2 (clipped), 1.1
     assert loss.item() == pytest.approx(-(1.2 + 0.5 + 1.2 + 1.1) / 4, rel=1e-6)
-    assert float(info["clip_fraction"]) == 0.75  # |rho - 1| > 0.2 for 1.5, 0.5, 1.5
+    assert float(info["clip_fraction"]) == 0.5  # active for A > 0: rho > 1.2 (1.5, 1.5)
     assert float(info["ratio_mean"]) == pytest.approx((1.5 + 0.5 + 1.5 + 1.1) / 4, rel=1e-6)
     loss, info = sequence_surrogate(
         lp,
@@ -91,7 +157,7 @@ def test_known_answer_clipped_ratio() -> None:
     )
     # A < 0: min(-1.5, -1.2) = -1.5, min(-0.5, -0.8) = -0.8 (clipped), -1.5, -1.1
     assert loss.item() == pytest.approx((1.5 + 0.8 + 1.5 + 1.1) / 4, rel=1e-6)
-    assert float(info["clip_fraction"]) == 0.75
+    assert float(info["clip_fraction"]) == 0.25  # active for A < 0: rho < 0.8 (0.5)
     torch.testing.assert_close(info["policy_loss"], loss.detach())
 
 
@@ -251,7 +317,7 @@ def test_clipping_matches_loop(reduction: str, seed: int) -> None:
             wi = float(w[i]) if isinstance(w, torch.Tensor) else w
             unclipped, clipped = rho * a, min(max(rho, 1 - eps), 1 + eps) * a
             total -= min(unclipped, clipped) * wi
-            n_clipped += abs(rho - 1) > eps
+            n_clipped += (a > 0 and rho > 1 + eps) or (a < 0 and rho < 1 - eps)  # active
             if clipped >= unclipped:
                 exp_grad[i, t] = -a * rho * wi  # d(rho A)/d log pi = rho A
     assert loss.item() == pytest.approx(total, rel=1e-12, abs=1e-12)

@@ -31,12 +31,12 @@ from logtrick.language.advantages import (
     reinforce_advantages,
     rloo_advantages,
 )
+from logtrick.language.scoring import sequence_log_probs
 from logtrick.language.sequence import sequence_surrogate, token_kl
 from logtrick.language.tokens import (
     Completions,
     logits_of,
     sample_completions,
-    sequence_log_probs,
     token_log_probs,
 )
 from logtrick.measure_valued import DeltaMethod, MeasureValued

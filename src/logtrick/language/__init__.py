@@ -16,32 +16,45 @@ from logtrick.language.advantages import (
     reinforce_advantages,
     rloo_advantages,
 )
+from logtrick.language.config import LM_ALGOS, LMConfig
+from logtrick.language.generation import generate_completions, left_pad
+from logtrick.language.scoring import Scores, score_completions, sequence_log_probs
 from logtrick.language.sequence import sequence_surrogate, token_kl
 from logtrick.language.tokens import (
     Completions,
     logits_of,
     sample_completions,
-    sequence_log_probs,
     token_log_probs,
 )
+from logtrick.language.toy import char_tokenizer, tiny_causal_lm
+from logtrick.language.trainer import Trainer
 
 __all__ = [
+    "LM_ALGOS",
     "Completions",
     "GroupedAdvantages",
+    "LMConfig",
     "MovingAverageState",
+    "Scores",
+    "Trainer",
     "baseline_advantages",
     "batch_normalized_advantages",
+    "char_tokenizer",
+    "generate_completions",
     "group_mean_advantages",
     "group_normalized_advantages",
     "grouped_advantages",
+    "left_pad",
     "logits_of",
     "moving_average_advantages",
     "rank_advantages",
     "reinforce_advantages",
     "rloo_advantages",
     "sample_completions",
+    "score_completions",
     "sequence_log_probs",
     "sequence_surrogate",
+    "tiny_causal_lm",
     "token_kl",
     "token_log_probs",
 ]

@@ -16,8 +16,6 @@ gradient is the negative of this estimate, with the reductions, the clipped impo
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -36,7 +34,8 @@ from logtrick.surrogates import approx_kl, clipped_surrogate
 
 __all__ = ["sequence_surrogate", "token_kl"]
 
-REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean", "constant")
+REDUCTIONS = ("sequence_sum", "sequence_mean", "token_mean", "bnpo", "constant")
+RATIO_LEVELS = ("token", "sequence")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOG_RATIO_CLAMP = 20.0
 """Log-ratios are clamped to ``[-20, 20]`` before ``exp`` (``exp(20) ~ 4.9e8``)."""
@@ -79,19 +78,27 @@ def _validate(
 
 
 def _check_options(
-    reduction: str, constant: float | None, clip_eps: float | None, kl: tuple[float, str, bool]
+    reduction: str,
+    constant: float | None,
+    clip: tuple[float | None, float | None],
+    kl: tuple[float, str, bool],
 ) -> None:
     kl_coef, kl_estimator, has_ref = kl
     check_choice("reduction", reduction, REDUCTIONS)
     if constant is not None:
-        if reduction != "constant":
+        if reduction not in ("constant", "token_mean"):
             raise ValueError(
-                f"constant: only used with reduction='constant', got constant={constant!r} "
-                f"with reduction={reduction!r}"
+                f"constant: only used with reduction='constant' or 'token_mean', got "
+                f"constant={constant!r} with reduction={reduction!r}"
             )
         check_positive("constant", constant)
+    clip_eps, clip_eps_high = clip
     if clip_eps is not None:
         check_positive("clip_eps", clip_eps)
+    if clip_eps_high is not None:
+        if clip_eps is None:
+            raise ValueError("clip_eps_high: needs clip_eps (the lower epsilon) as well")
+        check_positive("clip_eps_high", clip_eps_high)
     check_nonnegative("kl_coef", kl_coef)
     if kl_coef > 0.0 and not has_ref:
         raise ValueError("ref_token_log_probs: kl_coef > 0 needs the reference log-probabilities")
@@ -106,8 +113,10 @@ def _masked(x: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
 def _reduce(per_token: Tensor, mask: Tensor, reduction: str, constant: float | None) -> Tensor:
     """Masked reduction of ``(B, L)`` per-token losses to a scalar."""
     masked = torch.where(mask, per_token, torch.zeros_like(per_token))
-    if reduction == "token_mean":
+    if reduction == "bnpo" or (reduction == "token_mean" and constant is None):
         return masked.sum() / mask.sum().clamp_min(1)
+    if reduction == "token_mean":
+        return masked.sum() / constant  # type: ignore[operator]
     per_seq = masked.sum(1)
     if reduction == "sequence_mean":
         per_seq = per_seq / mask.sum(1).clamp_min(1)
@@ -170,6 +179,11 @@ def sequence_surrogate(
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
     kl_in_reward: bool = False,
+    clip_eps_high: float | None = None,
+    ratio_level: str = "token",
+    truncated: Tensor | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     r"""Policy-gradient loss of sampled token sequences: REINFORCE, RLOO, (Dr.) GRPO, DAPO, PPO.
 
@@ -219,8 +233,15 @@ def sequence_surrogate(
         mask: ``(B, L)`` bool, ``True`` for valid tokens.
         advantages: ``(B,)`` one advantage per sequence, or ``(B, L)`` one per token (PPO with
             a value function); finite where valid (detached here).
-        reduction: ``"sequence_sum"``, ``"sequence_mean"``, ``"token_mean"`` or ``"constant"``.
-        constant: the divisor :math:`c` of ``"constant"`` (default ``L``, the padded length).
+        reduction: ``"sequence_sum"``, ``"sequence_mean"`` (GRPO), ``"token_mean"`` (DAPO),
+            ``"bnpo"`` (token mean of this call's tokens) or ``"constant"`` (Dr. GRPO).
+        constant: for ``"constant"``: the divisor :math:`c`, the maximum completion length
+            (default ``L``, the mask's width: :func:`logtrick.language.generate_completions`
+            pads to ``max_new_tokens``, so it is the length limit, not the batch's longest).
+            For ``"token_mean"``: the valid-token count of the whole generation batch (all
+            minibatches, all ranks, divided by the number of ranks whose gradients are
+            averaged), so that minibatches are normalised alike (DAPO, TRL's ``"dapo"``);
+            default: this call's count, then equal to ``"bnpo"``.
         old_token_log_probs: ``(B, L)`` log-probabilities under the sampling policy, for
             several updates per batch; detached.
         clip_eps: :math:`\epsilon` of the clipped ratio; ``None`` for no clipping.
@@ -228,36 +249,58 @@ def sequence_surrogate(
         kl_coef: :math:`\beta \ge 0`; ``> 0`` needs ``ref_token_log_probs``.
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
         kl_in_reward: fold the KL into the advantages (``True``) or add it to the loss.
+        clip_eps_high: the upper :math:`\epsilon_{high}` of an asymmetric clip
+            :math:`[1-\epsilon, 1+\epsilon_{high}]` (DAPO's clip-higher); default ``clip_eps``.
+        ratio_level: ``"token"`` (PPO, GRPO) or ``"sequence"`` (GSPO: every token of sequence
+            :math:`b` uses :math:`s_b = \exp(\frac{1}{|o_b|}\sum_t \log\rho_{b,t})`).
+        truncated: ``(B,)`` bool, completions cut at the length limit; their tokens are left
+            out of the loss and of every count (DAPO's overlong masking). ``None``: keep all.
+        entropy: ``(B, L)`` per-token entropies of the current policy (differentiable), for
+            the bonus :math:`-c_H H_{b,t}` added to each token's loss and for ``info``.
+        entropy_coef: :math:`c_H \ge 0`; ``> 0`` needs ``entropy``.
 
     Returns:
         ``(loss, info)``: a scalar loss (float32 for half inputs), and detached 0-d tensors
         ``info["policy_loss"]`` (the loss without a KL loss term), ``info["ratio_mean"]``
-        (mean :math:`\rho`), ``info["clip_fraction"]`` (fraction of valid tokens with
-        :math:`|\rho - 1| > \epsilon`, as in :func:`logtrick.rl.losses.ppo_clip_loss`; 0 without
-        clipping), ``info["approx_kl"]`` (:math:`k_3` estimate of
-        :math:`\mathrm{KL}(\pi_{old}\|\pi)`), ``info["kl"]`` (mean per-token KL estimate to the
-        reference by ``kl_estimator``, 0 without one) and ``info["tokens"]`` (number of valid
-        tokens), all means over valid tokens.
+        (mean :math:`\rho`), ``info["clip_fraction"]`` (fraction of valid tokens whose
+        clip is *active*, i.e. zeroes the gradient: :math:`\rho > 1+\epsilon_{high}` with
+        :math:`A > 0` or :math:`\rho < 1-\epsilon` with :math:`A < 0`; 0 without clipping),
+        ``info["entropy"]`` (mean entropy, 0 without one), ``info["approx_kl"]`` (:math:`k_3`
+        estimate of :math:`\mathrm{KL}(\pi_{old}\|\pi)`), ``info["kl"]`` (mean per-token KL
+        estimate to the reference by ``kl_estimator``, 0 without one) and ``info["tokens"]``
+        (number of valid tokens), all means over valid tokens.
 
     References:
         Williams (1992), REINFORCE. Schulman et al. (2017), Proximal Policy Optimization.
         Shao et al. (2024), DeepSeekMath (GRPO). Ahmadian et al. (2024), Back to Basics:
         Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs (RLOO).
-        Yu et al. (2025), DAPO (token-level mean). Liu et al. (2025), Understanding R1-Zero-Like
-        Training (Dr. GRPO: constant divisor, length and difficulty biases). Schulman (2020),
-        Approximating KL Divergence (blog post: k1, k2, k3).
+        Yu et al. (2025), DAPO (token-level mean, clip-higher, overlong masking). Zheng et
+        al. (2025), Group Sequence Policy Optimization (GSPO). Liu et al. (2025), Understanding
+        R1-Zero-Like Training (Dr. GRPO: constant divisor, length and difficulty biases).
+        Schulman (2020), Approximating KL Divergence (blog post: k1, k2, k3).
     """
     others = {
         "old_token_log_probs": old_token_log_probs,
         "ref_token_log_probs": ref_token_log_probs,
+        "entropy": entropy,
     }
     _validate(token_log_probs, mask, advantages, others)
     has_ref = ref_token_log_probs is not None
-    _check_options(reduction, constant, clip_eps, (kl_coef, kl_estimator, has_ref))
+    _check_options(reduction, constant, (clip_eps, clip_eps_high), (kl_coef, kl_estimator, has_ref))
+    check_choice("ratio_level", ratio_level, RATIO_LEVELS)
+    check_nonnegative("entropy_coef", entropy_coef)
+    if entropy_coef > 0.0 and entropy is None:
+        raise ValueError("entropy: entropy_coef > 0 needs the per-token entropies")
+    if truncated is not None:
+        check_bool_tensor("truncated", truncated, mask.shape[:1])
+        mask = mask & ~truncated[:, None]
     work = torch.promote_types(token_log_probs.dtype, torch.float32)
     lp = _masked(token_log_probs, mask, work)
     old = lp.detach() if old_token_log_probs is None else _masked(old_token_log_probs, mask, work)
     old = old.detach()
+    if ratio_level == "sequence":  # GSPO: exp of the mean token log-ratio, on every token
+        mean_lr = (lp - old).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
+        lp = torch.where(mask, old + mean_lr, lp)
     adv = advantages.detach()
     adv = _masked(adv[:, None].expand(mask.shape) if adv.dim() == 1 else adv, mask, work)
     kl = torch.zeros_like(lp)
@@ -267,18 +310,44 @@ def sequence_surrogate(
         if kl_in_reward and kl_coef > 0.0:
             penalty = torch.where(mask, token_kl(old, ref, kl_estimator), 0.0)
             adv = adv - kl_coef * penalty.flip(1).cumsum(1).flip(1)  # reward-to-go
-    per_token, ratio, log_ratio = clipped_surrogate(lp, old, adv, clip_eps, LOG_RATIO_CLAMP)
+    per_token, ratio, log_ratio, active = _clipped(lp, old, adv, clip_eps, clip_eps_high)
     policy_loss = _reduce(per_token, mask, reduction, constant)
-    loss = policy_loss
+    extra = torch.zeros_like(per_token)
     if kl_coef > 0.0 and not kl_in_reward:
-        loss = _reduce(per_token + kl_coef * kl, mask, reduction, constant)
-    outside = (ratio - 1.0).abs() > (math.inf if clip_eps is None else clip_eps)
+        extra = extra + kl_coef * kl
+    if entropy_coef > 0.0:
+        extra = extra - entropy_coef * _masked(entropy, mask, work)  # type: ignore[arg-type]
+    loss = _reduce(per_token + extra, mask, reduction, constant)
     info = {
         "policy_loss": policy_loss.detach(),
         "ratio_mean": _masked_mean(ratio, mask),
-        "clip_fraction": _masked_mean(outside.to(work), mask),
+        "clip_fraction": _masked_mean(active.to(work), mask),
         "approx_kl": _masked_mean(approx_kl(ratio, log_ratio), mask),
         "kl": _masked_mean(kl, mask),
+        "entropy": _masked_mean(_masked(entropy, mask, work), mask)
+        if entropy is not None
+        else torch.zeros((), dtype=work),
         "tokens": mask.sum(),
     }
     return loss, info
+
+
+def _clipped(
+    lp: Tensor, old: Tensor, adv: Tensor, eps_low: float | None, eps_high: float | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The clipped surrogate with ε_low/ε_high, and where a clip is active (zero gradient).
+
+    For A > 0 only the upper bound binds and for A < 0 only the lower one, so the asymmetric
+    clip is the symmetric one with ε chosen by the advantage's sign. A clip is *active* where it
+    changes the gradient: ρ > 1 + ε_high with A > 0, or ρ < 1 - ε_low with A < 0.
+    """
+    per_token, ratio, log_ratio = clipped_surrogate(lp, old, adv, eps_low, LOG_RATIO_CLAMP)
+    if eps_low is None:
+        return per_token, ratio, log_ratio, torch.zeros_like(ratio, dtype=torch.bool)
+    high = eps_low if eps_high is None else eps_high
+    if high != eps_low:
+        upper = clipped_surrogate(lp, old, adv, high, LOG_RATIO_CLAMP)[0]
+        per_token = torch.where(adv > 0, upper, per_token)
+    r = ratio.detach()
+    active = ((adv > 0) & (r > 1.0 + high)) | ((adv < 0) & (r < 1.0 - eps_low))
+    return per_token, ratio, log_ratio, active

@@ -7,8 +7,10 @@ token ``t + 1``. A completion :math:`y` of a prompt :math:`x` then has
 
 with :math:`z_t` the logits at the position before :math:`y_t` and :math:`\tau` the sampling
 temperature. :func:`token_log_probs` computes the terms from logits (stable, chunked, masked),
-:func:`sequence_log_probs` runs the model on prompt + completion, and
-:func:`sample_completions` draws ``k`` completions per prompt up to a stop token. The outputs
+:func:`logtrick.language.sequence_log_probs` runs the model on prompt + completion (only the
+completion positions reach the vocabulary), and :func:`sample_completions` draws ``k``
+completions per prompt up to a stop token without a key-value cache, for models that have no
+``generate`` (:func:`logtrick.language.generate_completions` uses Hugging Face's). The outputs
 feed :func:`logtrick.sequence_surrogate` and :func:`logtrick.grouped_advantages`.
 
 The model may return a tensor of logits, an object with a ``logits`` attribute (a Hugging Face
@@ -40,7 +42,6 @@ __all__ = [
     "Completions",
     "logits_of",
     "sample_completions",
-    "sequence_log_probs",
     "token_log_probs",
 ]
 
@@ -151,47 +152,6 @@ def token_log_probs(
     return out.view(tokens.shape)
 
 
-def sequence_log_probs(
-    model: nn.Module,
-    sequences: Tensor,
-    prompt_length: int,
-    mask: Tensor | None = None,
-    temperature: float = 1.0,
-    chunk_size: int | None = None,
-) -> Tensor:
-    r"""Token log-probabilities of the completions in ``sequences`` under a causal ``model``.
-
-    .. math::  \log\pi(y_t \mid x, y_{<t}) = \log\operatorname{softmax}(z_{P+t-1} / \tau)[y_t]
-
-    with :math:`z` the logits of ``model(sequences[:, :-1])`` and :math:`P` the prompt length.
-    One forward pass for all positions; differentiable through the model (call it under
-    ``torch.no_grad()`` for the old or reference policy's log-probabilities).
-
-    Args:
-        model: a causal model, ``(B, T)`` token ids to ``(B, T, V)`` logits (see the module).
-        sequences: ``(B, P + L)`` prompts followed by completions, integer ids.
-        prompt_length: :math:`P \ge 1`.
-        mask: ``(B, L)`` bool, valid completion tokens (e.g. :attr:`Completions.mask`).
-        temperature: :math:`\tau > 0`, the one the completions were sampled at.
-        chunk_size: passed to :func:`token_log_probs`.
-
-    Returns:
-        ``(B, L)`` log-probabilities, 0 where ``mask`` is False.
-    """
-    check_ndim("sequences", check_integer_tensor("sequences", sequences), 2, "(B, P + L)")
-    check_positive_int("prompt_length", prompt_length)
-    if not prompt_length < sequences.shape[1]:
-        raise ValueError(
-            f"prompt_length: expected 1 <= prompt_length < {sequences.shape[1]} (the sequences' "
-            f"length, so that a completion follows), got {prompt_length}"
-        )
-    check_positive("temperature", temperature)
-    logits = logits_of(model(sequences[:, :-1]))[:, prompt_length - 1 :]
-    if temperature != 1.0:
-        logits = logits / temperature
-    return token_log_probs(logits, sequences[:, prompt_length:], mask, chunk_size)
-
-
 @dataclass(frozen=True)
 class Completions:
     """``k`` sampled completions per prompt; row ``c * k + i`` is sample ``i`` of prompt ``c``."""
@@ -208,7 +168,10 @@ class Completions:
     stopped: Tensor
     """``(C k,)`` bool, the completion ended with the stop token (not cut at the length limit)."""
     prompt_length: int
-    """:math:`P`, the length of the prompts."""
+    """:math:`P`, the length of the prompts (left-padded to it by ``generate_completions``)."""
+    attention_mask: Tensor | None = None
+    """``(C k, P + L)`` bool, ``False`` on left padding of the prompts and on padding after
+    the stop token; ``None``: no left padding (``sample_completions``)."""
 
     @property
     def lengths(self) -> Tensor:
