@@ -276,6 +276,8 @@ ESTIMATORS: dict[str, type] = {"score_function": ScoreFunction, "pathwise": Path
 def resolve_estimator(spec: object) -> Estimator:
     """A short name or an estimator object -> an estimator object."""
     if isinstance(spec, str):
+        if spec not in ESTIMATORS:  # the other modules' estimators register with the package
+            import logtrick._api  # noqa: F401  (loaded on first use of logtrick.NAME)
         if spec not in ESTIMATORS:
             raise ValueError(
                 f"estimator: unknown name {spec!r}; expected one of {sorted(ESTIMATORS)}"

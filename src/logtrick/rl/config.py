@@ -174,7 +174,7 @@ class Config:
     progress: bool = PRESET
     """Show a rich progress bar."""
     plot: bool = PRESET
-    """Draw the learning curve (``curve.png`` in the run directory) at the end of the run."""
+    """Draw the learning curve (``learning_curve.png`` in the run directory) at the end."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the config (not used by training)."""
     workers: int = 0
