@@ -121,3 +121,15 @@ def test_llm_grpo_lifts_accuracy_from_a_weak_start(
         assert r["after"] > r["before"] + 0.3, r["method"]
     assert any("accuracy" in line for line in capsys.readouterr().out.splitlines())
     assert (tmp_path / "llm_grpo.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_rl_agent_learns_the_custom_env_and_the_callback_stops_it(tmp_path: Path) -> None:
+    out = load("rl_agent").main(quick=True, seed=0, out_dir=tmp_path)
+    assert out["before"] < 0.5  # the untrained policy: -0.29 measured; walking straight: ~1.6
+    assert out["after"] > out["before"] + 1.0
+    assert out["steps"] < 30_000  # the callback stopped training before the budget
+    evaluations = [r["eval_return"] for r in out["history"] if not np.isnan(r["eval_return"])]
+    assert evaluations[-1] > 1.45 and all(e <= 1.45 for e in evaluations[:-1])
+    assert (tmp_path / "rl_agent.png").stat().st_size > 0
+    assert (tmp_path / "runs").is_dir()
