@@ -4,7 +4,7 @@ A Gymnasium environment written here, ``Corridor``: a walker on the segment [-1,
 goal drawn at each reset. It sees (position, goal), steps left or right by 0.1, and is paid the
 distance it closed each step plus 1 on arrival within a step of the goal (the episode ends there,
 or is cut after 100 steps). A random walk closes little distance; the best policy walks straight
-to the goal and earns about 1 + |goal - start| - 0.05 (1.6 on average).
+to the goal and earns about 1 + its distance to the goal - 0.05 (1.6 on average).
 
 ``rl.Agent(make_corridor, algo="ppo")`` trains PPO on eight copies of it (the policy gradient
 with the clipped surrogate). A callback receives every update's metrics (the row written to

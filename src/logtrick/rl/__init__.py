@@ -6,6 +6,7 @@ from logtrick.rl.config import ALGOS, PRESETS, Config, preset
 from logtrick.rl.errors import (
     CheckpointError,
     DivergenceError,
+    MissingExtraError,
     RunLockedError,
     UnsupportedSpaceError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Collector",
     "Config",
     "DivergenceError",
+    "MissingExtraError",
     "Rollout",
     "RunLockedError",
     "TrainResult",
