@@ -23,7 +23,7 @@ Faults: a worker whose process dies (``RayActorError``) or that does not answer 
 the iteration) and its share collected again; a warning says what the restart cost. Rollouts of
 whole episodes (REINFORCE without a critic) are refused: their lengths differ between workers.
 Ray is imported when a :class:`RayCollector` is built (``workers > 0``), not when this module is:
-without it, building one raises :class:`~logtrick.rl.errors.MissingExtraError` naming the extra.
+without it, building one raises :class:`~logtrick.rl.MissingExtraError` naming the extra.
 
 References:
     Moritz et al., *Ray: A Distributed Framework for Emerging AI Applications*, OSDI 2018;
