@@ -207,3 +207,20 @@ def test_every_public_name_is_in_the_built_site() -> None:
     built = {name for entries in inv.values() for name in entries}
     missing = sorted(set(public_names()) - built)
     assert not missing, f"public names missing from the built site: {missing}"
+
+
+# ----------------------------------------------------------------------------- BENCHMARKS.md
+
+
+def test_benchmarks_hold_current_figures_each_with_its_command() -> None:
+    """BENCHMARKS.md (the docs' benchmarks page includes it) stays short, and every section says
+    how to reproduce its figures: a ``python benchmarks/...`` or ``python examples/...`` command."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert len(text.splitlines()) < 400, "BENCHMARKS.md: current figures only"
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    assert sections, "BENCHMARKS.md has no sections"
+    for section in sections:
+        title = section.splitlines()[0]
+        assert re.search(r"python (?:benchmarks|examples)/\w+\.py", section), title
+    assert "superseded" not in text.lower() and "kept for the record" not in text.lower()
+    assert "{include} ../BENCHMARKS.md" in (DOCS / "benchmarks.md").read_text()
