@@ -27,7 +27,6 @@ import logtrick.rl
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-BUILT = DOCS / "_build" / "html"
 FENCE = re.compile(r"^(`{3,})(python|pycon|\{code-cell\}\s+(?:ipython3|python3?))\s*$")
 CELL_OPTION = re.compile(r"^:[\w-]+:")  # a code cell's ``:tags: [...]`` lines
 
@@ -195,12 +194,14 @@ def test_a_missing_api_entry_is_reported(tmp_path: Path) -> None:
     assert documented == {"logtrick.score", "logtrick.rl.PRESETS", "logtrick.rl.train"}
 
 
+@pytest.mark.slow  # builds the site when it is not built
 def test_every_public_name_is_in_the_built_site() -> None:
     """The built site's inventory (what cross-references resolve against) has every name."""
-    inventory = BUILT / "objects.inv"
-    if not inventory.is_file():
-        pytest.skip(f"the site is not built ({inventory} missing): see README")
     from sphinx.util.inventory import InventoryFile
+
+    from docs_site import built_site
+
+    inventory = built_site() / "objects.inv"
 
     with inventory.open("rb") as stream:
         inv = InventoryFile.load(stream, "", lambda base, path: path)
