@@ -7,7 +7,12 @@ Build (warnings are errors):
 ``LOGTRICK_DOCS_EXAMPLES`` chooses how the gallery runs ``examples/``: ``quick`` (the default and
 what CI builds: each script's ``--quick`` run, about a minute for all), ``full`` (the runs whose
 figures the scripts' docstrings quote, several minutes each) or ``off`` (not executed: pages
-without output, for editing prose).
+without output, for editing prose; the guides' code cells are not run either).
+
+What runs: the gallery (sphinx-gallery) runs ``examples/*.py`` and shows what each prints and
+the figure it saves; the guides are MyST-NB pages (a ``file_format: mystnb`` header) whose
+``{code-cell}`` blocks run in a Jupyter kernel, top to bottom, their output shown under them. A
+cell that raises fails the build.
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
-    "myst_parser",
+    "myst_nb",  # MyST Markdown, and the guides' code cells executed (it includes myst_parser)
     "sphinx_gallery.gen_gallery",
     "matplotlib.sphinxext.plot_directive",
     "logtrick_docs",
 ]
 
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
 root_doc = "index"
 exclude_patterns = ["_build", "_static", "_templates", "_ext", "**/*.md5", "auto_examples/*.ipynb"]
 templates_path = ["_templates"]
@@ -51,6 +56,19 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 # BENCHMARKS.md (included by benchmarks.md) skips heading levels, as a README may
 suppress_warnings = ["myst.header"]
+# "--quick" stays two hyphens (an en dash there would break the command a reader copies);
+# quotes and ellipses are still typeset
+smartquotes_action = "qe"
+
+# -- Code cells of the guides (MyST-NB) -----------------------------------------------------------
+EXAMPLES = os.environ.get("LOGTRICK_DOCS_EXAMPLES", "quick")
+if EXAMPLES not in ("quick", "full", "off"):
+    raise ValueError(f"LOGTRICK_DOCS_EXAMPLES: expected quick, full or off, got {EXAMPLES!r}")
+nb_execution_mode = "off" if EXAMPLES == "off" else "cache"  # rerun a page when its code changes
+nb_execution_raise_on_error = True  # a cell that fails is a build error, not a traceback shown
+nb_execution_timeout = 600
+nb_execution_in_temp = True  # run directories and figures land in a temporary folder
+nb_merge_streams = True
 
 # -- API reference ---------------------------------------------------------------------------------
 autosummary_generate = True
@@ -81,10 +99,6 @@ plot_formats = [("png", 110)]
 plot_rcparams = {"figure.figsize": (6.4, 3.6), "figure.autolayout": True}
 
 # -- Examples gallery ------------------------------------------------------------------------------
-EXAMPLES = os.environ.get("LOGTRICK_DOCS_EXAMPLES", "quick")
-if EXAMPLES not in ("quick", "full", "off"):
-    raise ValueError(f"LOGTRICK_DOCS_EXAMPLES: expected quick, full or off, got {EXAMPLES!r}")
-
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
@@ -98,4 +112,6 @@ sphinx_gallery_conf = {
     "min_reported_time": 10**9,  # the time per example is machine noise, not documentation
     "show_memory": False,
     "show_signature": False,
+    # its execution-times page loads jQuery and DataTables from a CDN: a site that needs no network
+    "write_computation_times": False,
 }

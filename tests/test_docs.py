@@ -1,9 +1,11 @@
 """The documentation's code runs and its API reference is complete.
 
-- Every ```` ```python ```` block of a page in ``docs/`` runs, top to bottom, in one namespace per
-  page (later blocks use what earlier ones defined), in a temporary working directory; a
-  ```` ```pycon ```` block (``>>>`` prompts) is checked as a doctest in the same namespace. The
-  figures of ``{plot}`` blocks are drawn, and so checked, by the documentation build.
+- Every code cell (```` ```{code-cell} ````, which the documentation build also runs and shows
+  with its output) and ```` ```python ```` block of a page in ``docs/`` runs, top to bottom, in
+  one namespace per page (later blocks use what earlier ones defined), in a temporary working
+  directory; a ```` ```pycon ```` block (``>>>`` prompts) is checked as a doctest in the same
+  namespace. The figures of ``{plot}`` blocks are drawn, and so checked, by the documentation
+  build.
 - The examples in the package's docstrings (``>>>``, shown on the API pages) pass as doctests.
 - Every name in ``logtrick.__all__`` and ``logtrick.rl.__all__`` has an entry in ``docs/api/``,
   and, once the site is built, in its ``objects.inv``.
@@ -25,12 +27,13 @@ import logtrick.rl
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-BUILT = DOCS / "_build" / "html"
-FENCE = re.compile(r"^(`{3,})(python|pycon)\s*$")
+FENCE = re.compile(r"^(`{3,})(python|pycon|\{code-cell\}\s+(?:ipython3|python3?))\s*$")
+CELL_OPTION = re.compile(r"^:[\w-]+:")  # a code cell's ``:tags: [...]`` lines
 
 
 def code_blocks(page: Path) -> list[tuple[int, str, str]]:
-    """``(line, language, code)`` of each ```` ```python ```` / ```` ```pycon ```` block."""
+    """``(line, language, code)`` of each code cell, ```` ```python ```` or ```` ```pycon ````
+    block; a code cell is ``python``, without its option lines."""
     blocks, lines, i = [], page.read_text().splitlines(), 0
     while i < len(lines):
         match = FENCE.match(lines[i].strip())
@@ -38,6 +41,10 @@ def code_blocks(page: Path) -> list[tuple[int, str, str]]:
             i += 1
             continue
         fence, language, start = match.group(1), match.group(2), i + 1
+        if language.startswith("{code-cell}"):
+            language = "python"
+            while start < len(lines) and CELL_OPTION.match(lines[start]):
+                start += 1
         end = start
         while end < len(lines) and lines[end].strip() != fence:
             end += 1
@@ -97,15 +104,17 @@ def test_code_blocks_are_found_and_checked(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
         "# t\n\n```python\nx = 1\n```\n\n```{plot}\nraise SystemExit\n```\n\n"
-        "```bash\nexit 1\n```\n\n````pycon\n>>> x + 1\n2\n````\n"
+        "```bash\nexit 1\n```\n\n````pycon\n>>> x + 1\n2\n````\n\n"
+        "```{code-cell} ipython3\n:tags: [hide-input]\ny = x + 2\n```\n"
     )
     assert [(lang, code) for _, lang, code in code_blocks(page)] == [
         ("python", "x = 1\n"),
         ("pycon", ">>> x + 1\n2\n"),
+        ("python", "y = x + 2\n"),
     ]
     namespace: dict[str, object] = {}
     run_blocks(page, namespace)
-    assert namespace["x"] == 1
+    assert namespace["x"] == 1 and namespace["y"] == 3
     page.write_text("```python\nx = 1\n```\n\n```pycon\n>>> x + 1\n3\n```\n")
     with pytest.raises(AssertionError, match="doctest failed"):
         run_blocks(page, {})
@@ -185,15 +194,34 @@ def test_a_missing_api_entry_is_reported(tmp_path: Path) -> None:
     assert documented == {"logtrick.score", "logtrick.rl.PRESETS", "logtrick.rl.train"}
 
 
+@pytest.mark.slow  # builds the site when it is not built
 def test_every_public_name_is_in_the_built_site() -> None:
     """The built site's inventory (what cross-references resolve against) has every name."""
-    inventory = BUILT / "objects.inv"
-    if not inventory.is_file():
-        pytest.skip(f"the site is not built ({inventory} missing): see README")
     from sphinx.util.inventory import InventoryFile
+
+    from docs_site import built_site
+
+    inventory = built_site() / "objects.inv"
 
     with inventory.open("rb") as stream:
         inv = InventoryFile.load(stream, "", lambda base, path: path)
     built = {name for entries in inv.values() for name in entries}
     missing = sorted(set(public_names()) - built)
     assert not missing, f"public names missing from the built site: {missing}"
+
+
+# ----------------------------------------------------------------------------- BENCHMARKS.md
+
+
+def test_benchmarks_hold_current_figures_each_with_its_command() -> None:
+    """BENCHMARKS.md (the docs' benchmarks page includes it) stays short, and every section says
+    how to reproduce its figures: a ``python benchmarks/...`` or ``python examples/...`` command."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert len(text.splitlines()) < 400, "BENCHMARKS.md: current figures only"
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    assert sections, "BENCHMARKS.md has no sections"
+    for section in sections:
+        title = section.splitlines()[0]
+        assert re.search(r"python (?:benchmarks|examples)/\w+\.py", section), title
+    assert "superseded" not in text.lower() and "kept for the record" not in text.lower()
+    assert "{include} ../BENCHMARKS.md" in (DOCS / "benchmarks.md").read_text()

@@ -7,9 +7,10 @@ raw TeX (``\\nabla``, ``$$``, ``\\(``) is left in the visible text outside code;
 no error or warning, no script throws, and no request leaves the machine. A screenshot of the
 theory page goes to ``docs/_build/screenshots/theory.png``.
 
-Needs the built site (``python -m sphinx -W --keep-going -b html docs docs/_build/html``), the
-``playwright`` package and ``/usr/bin/chromium`` (``apt-get install chromium``). Without them the
-tests are skipped, except under CI (``CI`` set), where they fail: ``.ci/run`` provides all three.
+Needs the ``playwright`` package (in the ``test`` extra) and ``/usr/bin/chromium`` (``apt-get
+install chromium``, the one thing pip cannot install); without Chromium the tests are skipped,
+naming it, except under CI (``CI`` set), where they fail: ``.ci/run`` provides it. The site is
+built first when ``docs/_build/html`` is not there (:func:`docs_site.built_site`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from typing import Any
 
 import pytest
 
+from docs_site import BUILT, built_site
+
+pytestmark = pytest.mark.slow  # a browser per module, and the site built if it is not
+
 ROOT = Path(__file__).resolve().parent.parent
-BUILT = ROOT / "docs" / "_build" / "html"
 SCREENSHOTS = ROOT / "docs" / "_build" / "screenshots"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -82,13 +86,13 @@ def chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require((BUILT / "index.html").is_file(), f"the site is not built in {BUILT}")
     executable = chromium()
     require(executable is not None, "no chromium on PATH (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        require(False, "the playwright package is not installed (pip install -e '.[docs]')")
+        require(False, "the playwright package is not installed (pip install -e '.[test]')")
+    built_site()
     with sync_playwright() as p:
         instance = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         yield instance

@@ -127,3 +127,15 @@ def test_llm_lora_reaches_its_stated_accuracy(tmp_path: Path) -> None:
     out = load("llm_lora").main(quick=True, seed=0)
     assert out["trainable"] < 0.2 * out["total"]  # only the adapter trains
     assert out["after"] > out["before"] + 0.15  # 0.00 -> 0.24 measured (seed 0)
+
+
+@pytest.mark.slow
+def test_rl_agent_learns_the_custom_env_and_the_callback_stops_it(tmp_path: Path) -> None:
+    out = load("rl_agent").main(quick=True, seed=0, out_dir=tmp_path)
+    assert out["before"] < 0.5  # the untrained policy: -0.29 measured; walking straight: ~1.6
+    assert out["after"] > out["before"] + 1.0
+    assert out["steps"] < 30_000  # the callback stopped training before the budget
+    evaluations = [r["eval_return"] for r in out["history"] if not np.isnan(r["eval_return"])]
+    assert evaluations[-1] > 1.45 and all(e <= 1.45 for e in evaluations[:-1])
+    assert (tmp_path / "rl_agent.png").stat().st_size > 0
+    assert (tmp_path / "runs").is_dir()

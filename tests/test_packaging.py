@@ -1,8 +1,10 @@
 """The package as users meet it: one version, the declared minimums tested, the entry points.
 
 The minimum versions in ``pyproject.toml`` are the versions CI installs: Python from the machine
-that runs ``.ci/run`` and the torch that ``.ci/run`` pins. A declared minimum that CI does not
-test would be a promise nobody checks, so raising CI's versions means raising the minimums.
+that runs ``.ci/run`` and the torch that the README's install command (which ``.ci/run`` runs)
+pins. A declared minimum that CI does not test would be a promise nobody checks, so raising CI's
+versions means raising the minimums. The wheel and sdist pass ``twine check`` and the wheel
+installs and runs in a fresh virtual environment.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def declared_torch() -> tuple[int, ...]:
 
 
 def ci_torch() -> tuple[int, ...]:
-    """The torch version ``.ci/run`` installs (``torch==X.Y.Z``)."""
-    pins = re.findall(r"torch==(\d+)\.(\d+)\.\d+", (ROOT / ".ci" / "run").read_text())
-    assert len(pins) == 1, f".ci/run: expected one torch==X.Y.Z pin, found {pins}"
+    """The torch version CI installs: the ``torch==X.Y.Z`` of the README's opening block, which
+    ``.ci/run`` runs as written."""
+    pins = re.findall(r"torch==(\d+)\.(\d+)\.\d+", (ROOT / "README.md").read_text().split("```")[1])
+    assert len(pins) == 1, f"README.md's opening block: expected one torch==X.Y.Z pin, found {pins}"
     return int(pins[0][0]), int(pins[0][1])
 
 
@@ -144,3 +147,72 @@ def test_score_surrogate_train_and_natural_gradient_are_plain_functions() -> Non
     torch.testing.assert_close(loss.detach(), cost)
     loss.sum().backward()
     torch.testing.assert_close(log_prob.grad, torch.tensor([-2.0, 2.0]))
+
+
+# ----------------------------------------------------- the wheel and sdist, as users install them
+
+
+def test_citation_file_is_valid_cff() -> None:
+    """``CITATION.cff`` in the Citation File Format 1.2.0: its required keys, this version."""
+    import yaml
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0"
+    assert {"message", "title", "authors", "type", "version", "license"} <= set(cff)
+    assert cff["type"] == "software" and cff["license"] == "MIT"
+    assert str(cff["version"]) == logtrick.__version__
+    assert cff["authors"] and all("name" in a or "family-names" in a for a in cff["authors"])
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_pass_twine_and_the_wheel_installs_in_a_fresh_venv(
+    tmp_path: Path,
+) -> None:
+    """``python -m build`` makes both, ``twine check`` passes them, and the wheel, installed with
+    its dependencies into a new virtual environment, imports and runs its command there."""
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = dist.glob("*.whl")
+    (sdist,) = dist.glob("*.tar.gz")
+    checked = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    import tarfile
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "logtrick/py.typed" in names and "logtrick/rl/workers.py" in names
+    with tarfile.open(sdist) as archive:
+        members = {m.split("/", 1)[-1] for m in archive.getnames()}
+    assert {"README.md", "LICENSE", "CITATION.cff", "pyproject.toml"} <= members
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pin = f"torch=={torch.__version__.split('+')[0]}"  # the torch installed here, not a newer one
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel), pin],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-3000:]
+    code = (
+        "import logtrick, logtrick.rl, logtrick.language, sys\n"
+        "assert 'site-packages' in logtrick.__file__, logtrick.__file__\n"
+        "print(logtrick.__version__, logtrick.score.__name__, logtrick.rl.Agent.__name__)\n"
+    )
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == [logtrick.__version__, "score", "Agent"]
+    version = subprocess.run(
+        [str(venv / "bin" / "logtrick"), "--version"], capture_output=True, text=True, env=env
+    )
+    assert version.stdout.strip() == f"logtrick {logtrick.__version__}", version.stderr

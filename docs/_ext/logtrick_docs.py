@@ -6,8 +6,7 @@
 - :func:`example_argv` and :func:`saved_figures` let sphinx-gallery run ``examples/`` as the
   scripts they are: with ``--quick`` unless ``LOGTRICK_DOCS_EXAMPLES=full``, and with the figure
   each script saves (it closes its figures, so matplotlib's own scraper sees none).
-- :func:`function_docstring`: the API entry of a module that is also its function
-  (``logtrick.scores``) shows the function's docstring.
+- :func:`no_inline_attribute_type`: an attribute's docstring is prose, its type the annotation.
 """
 
 from __future__ import annotations
@@ -199,7 +198,24 @@ def example_title(app: Sphinx, docname: str, source: list[str]) -> None:
         source[0] = "\n".join(lines)
 
 
+def no_inline_attribute_type(
+    app: Sphinx, what: str, name: str, obj: object, options: Any, lines: list[str]
+) -> None:
+    """Keep napoleon from reading an attribute docstring's first line as ``TYPE: text``.
+
+    Google style lets an attribute docstring start with its type and a colon; napoleon splits the
+    first line at its first colon and shows the part before as the type. Here every attribute is
+    annotated and its docstring is prose ("Adam learning rate (...; npg: ...)"), so the split
+    turned prose into a wrong TYPE line. A leading empty reST comment (``..``, which renders as
+    nothing) leaves napoleon no colon to split at (it runs after this handler: priority 400 < its
+    500); the type comes from the annotation.
+    """
+    if what in ("attribute", "data", "property") and lines and lines[0].strip():
+        lines[:0] = ["..", ""]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("estimator-table", EstimatorTable)
     app.connect("source-read", example_title)
+    app.connect("autodoc-process-docstring", no_inline_attribute_type, priority=400)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

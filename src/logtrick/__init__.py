@@ -2,70 +2,17 @@
 
 Unbiased, low-variance gradients of expectations whose integrand may be a black box, and a small,
 fast policy-gradient trainer built on the same estimator (:mod:`logtrick.rl`).
+
+The public names are imported on first use (PEP 562): ``import logtrick`` is cheap and
+``logtrick --help`` answers without torch; the first ``logtrick.NAME`` imports them all
+(:mod:`logtrick._api`), estimators registered by short name included.
 """
 
-from logtrick import diagnostics, problems
-from logtrick.arm import ARM, DisARM
-from logtrick.baselines import (
-    Constant,
-    Learned,
-    LeaveOneOut,
-    MovingAverage,
-    NoBaseline,
-    OptimalScale,
-)
-from logtrick.dice import magic_box
-from logtrick.enumeration import enumerate_expectation
-from logtrick.estimators import ESTIMATORS, ScoreFunction, estimator_table, expectation
-from logtrick.gumbel import GumbelSoftmax, StraightThrough
-from logtrick.language.advantages import (
-    GroupedAdvantages,
-    MovingAverageState,
-    baseline_advantages,
-    batch_normalized_advantages,
-    group_mean_advantages,
-    group_normalized_advantages,
-    grouped_advantages,
-    moving_average_advantages,
-    rank_advantages,
-    reinforce_advantages,
-    rloo_advantages,
-)
-from logtrick.language.scoring import sequence_log_probs
-from logtrick.language.sequence import sequence_surrogate, token_kl
-from logtrick.language.tokens import (
-    Completions,
-    logits_of,
-    sample_completions,
-    token_log_probs,
-)
-from logtrick.measure_valued import DeltaMethod, MeasureValued
-from logtrick.pathwise import Auto, Pathwise
-from logtrick.rebar import Rebar, Relax, variance_backward
-from logtrick.scores import fisher, score
-from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
-from logtrick.surrogates import surrogate
-from logtrick.vimco import vimco_signals, vimco_surrogate
+# ruff: noqa: F405  (the names of __all__ are defined by __getattr__, or the star import for checkers)
+from typing import TYPE_CHECKING, Any
 
-# The estimators of other modules, by short name (they import estimators.py, so they register
-# here rather than there).
-ESTIMATORS.update(
-    {
-        cls.name: cls
-        for cls in (
-            Pathwise,
-            Auto,
-            GumbelSoftmax,
-            StraightThrough,
-            Rebar,
-            Relax,
-            ARM,
-            DisARM,
-            MeasureValued,
-            DeltaMethod,
-        )
-    }
-)
+if TYPE_CHECKING:  # what type checkers and editors see: the names, from where they live
+    from logtrick._api import *  # noqa: F403
 
 __version__ = "0.1.0"
 
@@ -121,3 +68,18 @@ __all__ = [
     "vimco_signals",
     "vimco_surrogate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import every public name at the first use of one (then they are plain attributes)."""
+    if not name.startswith("_"):
+        from logtrick import _api
+
+        globals().update({k: v for k, v in vars(_api).items() if not k.startswith("_")})
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module 'logtrick' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

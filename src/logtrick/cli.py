@@ -57,9 +57,16 @@ def register(command: Command) -> Command:
     return command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per registered command."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per registered command.
+
+    Given the ``argv`` it will parse, only the command that ``argv`` names gets its options:
+    building the others' would import what they need (torch, for most) for nothing, and
+    ``logtrick --help`` answers without torch.
+    """
     from logtrick import __version__
+
+    named = [a for a in argv or () if not a.startswith("-")][:1]
 
     parser = argparse.ArgumentParser(
         prog="logtrick",
@@ -72,14 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS.values():
         child = sub.add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(child)
+        if argv is None or [command.name] == named:
+            command.add_arguments(child)
         child.set_defaults(run=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen subcommand."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
         parser.print_help()

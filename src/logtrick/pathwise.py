@@ -21,7 +21,7 @@ from torch.distributions import Distribution
 from logtrick.baselines import resolve_baseline
 from logtrick.checks import transformed
 from logtrick.costs import CostFn, evaluate_cost, require_gradient
-from logtrick.estimators import ScoreFunction, _score_function
+from logtrick.score_function import ScoreFunction, _score_function
 
 __all__ = [
     "NOT_REPARAMETERISED",

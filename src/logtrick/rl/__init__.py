@@ -9,6 +9,7 @@ from logtrick.rl.errors import (
     CheckpointError,
     DivergenceError,
     EnvError,
+    MissingExtraError,
     RunLockedError,
     UnsupportedSpaceError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Config",
     "DivergenceError",
     "EnvError",
+    "MissingExtraError",
     "Rollout",
     "RunLockedError",
     "TrainResult",

@@ -79,13 +79,8 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
             "(workers=0)"
         )
     if config.workers:
-        try:
-            from logtrick.rl.workers import RayCollector  # Ray is imported only here
-        except ImportError as err:
-            raise ValueError(
-                f"workers: {config.workers} Ray workers need Ray ({err}); "
-                "pip install 'logtrick[distributed]'"
-            ) from err
+        from logtrick.rl.workers import RayCollector  # Ray: MissingExtraError when absent
+
         return RayCollector(config, learner.policy, seeds)
     ranks = distributed.ranks_from_env()
     device = next(learner.policy.parameters()).device

@@ -22,7 +22,8 @@ Faults: a worker whose process dies (``RayActorError``) or that does not answer 
 ``timeout_s`` is killed, replaced by a new actor (its envs reset with fresh seeds derived from
 the iteration) and its share collected again; a warning says what the restart cost. Rollouts of
 whole episodes (REINFORCE without a critic) are refused: their lengths differ between workers.
-Ray is imported by this module only, and this module only when ``workers > 0``.
+Ray is imported when a :class:`RayCollector` is built (``workers > 0``), not when this module is:
+without it, building one raises :class:`~logtrick.rl.MissingExtraError` naming the extra.
 
 References:
     Moritz et al., *Ray: A Distributed Framework for Emerging AI Applications*, OSDI 2018;
@@ -37,17 +38,29 @@ import time
 import warnings
 from typing import Any, cast
 
-import ray
 import torch
-from ray.exceptions import RayActorError
 
 from logtrick.rl.config import Config
 from logtrick.rl.distributed import check_data_parallel, shard
 from logtrick.rl.envs import make_env
+from logtrick.rl.errors import MissingExtraError
 from logtrick.rl.policies import ActorCritic, build_policy
 from logtrick.rl.rollout import Collector, Rollout
 
 __all__ = ["RayCollector", "RolloutWorker", "merge_rollouts"]
+
+
+def import_ray() -> Any:
+    """Ray, imported on first use so that this module imports without the extra."""
+    try:
+        import ray
+    except ImportError as err:
+        raise MissingExtraError(
+            f"workers: Ray workers need Ray ({err}); install it with "
+            "`pip install 'logtrick[distributed]'`"
+        ) from err
+    return ray
+
 
 _TIME_MAJOR = (
     "obs",
@@ -150,6 +163,7 @@ class RayCollector:
         startup_s: float = 300.0,
     ) -> None:
         check_data_parallel(config, config.workers, "workers")
+        self.ray = ray = import_ray()
         if not ray.is_initialized():
             ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
         self.config, self.policy, self.seeds = config, policy, seeds
@@ -173,6 +187,7 @@ class RayCollector:
     def collect(self) -> Rollout:
         """One rollout of every worker, merged; failed or silent workers are restarted."""
         state = {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+        ray = self.ray
         state_ref = ray.put(state)  # once per iteration, shared by all workers
         refs = [w.collect.remote(state_ref) for w in self.workers]
         results = [self._result(w, ref, state_ref) for w, ref in enumerate(refs)]
@@ -184,7 +199,7 @@ class RayCollector:
 
     def _result(self, w: int, ref: Any, state_ref: Any) -> tuple[Rollout, float]:
         """Worker ``w``'s rollout, restarting it while it fails or does not answer."""
-        start = time.perf_counter()
+        ray, start = self.ray, time.perf_counter()
         for attempt in range(self.max_restarts + 1):
             if attempt:  # a fresh actor, its envs reset with seeds of this iteration
                 ray.kill(self.workers[w], no_restart=True)
@@ -196,7 +211,7 @@ class RayCollector:
             if done:
                 try:
                     part = ray.get(ref)
-                except RayActorError:
+                except ray.exceptions.RayActorError:
                     continue
                 if attempt:
                     self._note(w, attempt, time.perf_counter() - start)
@@ -219,5 +234,5 @@ class RayCollector:
     def close(self) -> None:
         """Stop the workers (the Ray runtime stays up for the caller)."""
         for w in self.workers:
-            ray.kill(w, no_restart=True)
+            self.ray.kill(w, no_restart=True)
         self.workers = []
