@@ -6,8 +6,9 @@ problem and writes a plot of the variance per estimator. A subcommand is a :clas
 ``main`` builds one ``argparse`` subparser per registered command.
 
 Errors the user can act on (``ValueError``, ``OSError`` and :mod:`logtrick.rl.errors`) are printed
-as one line with exit code 2; ``logtrick --traceback ...`` shows their traceback instead. Any
-other exception is a bug and keeps its traceback.
+as one line with exit code 2 (1 for a run that failed: a worker or rank lost);
+``logtrick --traceback ...`` shows their traceback instead. Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines()) or repr(err)
-        parser.exit(2, f"logtrick {args.command}: error: {message}\n")
+        parser.exit(getattr(err, "exit_code", 2), f"logtrick {args.command}: error: {message}\n")
 
 
 # --------------------------------------------------------------------------- compare

@@ -1,8 +1,13 @@
 """Rollout workers on Ray (a real local runtime with 2 CPUs, started once for the module).
 
 Equivalence: with a fixed policy, W workers x E envs produce exactly the transitions of one
-process with W E envs under the same seeds. Faults: a worker SIGKILLed, or one that does not
-answer within the timeout, is restarted and its share collected again; a training run finishes.
+process with W E envs under the same seeds, observation normalisation on (the Acrobot preset):
+the workers act on the learner's statistics frozen for the iteration, and the statistics after
+it are the same. Seeds: a restarted worker and a resumed run draw fresh streams. Faults: a
+worker SIGKILLed, or one that does not answer within the timeout, is restarted and its share
+collected again; an env that raises ends the run with a one-line error and a checkpoint; one
+that keeps dying ends it with the cause from its own log (or goes on without it); an env
+factory the workers cannot load is refused before any worker starts.
 """
 
 from __future__ import annotations
@@ -13,27 +18,45 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
+from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 
 ray = pytest.importorskip("ray")
 
 from logtrick.rl import train  # noqa: E402
-from logtrick.rl.config import Config  # noqa: E402
+from logtrick.rl.config import Config, preset  # noqa: E402
+from logtrick.rl.distributed import (  # noqa: E402
+    WORKER_STREAM,
+    RankCollector,
+    obs_stats,
+    stream_seed,
+)
+from logtrick.rl.errors import WorkerError  # noqa: E402
 from logtrick.rl.loop import build_policy  # noqa: E402
 from logtrick.rl.rollout import Collector, Rollout, make_env  # noqa: E402
-from logtrick.rl.workers import RayCollector  # noqa: E402
+from logtrick.rl.workers import RayCollector, WorkerFaults  # noqa: E402
 
 SEEDS = [11, 12, 13, 14]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_runtime() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # a private temp dir: no other process finds this runtime with address="auto"
+    temp = tempfile_dir()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     yield
     ray.shutdown()
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must stay < 108 chars
 
 
 def _config(**overrides: object) -> Config:
@@ -74,32 +97,76 @@ def _assert_same(got: Rollout, want: Rollout) -> None:
     assert pairs == sorted(zip(want.episode_returns, want.episode_lengths))
 
 
+CONFIGS = {
+    # the Acrobot preset normalises observations (and rewards); episodes run on past T
+    "Acrobot-v1": lambda: preset("Acrobot-v1", "ppo", num_envs=4, num_steps=40, workers=2,
+                                 progress=False, plot=False, tensorboard=False),
+    # CartPole with normalisation: episodes end inside, autoreset rows are compared too
+    "CartPole-v1": lambda: _config(normalize_obs=True),
+}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_workers_produce_the_transitions_of_one_process() -> None:
-    config = _config()
+@pytest.mark.parametrize("env", sorted(CONFIGS))
+def test_workers_produce_the_transitions_of_one_process_with_normalisation_on(env: str) -> None:
+    config = CONFIGS[env]()
+    assert config.normalize_obs
     policy = _fixed_policy(config)
-    local = Collector(make_env(config.env, num_envs=4), policy, config.num_steps)
-    local.reset(seed=SEEDS)
-    remote = RayCollector(config, _fixed_policy(config), SEEDS)
+    local = RankCollector(Collector(make_env(config.env, num_envs=4), policy, config.num_steps),
+                          policy)  # fmt: skip
+    local.collector.reset(seed=SEEDS)
+    remote_policy = _fixed_policy(config)
+    remote = RayCollector(config, remote_policy, SEEDS)
     try:
-        for _ in range(2):  # the second rollout continues the episodes of the first
+        for i in range(3):  # later rollouts act on the statistics of the earlier ones
             want, got = local.collect(), remote.collect()
-            assert want.terminated.any()  # episodes end inside: autoreset rows are compared too
             _assert_same(got, want)
+            for a, b in zip(obs_stats(remote_policy), obs_stats(policy)):
+                assert torch.equal(a, b), f"rollout {i}: statistics"
+            assert float(policy.obs_count) == 160 * (i + 1)
+        assert want.terminated.any() or env == "Acrobot-v1"
     finally:
         remote.close()
-        local.env.close()
+        local.collector.env.close()
+
+
+@pytest.mark.slow
+def test_a_restarted_worker_and_a_resumed_run_draw_fresh_streams_reproducibly() -> None:
+    config = _config()
+    seeds = lambda c: ray.get(  # noqa: E731
+        [w.__ray_call__.remote(lambda self: torch.initial_seed()) for w in c.workers.values()]
+    )
+    first = RayCollector(config, _fixed_policy(config), SEEDS)
+    try:
+        start = seeds(first)
+        assert start == [stream_seed(config.seed, WORKER_STREAM, w, 0) for w in range(2)]
+        first.collect()
+        _kill(first, 0)
+        with pytest.warns(RuntimeWarning, match="worker 0"):
+            first.collect()
+        after = seeds(first)
+        assert after[0] != start[0] and after[1] == start[1]
+        assert after[0] == stream_seed(config.seed, WORKER_STREAM, 0, 1, 1)
+    finally:
+        first.close()
+    resumed = RayCollector(config, _fixed_policy(config), SEEDS, update=7)
+    try:
+        assert seeds(resumed) == [stream_seed(config.seed, WORKER_STREAM, w, 7) for w in range(2)]
+        assert not set(seeds(resumed)) & set(start)
+    finally:
+        resumed.close()
 
 
 def _kill(collector: RayCollector, w: int) -> None:
-    pid = ray.get(collector.workers[w].pid.remote())
+    pid = ray.get(collector.workers[w].pid.remote())  # type: ignore[union-attr]
     os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
 def test_killed_or_silent_worker_is_restarted_and_its_share_collected() -> None:
     config = _config()
-    collector = RayCollector(config, _fixed_policy(config), SEEDS, timeout_s=2.0)
+    faults = WorkerFaults(timeout_s=2.0)
+    collector = RayCollector(config, _fixed_policy(config), SEEDS, faults=faults)
     try:
         collector.collect()
         _kill(collector, 0)

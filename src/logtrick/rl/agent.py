@@ -301,8 +301,7 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
         agent = Agent.from_config(config)
         agent.counters = restore(agent.learner, state)
-    if agent.ranks.rank:  # restore set rank 0's sampling stream
-        torch.manual_seed(config.seed + 1_000_003 * agent.ranks.rank + agent.counters.update)
+    distributed.seed_rank(config, agent.ranks, agent.counters.update)  # restore set rank 0's
     c = agent.counters
     if config.total_steps < c.global_step:
         raise ValueError(f"total_steps: {config.total_steps:,} is below the "

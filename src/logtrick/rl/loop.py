@@ -37,7 +37,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick.collective import world_size
 from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it here)
     Counters,
@@ -46,7 +45,7 @@ from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it
     restore,
 )
 from logtrick.rl.config import Config
-from logtrick.rl.errors import DivergenceError
+from logtrick.rl.errors import DivergenceError, WorkerError
 from logtrick.rl.learner import Learner, RewardScale
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
@@ -210,15 +209,13 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
         except ImportError as err:
             raise ValueError(f"workers: {config.workers} Ray workers need Ray ({err}); "
                              "pip install 'logtrick[distributed]'") from err  # fmt: skip
-        return RayCollector(config, learner.policy, seeds)
+        return RayCollector(config, learner.policy, seeds, counters.update)
     ranks = distributed.ranks_from_env()
     device = next(learner.policy.parameters()).device
     collector = Collector(envs, learner.policy, config.num_steps, device=device,
                           whole_episodes=config.whole_episodes)  # fmt: skip
     collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
-    if ranks.world > 1:
-        return distributed.RankCollector(collector, learner.policy)
-    return collector
+    return distributed.RankCollector(collector, learner.policy)  # one policy state per iteration
 
 
 Callback = Callable[[dict[str, float]], Any]
@@ -281,7 +278,14 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
         task = bar.add_task("train", total=config.total_steps, completed=c.global_step,
                             sps="-", ret="-")  # fmt: skip
         while c.global_step < config.total_steps:
-            row = _one_update(s, recent, target, saved_at)
+            try:
+                row = _one_update(s, recent, target, saved_at)
+            except WorkerError as err:  # before the update: the learner is the last good one
+                raise _worker_failed(s, err) from None
+            except RuntimeError as err:
+                if not distributed.is_rank_failure(err):
+                    raise
+                raise distributed.rank_failed(err, c.update, saved_at) from None
             logger.log(row)
             s.history.append(row)
             bar.update(task, completed=c.global_step, sps=f"{row['sps']:.0f}",
@@ -289,6 +293,7 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
             solved = config.stop_at_threshold and row["eval_return"] >= (target or math.inf)
             asked = callback is not None and bool(callback(dict(row)))
             done = stop.requested or asked or solved or c.global_step >= config.total_steps
+            done = distributed.any_rank(done)  # ranks stop together (a callback, a Ctrl-C)
             if done or c.update % config.checkpoint_interval == 0:
                 runs.save_checkpoint(s.run_dir / runs.CHECKPOINT, checkpoint_state(learner, c))
                 saved_at = c.update
@@ -306,7 +311,7 @@ def _one_update(
     _set_lr(learner, lr)
     t0 = time.perf_counter()
     ro = s.collector.collect()
-    steps = ro.rewards.numel() * world_size()  # summed over the ranks
+    steps = distributed.global_steps(ro)  # summed over the ranks
     try:
         info = update(learner, ro)
     except DivergenceError as err:
@@ -321,6 +326,17 @@ def _one_update(
             "episode_return": float(np.mean(returns)) if recent else math.nan,
             "episode_length": float(np.mean(lengths)) if recent else math.nan,
             "eval_return": _maybe_evaluate(s, target, steps), **info}  # fmt: skip
+
+
+def _worker_failed(s: Session, err: WorkerError) -> WorkerError:
+    """``err`` with the checkpoint written now, of the last update that completed."""
+    path = s.run_dir / runs.CHECKPOINT
+    runs.save_checkpoint(path, checkpoint_state(s.learner, s.counters))
+    failure = WorkerError(f"{s.learner.config.name}: {err}; the last good checkpoint "
+                          f"(update {s.counters.update}) is written to {path}")  # fmt: skip
+    for note in getattr(err, "__notes__", []):
+        failure.add_note(note)
+    return failure
 
 
 def _diverged(
@@ -341,7 +357,10 @@ def _maybe_evaluate(s: Session, target: float | None, steps: int) -> float:
     if not every or c.global_step // every == (c.global_step - steps) // every:
         return math.nan
     config = learner.config
-    mean, _ = evaluate(learner.policy, s.env, config.eval_episodes, seed=config.seed + 10_000)
+    mean = math.nan
+    if distributed.ranks_from_env().writer:  # once, on rank 0; every rank gets its result
+        mean, _ = evaluate(learner.policy, s.env, config.eval_episodes, seed=config.seed + 10_000)
+    mean = distributed.from_rank0(mean)
     if target is not None and mean >= target and c.solved_at_step < 0:
         c.solved_at_step, c.solved_at_time = c.global_step, c.train_time
     return mean

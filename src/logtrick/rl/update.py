@@ -155,7 +155,7 @@ def clipped_term(learner: Learner, log_prob: Tensor, batch: Batch) -> Any:
 
 def _one_step(learner: Learner, batch: Batch) -> dict[str, Any]:
     loss, info = actor_critic_loss(learner, batch, score_function_term)
-    info["grad_norm"] = learner.step(loss)
+    info["grad_norm"] = learner.step(loss, weight=len(batch["obs"]))
     info["explained_variance"] = explained_variance(batch["values"], batch["returns"])
     return info
 
@@ -191,11 +191,13 @@ def ppo_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
         sums = torch.zeros(0)
         for mb in learner.minibatches(batch):
             loss, info = actor_critic_loss(learner, mb, clipped_term)
-            info["grad_norm"] = learner.step(loss, record_gradient=epochs == 1)
+            info["grad_norm"] = learner.step(loss, epochs == 1, weight=len(mb["obs"]))
             names = list(info)
             values = torch.stack([v.float() for v in info.values()]) * len(mb["obs"])
             sums = values if not len(sums) else sums.add_(values)
         kl = sums[names.index("approx_kl")] / n
+        if learner.reduce is not None:  # the mean KL of all ranks: they stop together
+            (kl,) = learner.reduce([kl], n)
         if config.target_kl is not None and float(kl) > config.target_kl:
             break
     stats = dict(zip(names, (sums / n).unbind()))
@@ -223,14 +225,16 @@ def npg_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     def kl_fn() -> Tensor:
         return torch.distributions.kl_divergence(old_dist, policy.distribution(obs, masks)).mean()
 
+    reduce = learner.reduce
     _, info = natural_gradient(
         loss_fn, kl_fn, list(policy.actor_parameters()), max_kl=config.max_kl,
         cg_iters=config.cg_iters, damping=config.cg_damping, line_search=config.line_search,
+        reduce=None if reduce is None else lambda x: reduce([x], len(obs))[0],
     )  # fmt: skip
     for _ in range(config.update_epochs):
         for mb in learner.minibatches({"obs": obs, "returns": batch["returns"]}):
             vl, _ = value_loss(policy.value(mb["obs"]), mb["returns"], check=False)
-            learner.step(vl)
+            learner.step(vl, weight=len(mb["obs"]))
     ev = explained_variance(batch["values"], batch["returns"])
     return {**info, "value_loss": vl.detach(), "explained_variance": ev}
 
