@@ -168,8 +168,9 @@ def test_every_algorithm_equals_one_process_on_the_concatenated_batch(
         torch.testing.assert_close(v, params[k], rtol=1e-4, atol=1e-6, msg=k)
     for u, (got, want) in enumerate(zip(runs[0]["rollouts"], infos)):
         if want["scale"] is not None:
-            torch.testing.assert_close(torch.tensor(got["scale"]), torch.tensor(want["scale"]),
-                                       rtol=1e-6, atol=0, msg=f"update {u}: reward scale")  # fmt: skip
+            got_scale, want_scale = torch.tensor(got["scale"]), torch.tensor(want["scale"])
+            torch.testing.assert_close(got_scale, want_scale, rtol=1e-6, atol=0,
+                                       msg=f"update {u}: reward scale")  # fmt: skip
         for key in ("epochs", "line_search_steps", "accepted"):  # the same decisions
             if key in want["info"]:
                 assert got["info"][key] == want["info"][key], (u, key)

@@ -28,7 +28,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from logtrick.rl import train  # noqa: E402
+from logtrick.rl import Agent, train  # noqa: E402
 from logtrick.rl.config import Config, preset  # noqa: E402
 from logtrick.rl.distributed import (  # noqa: E402
     WORKER_STREAM,
@@ -44,11 +44,40 @@ from logtrick.rl.workers import RayCollector, WorkerFaults  # noqa: E402
 SEEDS = [11, 12, 13, 14]
 
 
+class _Faulty(gym.Wrapper):
+    """CartPole whose ``step`` fails at the env's ``at``-th step: ``"raise"`` an exception, or
+    ``"die"``: write a cause to stderr and end the process (as a crashing simulator does)."""
+
+    def __init__(self, how: str, at: int) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.how, self.at, self.steps = how, at, 0
+
+    def step(self, action: object) -> tuple:
+        self.steps += 1
+        if self.steps == self.at and self.how == "raise":
+            raise RuntimeError("sensor failure")
+        if self.steps == self.at and self.how == "die":
+            sys.stderr.write("fatal: simulator out of coolant\n")
+            sys.stderr.flush()
+            os._exit(3)
+        return self.env.step(action)
+
+
+def raising_cartpole() -> gym.Env:
+    return _Faulty("raise", 5)
+
+
+def dying_cartpole() -> gym.Env:
+    return _Faulty("die", 3)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # a private temp dir: no other process finds this runtime with address="auto"
     temp = tempfile_dir()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    # the faulty env factories below travel by value: the workers cannot import this module
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
     ray.shutdown()
 
@@ -236,3 +265,127 @@ def test_envs_that_do_not_split_over_the_workers_are_refused_before_anything_run
     reinforce = _config(algo="reinforce", baseline="none", out=str(tmp_path))
     with pytest.raises(ValueError, match="whole episodes"):
         train(reinforce)
+
+
+@pytest.mark.slow
+def test_an_env_that_raises_in_a_worker_ends_the_run_with_one_line_and_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    agent = Agent(raising_cartpole, "ppo", num_envs=4, num_steps=40, workers=2,
+                  out=str(tmp_path), progress=False, plot=False, tensorboard=False)  # fmt: skip
+    with pytest.raises(WorkerError) as caught:
+        agent.learn(10_000)
+    agent.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "env raising_cartpole, worker 0, rollout step 4" in message
+    assert "RuntimeError: sensor failure" in message
+    run_dir = next(tmp_path.iterdir())
+    assert f"written to {run_dir / 'checkpoint.pt'}" in message
+    assert (run_dir / "checkpoint.pt").exists()
+    notes = "\n".join(caught.value.__notes__)
+    assert "Traceback" in notes and "sensor failure" in notes
+
+
+@pytest.mark.slow
+def test_a_worker_that_keeps_dying_ends_the_run_with_the_cause_from_its_log() -> None:
+    config = _config()
+    collector = RayCollector(config, _fixed_policy(config), SEEDS,
+                             faults=WorkerFaults(restarts=1), env=dying_cartpole)  # fmt: skip
+    try:
+        with pytest.raises(WorkerError) as caught:
+            collector.collect()
+    finally:
+        collector.close()
+    message = str(caught.value)
+    assert "worker 0 failed 2 times in a row" in message
+    assert "fatal: simulator out of coolant" in message
+
+
+@pytest.mark.slow
+def test_a_lost_worker_can_be_left_behind_and_the_run_goes_on() -> None:
+    config = _config()
+    faults = WorkerFaults(restarts=0, on_lost="continue")
+    collector = RayCollector(config, _fixed_policy(config), SEEDS, faults=faults)
+    try:
+        assert collector.collect().rewards.shape == (40, 4)
+        _kill(collector, 1)
+        with pytest.warns(RuntimeWarning, match="going on with 1 workers"):
+            assert collector.collect().rewards.shape == (40, 2)
+        assert collector.collect().rewards.shape == (40, 2)
+    finally:
+        collector.close()
+
+
+def test_an_env_factory_the_workers_cannot_load_is_refused_before_any_worker_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    def start(self: RayCollector, w: int, seeds: list[int]) -> None:
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(RayCollector, "_start", start)
+    ghost = types.ModuleType("ghost_envs")  # importable here, not in a worker process
+    exec("import gymnasium as gym\ndef make():\n    return gym.make('CartPole-v1')", ghost.__dict__)
+    sys.modules["ghost_envs"] = ghost
+    try:
+        with pytest.raises(ValueError, match="env: make cannot be loaded by Ray workers"):
+            RayCollector(_config(), _fixed_policy(_config()), SEEDS, env=ghost.make)
+    finally:
+        del sys.modules["ghost_envs"]
+    lock = threading.Lock()
+    unpicklable = lambda: lock and gym.make("CartPole-v1")  # noqa: E731
+    with pytest.raises(ValueError, match="cannot be sent to Ray workers: pickling it failed"):
+        RayCollector(_config(), _fixed_policy(_config()), SEEDS, env=unpicklable)
+
+
+def test_a_ray_address_nothing_answers_fails_in_stated_time_naming_it() -> None:
+    code = (
+        "import time; from logtrick.rl.workers import connect, RAY_CONNECT_S\n"
+        "t = time.monotonic()\n"
+        "try:\n    connect('127.0.0.1:1')\nexcept ConnectionError as err:\n"
+        "    print(f'{time.monotonic() - t:.1f}', RAY_CONNECT_S, err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=os.environ)  # fmt: skip
+    seconds, limit, message = done.stdout.split(" ", 2)
+    assert float(seconds) <= float(limit) + 5
+    assert "ray_address: nothing answers at '127.0.0.1:1'" in message
+
+
+@pytest.mark.slow
+def test_the_ray_processes_a_run_started_are_gone_when_it_exits(tmp_path: Path) -> None:
+    code = (
+        "import ray; from logtrick.rl import Config, train\n"
+        "from logtrick.rl import workers\n"
+        "original = workers.RayCollector.close\n"
+        "def close(self):\n"
+        "    print('SESSION', ray._private.worker._global_node.get_session_dir_path(), "
+        "flush=True)\n"
+        "    original(self)\n"
+        "workers.RayCollector.close = close\n"
+        f"train(Config(total_steps=160, num_envs=4, num_steps=40, workers=2, "
+        f"out={str(tmp_path)!r}, progress=False, plot=False, tensorboard=False))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=os.environ)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    session = done.stdout.split("SESSION ", 1)[1].split()[0]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _processes_of(session):
+        time.sleep(0.5)
+    assert _processes_of(session) == []
+
+
+def _processes_of(session: str) -> list[str]:
+    """Command lines of the live processes that mention Ray session dir ``session``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if session in cmdline or Path(session).parent.as_posix() + "/" in cmdline:
+            found.append(cmdline)
+    return found

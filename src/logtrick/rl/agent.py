@@ -176,7 +176,7 @@ class Agent:
             local = distributed.local_envs(self.config, self.ranks)
             self._envs = make_env(self.env, num_envs=local,
                                   vectorization_mode=self.config.vectorization_mode)  # fmt: skip
-            self._collector = new_collector(self.learner, self._envs, self.counters)
+            self._collector = new_collector(self.learner, self._envs, self.counters, self.env)
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
             with tempfile.TemporaryDirectory() as scratch:
                 self._run(Path(scratch), True, callback)

@@ -198,7 +198,7 @@ def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = Non
     return Learner(config, policy, optimizer, generator, scale)  # type: ignore[arg-type]
 
 
-def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
+def new_collector(learner: Learner, envs: Any, counters: Counters, source: Any = None) -> Any:
     """The collector, its envs reset with the seeds of ``counters.update``: in this process,
     this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     config = learner.config
@@ -209,7 +209,7 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
         except ImportError as err:
             raise ValueError(f"workers: {config.workers} Ray workers need Ray ({err}); "
                              "pip install 'logtrick[distributed]'") from err  # fmt: skip
-        return RayCollector(config, learner.policy, seeds, counters.update)
+        return RayCollector(config, learner.policy, seeds, counters.update, env=source)
     ranks = distributed.ranks_from_env()
     device = next(learner.policy.parameters()).device
     collector = Collector(envs, learner.policy, config.num_steps, device=device,

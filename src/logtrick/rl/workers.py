@@ -111,10 +111,11 @@ class RolloutWorker:
             restarted) it seeds the worker's action sampling (:func:`~logtrick.rl.distributed.
             stream_seed`).
         log: a file for the worker's stderr (its cause of death, should it die), or ``None``.
+        env: what the envs are made from (an id or a factory; default: ``config["env"]``).
     """
 
     def __init__(self, config: dict[str, Any], index: int, seeds: list[int], update: int = 0,
-                 restart: int = 0, log: str | None = None) -> None:  # fmt: skip
+                 restart: int = 0, log: str | None = None, env: Any = None) -> None:  # fmt: skip
         _redirect_stderr(log)
         from logtrick.rl.loop import build_policy
 
@@ -122,8 +123,9 @@ class RolloutWorker:
         torch.set_num_threads(cfg.torch_threads)
         kind = distributed.WORKER_STREAM
         torch.manual_seed(distributed.stream_seed(cfg.seed, kind, index, update, restart))
-        self.index, self.env_label = index, env_label(cfg.env)
-        self.envs = make_env(cfg.env, num_envs=len(seeds),
+        source = cfg.env if env is None else env
+        self.index, self.env_label = index, env_label(source)
+        self.envs = make_env(source, num_envs=len(seeds),
                              vectorization_mode=cfg.vectorization_mode)  # fmt: skip
         self.policy = build_policy(cfg, self.envs)
         self.collector = _StepCollector(self.envs, self.policy, cfg.num_steps)
@@ -286,17 +288,20 @@ class RayCollector:
         seeds: reset seeds of all ``num_envs`` envs (worker ``w`` gets its consecutive share).
         update: the update the run is at (a resumed run: its checkpoint's), for the seeds.
         faults: timeouts and restart policy (default: from ``config``).
+        env: what the envs are made from: an id or a zero-argument factory (default:
+            ``config.env``); a factory is checked to load in a worker before any starts.
     """
 
     def __init__(self, config: Config, policy: ActorCritic, seeds: list[int], update: int = 0,
-                 faults: WorkerFaults | None = None) -> None:  # fmt: skip
+                 faults: WorkerFaults | None = None, env: Any = None) -> None:  # fmt: skip
         check_data_parallel(config, config.workers, "workers")
         self.config, self.policy, self.faults = config, policy, faults or WorkerFaults.of(config)
         self._ray_temp = connect(config.ray_address)
         self._logs = Path(tempfile.mkdtemp(prefix="logtrick-workers-"))
         self.workers: dict[int, Any] = {}
         try:
-            check_env_for_workers(config.env)
+            self.env = config.env if env is None else env
+            check_env_for_workers(self.env)
             self.iteration = update
             self.restarts: list[tuple[int, int, float]] = []
             """``(iteration, worker, seconds)`` of each restart."""
@@ -318,7 +323,7 @@ class RayCollector:
     def _start(self, w: int, seeds: list[int]) -> Any:
         log = str(self._logs / f"worker{w}.log")
         return self._actor.remote(self.config.to_dict(), w, seeds, self.iteration,
-                                  self.restart_counts[w], log)  # fmt: skip
+                                  self.restart_counts[w], log, self.env)  # fmt: skip
 
     def _started(self, w: int, actor: Any) -> None:
         """Wait for worker ``w`` to start; one that cannot is an error naming its cause."""
