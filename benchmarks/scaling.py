@@ -48,8 +48,8 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from logtrick.rl import Collector, make_env, preset
-from logtrick.rl.loop import _reset_seeds, make_learner, train
+from logtrick.rl import Collector, make_env, preset, train
+from logtrick.rl.build import make_learner, reset_seeds
 from logtrick.rl.update import update
 
 ENV = "LunarLander-v3"
@@ -67,7 +67,7 @@ def _config(workers: int = 0, **overrides: object) -> object:
 
 
 def _collector(config: object, learner: object) -> object:
-    seeds = _reset_seeds(config, 0)
+    seeds = reset_seeds(config, 0)
     if config.workers:
         from logtrick.rl.workers import RayCollector
 
@@ -155,7 +155,7 @@ def costs(modes: dict[str, list[tuple[float, float, float]]], config: object) ->
     """The per-iteration costs of the model, from the measured iterations."""
     import ray
 
-    from logtrick.rl.loop import build_policy
+    from logtrick.rl.policies import build_policy
 
     envs = make_env(ENV, num_envs=1)
     policy = build_policy(config, envs)

@@ -17,6 +17,7 @@ from torch.distributions import Bernoulli
 
 import logtrick as lt
 from logtrick.rl.config import Config, preset
+from logtrick.rl.distributed import obs_stats
 
 K, CALLS = 8, 3  # samples per call over all ranks; calls (the moving average needs history)
 BASELINES = ("moving_average", "optimal_scale")
@@ -93,7 +94,7 @@ def record_run(train_module: Any, config: Config) -> dict[str, object]:
     evaluations: list[float] = []
 
     def recording(learner: Any, rollout: Any) -> object:
-        stats = train_module.distributed.obs_stats(learner.policy)
+        stats = obs_stats(learner.policy)
         info = original_update(learner, rollout)
         scale = learner.reward_scale
         updates.append(

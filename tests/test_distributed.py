@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import distributed_ranks as ranks
-from logtrick.rl.loop import make_learner
+from logtrick.rl.build import make_learner
 from logtrick.rl.rollout import Rollout
 from logtrick.rl.update import actor_critic_loss, clipped_term, flatten, gae, prepare, update
 
@@ -60,7 +60,7 @@ def test_all_reduced_baseline_gradient_is_the_one_process_gradient(
 
 def _reference_params(rollouts: list[list], config: object) -> dict[str, torch.Tensor]:
     """One process, both ranks' rollouts: each minibatch step averages the two ranks' losses."""
-    from logtrick.rl.rollout import make_env
+    from logtrick.rl.envs import make_env
 
     envs = make_env(config.env, num_envs=1)
     learner = make_learner(config, envs)
@@ -129,7 +129,7 @@ def _concatenated_reference(runs: list[dict], config: object) -> tuple[dict, lis
     """One process updating on both ranks' rollouts side by side (``(T, 2B)``), its statistics
     folded from both ranks' observations; returns its parameters and each update's info and
     reward scale."""
-    from logtrick.rl.rollout import make_env
+    from logtrick.rl.envs import make_env
     from logtrick.rl.workers import merge_rollouts
 
     envs = make_env(config.env, num_envs=1)

@@ -14,6 +14,7 @@ from logtrick.baselines import (
     NoBaseline,
     OptimalScale,
 )
+from logtrick.dice import magic_box
 from logtrick.enumeration import enumerate_expectation
 from logtrick.estimators import (
     ESTIMATORS,
@@ -49,7 +50,7 @@ from logtrick.measure_valued import DeltaMethod, MeasureValued
 from logtrick.rebar import Rebar, Relax, variance_backward
 from logtrick.scores import fisher, score
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
-from logtrick.surrogates import magic_box, surrogate
+from logtrick.surrogates import surrogate
 from logtrick.vimco import vimco_signals, vimco_surrogate
 
 # The estimators of other modules, by short name (they import estimators.py, so they register

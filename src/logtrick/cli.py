@@ -253,7 +253,7 @@ register(
 
 
 def _presets_table() -> str:
-    from logtrick.rl.config import PRESETS
+    from logtrick.rl.presets import PRESETS
 
     lines = []
     for env, rows in PRESETS.items():
@@ -265,8 +265,7 @@ def _presets_table() -> str:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from logtrick.rl.config import ALGOS, RESUME_FIELDS, fields_help
-    from logtrick.rl.presets import BASE
+    from logtrick.rl.config import BASE, FLAGS, RESUME_FIELDS, fields_help
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = (
@@ -278,29 +277,13 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
     )
     p.epilog = (
-        "presets (env: common to every algo; then per algo):\n" + _presets_table()
-        + "\n\nConfig fields (--set FIELD=VALUE):\n" + fields_help(indent="    ")
-    )  # fmt: skip
+        "presets (env: common to every algo; then per algo):\n"
+        + _presets_table()
+        + "\n\nConfig fields (--set FIELD=VALUE):\n"
+        + fields_help(indent="    ")
+    )
     p.add_argument("env", nargs="?", help="Gymnasium env id (default: CartPole-v1)")
-    p.add_argument(
-        "--algo", choices=ALGOS, help="default: the env's (npg on CartPole-v1, else ppo)"
-    )
-    p.add_argument("--steps", help="env-step budget, e.g. 200000 or 2e5 (default: the preset's)")
-    p.add_argument("--seed", help="default: 0")
-    p.add_argument("--envs", help="parallel environments (default: the preset's)")
-    p.add_argument("--out", help="parent directory of the run directory (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--async-envs", action="store_true", help="one process per environment")
-    p.add_argument(
-        "--eval-every",
-        help=f"evaluate 20 deterministic episodes every N env steps; 0: never "
-        f"(default: the preset's, else {BASE['eval_every']})",
-    )
-    p.add_argument(
-        "--no-stop",
-        action="store_true",
-        help="keep training after an evaluation reaches the reward threshold",
-    )
     p.add_argument(
         "--set",
         nargs="*",
@@ -308,31 +291,31 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE",
         help="any Config field (listed below), e.g. --set lr=1e-3 'hidden=(128,128)'",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--workers", help="Ray rollout workers sharing --envs (default: 0, none)")
-    p.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (with --workers)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="learner device, default cpu")
-
-
-_FLAG_FIELDS = {"steps": "total_steps", "seed": "seed", "envs": "num_envs",
-                "eval_every": "eval_every", "out": "out", "workers": "workers",
-                "ray_address": "ray_address", "device": "device"}  # fmt: skip
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, flag in FLAGS.items():  # declared with the fields (rl.config.option)
+        if flag.group not in groups:
+            groups[flag.group] = p.add_argument_group(flag.group)
+        group = groups[flag.group]
+        text = flag.help.format(base=BASE.get(name))
+        if flag.const is not None:
+            group.add_argument(flag.name, action="store_true", help=text)
+        else:
+            group.add_argument(flag.name, choices=flag.choices, help=text)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The Config fields set by the flags given (and ``--set``), parsed to their types:
     ``rl.Config(**train_overrides(args))`` is the run's configuration."""
-    from logtrick.rl.config import parse_field
+    from logtrick.rl.config import FLAGS, parse_field
 
-    overrides: dict[str, Any] = {}
-    for flag, name in _FLAG_FIELDS.items():
-        if getattr(args, flag) is not None:
-            overrides[name] = parse_field(name, getattr(args, flag))
-    flags = {"env": args.env, "algo": args.algo,
-             "vectorization_mode": "async" if args.async_envs else None,
-             "stop_at_threshold": False if args.no_stop else None,
-             "progress": False if args.no_progress else None}  # fmt: skip
-    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides: dict[str, Any] = {} if args.env is None else {"env": args.env}
+    for name, flag in FLAGS.items():
+        value = getattr(args, flag.dest)
+        if flag.const is not None:
+            if value:
+                overrides[name] = flag.const
+        elif value is not None:
+            overrides[name] = parse_field(name, value)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -345,7 +328,7 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from logtrick import rl
-    from logtrick.rl.loop import train
+    from logtrick.rl.agent import train
 
     overrides = train_overrides(args)
     if args.resume:
@@ -378,8 +361,12 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=10_000, help="reset seed of the first episode")
     p.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
-    p.add_argument("--video", metavar="DIR", help="also record the episodes as .mp4 files in "
-                   "DIR (needs rgb_array rendering and `pip install logtrick[video]`)")  # fmt: skip
+    p.add_argument(
+        "--video",
+        metavar="DIR",
+        help="also record the episodes as .mp4 files in "
+        "DIR (needs rgb_array rendering and `pip install logtrick[video]`)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

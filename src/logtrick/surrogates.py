@@ -22,9 +22,8 @@ from torch import Tensor
 
 from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_finite
-from logtrick.dice import magic_box
 
-__all__ = ["approx_kl", "check_finite", "clipped_surrogate", "magic_box", "surrogate"]
+__all__ = ["approx_kl", "clipped_surrogate", "surrogate"]
 
 
 def surrogate(

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from logtrick.checks import check_finite, check_same_shape, check_sample_dim
-from logtrick.surrogates import magic_box
+from logtrick.dice import magic_box
 
 __all__ = ["vimco_signals", "vimco_surrogate"]
 

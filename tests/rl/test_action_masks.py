@@ -15,8 +15,8 @@ from space_envs import MaskedEnv
 from torch.distributions import Categorical
 
 from logtrick import rl
+from logtrick.rl.build import make_learner
 from logtrick.rl.envs import make_env
-from logtrick.rl.loop import make_learner
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.rollout import Collector

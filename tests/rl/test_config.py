@@ -102,3 +102,19 @@ def test_every_field_has_a_parser() -> None:
         default = getattr(rl.Config(), field)
         text = repr(default) if not isinstance(default, str) else default
         assert parse_field(field, text) == default, field
+
+
+def test_a_field_is_declared_in_one_place() -> None:
+    """Each field's check, BASE value, resume rule and CLI flag come from its declaration
+    (``rl.config.option``): the tables are read from the fields, the parser from the flags."""
+
+    from logtrick.cli import build_parser
+    from logtrick.rl.config import BASE, FIELD_CHECKS, FLAGS, PRESET, RESUME_FIELDS
+
+    fields = dataclasses.fields(rl.Config)
+    assert list(FIELD_CHECKS) == [f.name for f in fields]
+    assert [f.name for f in fields if f.default is PRESET and f.name != "algo"] == list(BASE)
+    assert all(FIELD_CHECKS[name] is f.metadata["check"] for name, f in zip(FIELD_CHECKS, fields))
+    assert {f.name for f in fields if f.metadata["resume"]} == set(RESUME_FIELDS)
+    args = build_parser().parse_args(["train"])
+    assert all(hasattr(args, flag.dest) for flag in FLAGS.values())

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
 import logtrick as lt
-from logtrick.rl.losses import conjugate_gradient, fisher_vector_product, natural_gradient
+from logtrick.rl.npg import conjugate_gradient, fisher_vector_product, natural_gradient
 from logtrick.scores import flatten_scores
 
 torch.set_num_threads(1)

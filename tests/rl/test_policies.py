@@ -13,7 +13,7 @@ from gymnasium import spaces
 from torch.distributions import Categorical
 
 from logtrick.rl import ActorCritic, Config, make_env
-from logtrick.rl.loop import make_learner
+from logtrick.rl.build import make_learner
 from stats import assert_mean
 
 OBS = spaces.Box(-5.0, 5.0, shape=(3,), dtype=np.float32)

@@ -36,9 +36,10 @@ from logtrick.rl.distributed import (  # noqa: E402
     obs_stats,
     stream_seed,
 )
+from logtrick.rl.envs import make_env  # noqa: E402
 from logtrick.rl.errors import WorkerError  # noqa: E402
-from logtrick.rl.loop import build_policy  # noqa: E402
-from logtrick.rl.rollout import Collector, Rollout, make_env  # noqa: E402
+from logtrick.rl.policies import build_policy  # noqa: E402
+from logtrick.rl.rollout import Collector, Rollout  # noqa: E402
 from logtrick.rl.workers import RayCollector, WorkerFaults  # noqa: E402
 
 SEEDS = [11, 12, 13, 14]

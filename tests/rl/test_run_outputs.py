@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from logtrick import rl
+from logtrick.rl.build import make_learner
 from logtrick.rl.learner import gradient_snr
-from logtrick.rl.loop import make_learner
 from logtrick.rl.runs import plot_learning_curve, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,10 @@ import torch
 
 from logtrick import rl
 from logtrick.cli import main
+from logtrick.rl.build import make_learner
+from logtrick.rl.checkpoint import checkpoint_state, restore
 
-train_module = importlib.import_module("logtrick.rl.loop")  # rl.train is the function
+train_module = importlib.import_module("logtrick.rl.loop")  # the loop (rl.train is a function)
 
 QUIET = {"progress": False, "tensorboard": False, "plot": False}
 COUNTER = dict(env="LogtrickCounter-v0", num_envs=2, num_steps=8, num_minibatches=1,
@@ -198,10 +200,10 @@ def test_resume_is_deterministic_and_the_learner_state_continues(
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert saved["counters"]["update"] == 2
     envs = rl.make_env("CartPole-v1", num_envs=2)
-    learner = train_module.make_learner(config, envs)
+    learner = make_learner(config, envs)
     envs.close()
-    counters = train_module.restore(learner, saved)
-    _assert_same(saved, train_module.checkpoint_state(learner, counters))
+    counters = restore(learner, saved)
+    _assert_same(saved, checkpoint_state(learner, counters))
     copies = [tmp_path / "copy1", tmp_path / "copy2"]
     for copy in copies:
         shutil.copytree(run_dir, copy)

@@ -12,8 +12,9 @@ import torch
 
 from logtrick import rl
 from logtrick.rl import update as update_module
-from logtrick.rl.loop import make_learner
-from logtrick.rl.rollout import Collector, Rollout, make_env
+from logtrick.rl.build import make_learner
+from logtrick.rl.envs import make_env
+from logtrick.rl.rollout import Collector, Rollout
 from logtrick.rl.update import update
 
 QUIET = {"progress": False, "tensorboard": False, "plot": False}

@@ -1,8 +1,8 @@
 """The Python API: an :class:`Agent` learns, predicts, evaluates, saves and loads.
 
 ``rl.Agent`` is the one path to training: :func:`train` (``rl.train(config, resume=...)``),
-:func:`load` and the ``logtrick train`` / ``evaluate`` commands are thin layers over it, and it
-runs the one loop of :mod:`logtrick.rl.loop`.
+:func:`load` and the ``logtrick train`` / ``evaluate`` commands are thin layers over it. It
+assembles a run with :mod:`logtrick.rl.build` and runs the one loop of :mod:`logtrick.rl.loop`.
 
 ```python
 from logtrick import rl
@@ -25,6 +25,7 @@ import dataclasses
 import io
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 
 from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
 from logtrick.rl import distributed, runs
+from logtrick.rl.build import make_learner, new_collector, target_return
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
@@ -43,26 +45,33 @@ from logtrick.rl.checkpoint import (
     merge_config,
     restore,
 )
-from logtrick.rl.config import Config, is_custom_env, preset
+from logtrick.rl.config import Config, preset
+from logtrick.rl.envs import make_env
 from logtrick.rl.errors import CheckpointError
-from logtrick.rl.loop import (
-    Callback,
-    Session,
-    TrainResult,
-    evaluate,
-    floats,
-    make_learner,
-    new_collector,
-    run_loop,
-    target_return,
-)
-from logtrick.rl.rollout import make_env
+from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
+from logtrick.rl.policies import ActorCritic
+from logtrick.rl.presets import is_custom_env
 
-__all__ = ["Agent", "load", "resume_agent"]
+__all__ = ["Agent", "TrainResult", "load", "resume_agent", "train"]
 
 EnvLike = str | gym.Env | Callable[[], gym.Env]
 FORMAT = "logtrick-agent-1"
 """The ``format`` entry of a file written by :meth:`Agent.save`."""
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns."""
+
+    policy: ActorCritic
+    history: list[dict[str, float]]
+    run_dir: Path
+    solved_at_step: int | None = None
+    """First env step at which an evaluation reached the target return (``None``: never)."""
+    solved_at_time: float | None = None
+    """Training wall-clock (s, evaluation excluded) at that evaluation."""
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
@@ -74,13 +83,17 @@ def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
         try:
             copy.deepcopy(env)
         except Exception as err:
-            raise TypeError(f"env: the instance {env} cannot be copied ({err}); pass a "
-                            "zero-argument factory instead") from err  # fmt: skip
+            raise TypeError(
+                f"env: the instance {env} cannot be copied ({err}); pass a "
+                "zero-argument factory instead"
+            ) from err
         return partial(copy.deepcopy, env)
     if callable(env):
         return env
-    raise TypeError(f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
-                    f"got {type(env).__name__}")  # fmt: skip
+    raise TypeError(
+        f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
+        f"got {type(env).__name__}"
+    )
 
 
 class Agent:
@@ -102,8 +115,14 @@ class Agent:
         ValueError: a bad field value or an unknown env id.
     """
 
-    def __init__(self, env: EnvLike = "CartPole-v1", algo: str | None = None, *,
-                 policy: torch.nn.Module | None = None, **fields: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: EnvLike = "CartPole-v1",
+        algo: str | None = None,
+        *,
+        policy: torch.nn.Module | None = None,
+        **fields: Any,
+    ) -> None:
         known = [f.name for f in dataclasses.fields(Config) if f.name not in ("env", "algo")]
         for name in fields:  # TypeError, as for any unexpected keyword
             check_known_name(name, known, "keyword of Agent: not a Config field", TypeError)
@@ -113,8 +132,9 @@ class Agent:
         self._setup(preset(env, algo, **fields), source, policy)
 
     @classmethod
-    def from_config(cls, config: Config, env: EnvLike | None = None,
-                    policy: torch.nn.Module | None = None) -> Agent:  # fmt: skip
+    def from_config(
+        cls, config: Config, env: EnvLike | None = None, policy: torch.nn.Module | None = None
+    ) -> Agent:
         """An agent for ``config`` exactly (no presets applied). ``env`` is needed when
         ``config.env`` describes an instance or factory (``ValueError`` otherwise)."""
         if env is None:
@@ -174,8 +194,9 @@ class Agent:
         first = self.run_dir is None
         if self._envs is None:
             local = distributed.local_envs(self.config, self.ranks)
-            self._envs = make_env(self.env, num_envs=local,
-                                  vectorization_mode=self.config.vectorization_mode)  # fmt: skip
+            self._envs = make_env(
+                self.env, num_envs=local, vectorization_mode=self.config.vectorization_mode
+            )
             self._collector = new_collector(self.learner, self._envs, self.counters, self.env)
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
             with tempfile.TemporaryDirectory() as scratch:
@@ -192,8 +213,9 @@ class Agent:
     def _run(self, run_dir: Path, first: bool, callback: Callback | None) -> None:
         """The loop of :func:`~logtrick.rl.loop.run_loop`, writing into ``run_dir``."""
         target = target_return(self.config, self.env)
-        session = Session(self.learner, self._collector, self.counters, self.env, run_dir,
-                          self.history, target)  # fmt: skip
+        session = Session(
+            self.learner, self._collector, self.counters, self.env, run_dir, self.history, target
+        )
         self.interrupted = run_loop(session, first, callback)
 
     def _set_budget(self, steps: int | None) -> None:
@@ -224,29 +246,39 @@ class Agent:
             obs = np.asarray(obs)
         return self.learner.policy.act(obs, deterministic, action_mask)
 
-    def evaluate(self, episodes: int = 20, seed: int | None = None,
-                 deterministic: bool = True) -> tuple[float, float]:  # fmt: skip
+    def evaluate(
+        self, episodes: int = 20, seed: int | None = None, deterministic: bool = True
+    ) -> tuple[float, float]:
         """Mean and std of the returns of ``episodes`` episodes (reset seeds ``seed + i``;
         ``None``: ``config.seed + 10_000``, the seeds of the evaluations during training)."""
         seed = self.config.seed + 10_000 if seed is None else seed
-        return evaluate(self.learner.policy, self.env, episodes, seed=seed,
-                        deterministic=deterministic)  # fmt: skip
+        return evaluate(
+            self.learner.policy, self.env, episodes, seed=seed, deterministic=deterministic
+        )
 
     @property
     def result(self) -> TrainResult:
         """What the training so far gives (:class:`~logtrick.rl.TrainResult`)."""
         c, solved = self.counters, self.counters.solved_at_step >= 0
-        return TrainResult(self.learner.policy, self.history, self.run_dir or Path(),
-                           c.solved_at_step if solved else None,
-                           c.solved_at_time if solved else None, self.interrupted)  # fmt: skip
+        return TrainResult(
+            self.learner.policy,
+            self.history,
+            self.run_dir or Path(),
+            c.solved_at_step if solved else None,
+            c.solved_at_time if solved else None,
+            self.interrupted,
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the agent (config, weights, optimizer, counters) to ``path``, atomically; a
         dict of tensors and numbers, loadable with ``torch.load(weights_only=True)``. Missing
         parent directories are created; a directory as ``path`` is an error."""
-        state = {"format": FORMAT, "config": self.config.to_dict(),
-                 "custom_policy": self.custom_policy,
-                 "checkpoint": checkpoint_state(self.learner, self.counters)}  # fmt: skip
+        state = {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "custom_policy": self.custom_policy,
+            "checkpoint": checkpoint_state(self.learner, self.counters),
+        }
         path = Path(check_not_a_directory("path", path))
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -254,8 +286,9 @@ class Agent:
         runs.atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path, env: EnvLike | None = None,
-             policy: torch.nn.Module | None = None) -> Agent:  # fmt: skip
+    def load(
+        cls, path: str | Path, env: EnvLike | None = None, policy: torch.nn.Module | None = None
+    ) -> Agent:
         """The agent saved at ``path``, ready to predict, evaluate or learn on.
 
         Args:
@@ -272,8 +305,10 @@ class Agent:
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not an agent file written by Agent.save")
         if state["custom_policy"] and policy is None:
-            raise ValueError(f"policy: {path} was trained with your own network; pass one of "
-                             "the same architecture: Agent.load(path, policy=net)")  # fmt: skip
+            raise ValueError(
+                f"policy: {path} was trained with your own network; pass one of "
+                "the same architecture: Agent.load(path, policy=net)"
+            )
         agent = cls.from_config(Config.from_dict(state["config"]), env, policy)
         agent.counters = restore(agent.learner, state["checkpoint"])
         return agent
@@ -304,8 +339,10 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
     distributed.seed_rank(config, agent.ranks, agent.counters.update)  # restore set rank 0's
     c = agent.counters
     if config.total_steps < c.global_step:
-        raise ValueError(f"total_steps: {config.total_steps:,} is below the "
-                         f"{c.global_step:,} steps the run has taken")  # fmt: skip
+        raise ValueError(
+            f"total_steps: {config.total_steps:,} is below the "
+            f"{c.global_step:,} steps the run has taken"
+        )
     c.extend(saved, config)
     if agent.learner.reward_scale is not None:  # the envs are reset: new episodes
         agent.learner.reward_scale.new_episodes()
@@ -315,8 +352,9 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
     return agent
 
 
-def load(run_dir: str | Path, env: EnvLike | None = None,
-         policy: torch.nn.Module | None = None) -> torch.nn.Module:  # fmt: skip
+def load(
+    run_dir: str | Path, env: EnvLike | None = None, policy: torch.nn.Module | None = None
+) -> torch.nn.Module:
     """The policy saved in ``run_dir`` (built from its ``config.json``, weights loaded safely).
 
     ``env`` is needed only for a run on an env given as an instance or factory, ``policy`` only
@@ -333,3 +371,30 @@ def load(run_dir: str | Path, env: EnvLike | None = None,
     load_policy_state(agent.learner.policy, state, agent.config)
     agent.learner.policy.eval()
     return agent.learner.policy
+
+
+def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
+    """Train a policy as ``config`` says (``Agent.from_config(config).learn()``).
+
+    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
+    be omitted (the saved config is used) or differ from the saved one only in
+    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
+    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
+    writes a checkpoint.
+
+    Raises:
+        ValueError: bad or conflicting settings, unknown env id (before anything is written).
+        UnsupportedSpaceError: an observation or action space the policy cannot handle.
+        RunLockedError: another process is writing to the run directory.
+        CheckpointError: ``resume`` has no usable checkpoint.
+        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
+    """
+    agent = (
+        resume_agent(Path(resume), config)
+        if resume is not None
+        else Agent.from_config(config or Config())
+    )
+    try:
+        return agent.learn().result
+    finally:
+        agent.close()

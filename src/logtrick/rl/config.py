@@ -4,8 +4,12 @@
 properties. A field left out takes the value of the env's preset or defaults, resolved by
 :func:`logtrick.rl.presets.resolve` (its default shows as ``PRESET``): ``Config(env=..., ...)``,
 :func:`preset` and the command line give the same configuration for the same arguments. Every
-field is checked (type and range) when a ``Config`` is made, before anything is created: the
-check of each field is one entry of ``FIELD_CHECKS`` (functions of :mod:`logtrick.checks`).
+field is checked (type and range) when a ``Config`` is made, before anything is created.
+
+A field is declared in one place, with :func:`option`: its check (functions of
+:mod:`logtrick.checks`), its :data:`BASE` value, whether a resumed run may change it and its
+``logtrick train`` flag (:class:`Flag`). ``FIELD_CHECKS``, :data:`BASE`, :data:`RESUME_FIELDS`
+and :data:`FLAGS` are read from these declarations.
 :func:`parse_field` reads a command-line value (``--set lr=1e-3``) as its field's declared type.
 ``FIELD_DOCS`` holds each field's docstring (read from this file's source), shown by
 ``help(Config)`` and ``logtrick train --help``.
@@ -20,35 +24,30 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logtrick import checks
 from logtrick.rl.policies import ACTIVATIONS
-from logtrick.rl.presets import (
-    BASE,
-    DEFAULT_ALGOS,
-    PRESETS,
-    default_algo,
-    is_custom_env,
-    preset,
-    resolve,
-)
+from logtrick.rl.presets import ALGOS, is_custom_env, resolve
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 __all__ = [
-    "ALGOS",
-    "DEFAULT_ALGOS",
+    "BASE",
+    "DEVICES",
     "FIELD_CHECKS",
     "FIELD_DOCS",
+    "FLAGS",
     "PRESET",
-    "PRESETS",
     "RESUME_FIELDS",
     "Config",
-    "default_algo",
+    "Flag",
+    "fields_help",
+    "option",
     "parse_field",
     "preset",
 ]
-
-ALGOS = ("reinforce", "a2c", "ppo", "npg")
 
 
 class _Preset:
@@ -64,13 +63,68 @@ class _Preset:
 PRESET: Any = _Preset()
 """A field whose value is ``PRESET`` takes it from the env's preset or defaults (see
 :func:`logtrick.rl.presets.resolve`)."""
-RESUME_FIELDS = (
-    "total_steps", "stop_at_threshold", "eval_every", "eval_episodes", "target_return",
-    "checkpoint_every", "progress", "plot", "tensorboard",
-    "workers", "ray_address", "device",
-)  # fmt: skip
-"""Fields a resumed run may change: when it stops, evaluates and checkpoints, and what it shows.
-Every other field defines what is learned and must equal the saved config."""
+_NO_BASE: Any = object()
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A Config field's ``logtrick train`` option: ``--name VALUE`` parsed as the field's type
+    (:func:`parse_field`), or with ``const`` a switch that sets the field to ``const``."""
+
+    name: str
+    help: str
+    """Its ``--help`` line; ``{base}`` is replaced by the field's :data:`BASE` value."""
+    group: str
+    """The section of ``--help`` it is listed under."""
+    const: Any = None
+    """A switch's value (``None``: the option takes a value)."""
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse stores it under."""
+        return self.name.removeprefix("--").replace("-", "_")
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check`` for a value that may also be ``None``."""
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _rate(name: str, value: object) -> float:
+    return checks.check_in_range(name, value, 0.0, 1.0)
+
+
+def _json_dict(name: str, value: object) -> dict[str, Any]:
+    return checks.check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
+
+
+def _choice(*choices: object) -> Callable[[str, Any], Any]:
+    return lambda name, value: checks.check_choice(name, value, choices)
+
+
+def option(
+    check: Callable[[str, Any], Any],
+    base: Any = _NO_BASE,
+    *,
+    default: Any = PRESET,
+    factory: Callable[[], Any] | None = None,
+    resume: bool = False,
+    flag: Flag | None = None,
+) -> Any:
+    """A Config field, declared in one place: its ``check(name, value) -> value`` (converted, or
+    ``TypeError`` / ``ValueError`` naming the field), its :data:`BASE` value (what a field left
+    to the presets falls back to), whether a resumed run may change it (:data:`RESUME_FIELDS`)
+    and its command-line ``flag``. ``default``: the value when not given (``PRESET``: resolved
+    from the env's preset or defaults)."""
+    meta = {"check": check, "base": base, "resume": resume, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_LEARNED, _WATCHED, _SCALE = "what is learned", "evaluation and output", "scale-out"
 
 
 @dataclass(frozen=True)
@@ -78,115 +132,224 @@ class Config:
     """Everything that defines a training run. Same config + same seed = same learning curve.
 
     A field not given takes its value from the env's preset (``logtrick presets``), or for an env
-    without one from the defaults chosen from its spaces, else from
-    :data:`~logtrick.rl.presets.BASE`: ``Config(env="CartPole-v1", algo="reinforce")`` is the
-    tuned CartPole REINFORCE, as on the command line.
+    without one from the defaults chosen from its spaces, else from :data:`BASE`:
+    ``Config(env="CartPole-v1", algo="reinforce")`` is the tuned CartPole REINFORCE, as on the
+    command line.
     """
 
-    env: str = "CartPole-v1"
+    env: str = option(checks.check_nonempty_str, default="CartPole-v1")
     """Gymnasium environment id: what ``gymnasium.make`` accepts (``"ns/Env-v0"``,
     ``"module:Env-v0"``); for an env given to :class:`~logtrick.rl.Agent` as an instance or
     factory, ``custom:`` and its import path (a description: loading needs the env again)."""
-    algo: str = PRESET
+    algo: str = option(
+        _choice(*ALGOS),
+        flag=Flag(
+            "--algo", "default: the env's (npg on CartPole-v1, else ppo)", _LEARNED, choices=ALGOS
+        ),
+    )
     """One of ``reinforce``, ``a2c``, ``ppo``, ``npg``."""
-    total_steps: int = PRESET
+    total_steps: int = option(
+        checks.check_positive_int,
+        200_000,
+        resume=True,
+        flag=Flag(
+            "--steps", "env-step budget, e.g. 200000 or 2e5 (default: the preset's)", _LEARNED
+        ),
+    )
     """Budget of environment steps (summed over the parallel envs)."""
-    seed: int = PRESET
+    seed: int = option(
+        checks.check_nonnegative_int, 0, flag=Flag("--seed", "default: {base}", _LEARNED)
+    )
     """Seeds torch, the environments' resets and the evaluation episodes."""
-    num_envs: int = PRESET
+    num_envs: int = option(
+        checks.check_positive_int,
+        8,
+        flag=Flag("--envs", "parallel environments (default: the preset's)", _LEARNED),
+    )
     """Parallel environments in the vector env."""
-    num_steps: int = PRESET
+    num_steps: int = option(checks.check_positive_int, 128)
     """Steps per environment per rollout; a rollout has ``num_envs * num_steps`` transitions."""
-    vectorization_mode: str = PRESET
+    vectorization_mode: str = option(
+        _choice("sync", "async"),
+        "sync",
+        flag=Flag("--async-envs", "one process per environment", _LEARNED, const="async"),
+    )
     """``sync`` (one process) or ``async`` (a process per env; for slow envs)."""
-    gamma: float = PRESET
+    gamma: float = option(_rate, 0.99)
     """Discount factor."""
-    gae_lambda: float = PRESET
+    gae_lambda: float = option(_rate, 0.95)
     """GAE λ (a2c, ppo, npg); 1.0 is Monte Carlo advantages."""
-    lr: float = PRESET
+    lr: float = option(checks.check_positive, 3e-4)
     """Adam learning rate (of the policy and critic; npg: of the critic only)."""
-    anneal_lr: bool = PRESET
+    anneal_lr: bool = option(checks.check_bool, True)
     """Decay the learning rate linearly to zero at ``total_steps`` (a run extended on resume
     decays from the rate it had reached to zero at the new budget: it never rises)."""
-    hidden: tuple[int, ...] = PRESET
+    hidden: tuple[int, ...] = option(checks.check_int_tuple, (64, 64))
     """Hidden layer sizes of the actor and critic MLPs."""
-    activation: str = PRESET
+    activation: str = option(_choice(*ACTIVATIONS), "tanh")
     """Hidden activation: ``tanh`` or ``relu``."""
-    normalize_obs: bool = PRESET
+    normalize_obs: bool = option(checks.check_bool, False)
     """Normalise observations by a running mean and variance (saved with the policy)."""
-    normalize_rewards: bool = PRESET
+    normalize_rewards: bool = option(checks.check_bool, False)
     """Divide rewards by a running std of the discounted return (value targets on a sane scale)."""
-    log_std_init: float = PRESET
+    log_std_init: float = option(checks.check_finite_number, 0.0)
     """Initial log standard deviation of Gaussian policies (Box actions)."""
-    baseline: str = PRESET
+    baseline: str = option(_choice("none", "mean", "value"), "value")
     """reinforce only: ``none``, ``mean`` (batch mean of returns) or ``value`` (learned critic).
     Without a critic nothing can bootstrap an unfinished episode, so with ``none`` and ``mean``
     every rollout runs on until the episodes it began have ended (``whole_episodes``)."""
-    normalize_advantages: bool = PRESET
+    normalize_advantages: bool = option(checks.check_bool, True)
     """Standardise advantages over each (mini)batch."""
-    ent_coef: float = PRESET
+    ent_coef: float = option(checks.check_nonnegative, 0.0)
     """Entropy bonus coefficient."""
-    vf_coef: float = PRESET
+    vf_coef: float = option(checks.check_nonnegative, 0.5)
     """Weight of the value loss in the combined loss."""
-    max_grad_norm: float = PRESET
+    max_grad_norm: float = option(partial(checks.check_positive, allow_inf=True), 0.5)
     """Clip the global gradient norm to this (``inf`` disables)."""
-    update_epochs: int = PRESET
+    update_epochs: int = option(checks.check_positive_int, 4)
     """ppo: passes over each rollout; npg: critic epochs."""
-    num_minibatches: int = PRESET
+    num_minibatches: int = option(checks.check_positive_int, 4)
     """ppo / npg critic: minibatches per epoch; the valid transitions of a rollout are split
     evenly (sizes differ by at most one)."""
-    clip_eps: float = PRESET
+    clip_eps: float = option(checks.check_positive, 0.2)
     """ppo: clipping range of the probability ratio."""
-    clip_value: float | None = PRESET
+    clip_value: float | None = option(_optional(checks.check_positive), None)
     """ppo: clipping range of the value update (``None``: no value clipping)."""
-    target_kl: float | None = PRESET
+    target_kl: float | None = option(_optional(checks.check_positive), None)
     """ppo: stop the epochs of an update after the first whose mean approx-KL exceeds this
     (``None``: never)."""
-    max_kl: float = PRESET
+    max_kl: float = option(checks.check_positive, 0.01)
     """npg: KL trust region δ of each natural-gradient step."""
-    cg_iters: int = PRESET
+    cg_iters: int = option(checks.check_positive_int, 10)
     """npg: conjugate-gradient iterations."""
-    cg_damping: float = PRESET
+    cg_damping: float = option(checks.check_nonnegative, 0.1)
     """npg: damping added to the Fisher-vector product."""
-    line_search: bool = PRESET
+    line_search: bool = option(checks.check_bool, True)
     """npg: backtracking line search on surrogate and KL (TRPO); ``False`` is plain NPG."""
-    eval_every: int = PRESET
+    eval_every: int = option(
+        checks.check_nonnegative_int,
+        5_000,
+        resume=True,
+        flag=Flag(
+            "--eval-every",
+            "evaluate 20 deterministic episodes every N env steps; 0: never "
+            "(default: the preset's, else {base})",
+            _WATCHED,
+        ),
+    )
     """Evaluate the deterministic policy every this many env steps (0: never)."""
-    eval_episodes: int = PRESET
+    eval_episodes: int = option(checks.check_positive_int, 20, resume=True)
     """Episodes per evaluation (fixed reset seeds)."""
-    stop_at_threshold: bool = PRESET
+    stop_at_threshold: bool = option(
+        checks.check_bool,
+        True,
+        resume=True,
+        flag=Flag(
+            "--no-stop",
+            "keep training after an evaluation reaches the reward threshold",
+            _WATCHED,
+            const=False,
+        ),
+    )
     """Stop once an evaluation reaches ``target_return`` (or the env's reward threshold)."""
-    target_return: float | None = PRESET
+    target_return: float | None = option(_optional(checks.check_finite_number), None, resume=True)
     """Return that counts as solved; ``None`` uses the env spec's ``reward_threshold``."""
-    checkpoint_every: int = PRESET
+    checkpoint_every: int = option(checks.check_positive_int, 50_000, resume=True)
     """Write a checkpoint every this many env steps (rounded up to whole rollouts), and at the end.
     Checkpoints leave the environments alone; a resumed run resets them with seeds derived from
     (seed, update), so resuming a checkpoint is deterministic."""
-    out: str = PRESET
+    out: str = option(
+        checks.check_not_a_file,
+        "runs",
+        flag=Flag("--out", "parent directory of the run directory (default: {base})", _WATCHED),
+    )
     """Parent directory of the run directory."""
-    run_name: str | None = PRESET
+    run_name: str | None = option(_optional(checks.check_path_name), None)
     """Name of the run directory; ``None`` gives ``{env}-{algo}-{seed}`` (characters other than
     letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``)."""
-    tensorboard: bool = PRESET
+    tensorboard: bool = option(checks.check_bool, True, resume=True)
     """Write TensorBoard events when ``tensorboard`` is installed."""
-    torch_threads: int = PRESET
+    torch_threads: int = option(checks.check_positive_int, 1)
     """``torch.set_num_threads`` for the run; small networks are fastest single-threaded."""
-    progress: bool = PRESET
+    progress: bool = option(
+        checks.check_bool,
+        True,
+        resume=True,
+        flag=Flag("--no-progress", "no progress bar", _WATCHED, const=False),
+    )
     """Show a rich progress bar."""
-    plot: bool = PRESET
+    plot: bool = option(checks.check_bool, True, resume=True)
     """Draw the learning curve (``curve.png`` in the run directory) at the end of the run."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = option(_json_dict, factory=dict)  # noqa: RUF009  (a field())
     """Free-form notes stored with the config (not used by training)."""
-    workers: int = 0
+    workers: int = option(
+        checks.check_nonnegative_int,
+        default=0,
+        resume=True,
+        flag=Flag("--workers", "Ray rollout workers sharing --envs (default: 0, none)", _SCALE),
+    )
     """Ray rollout workers (0: collect in this process). ``num_envs`` is the total: each worker
     steps ``num_envs / workers`` of them (must divide), so the update is the one of the
     in-process run with the same config (:mod:`logtrick.rl.workers`)."""
-    ray_address: str | None = None
+    ray_address: str | None = option(
+        _optional(checks.check_nonempty_str),
+        default=None,
+        resume=True,
+        flag=Flag(
+            "--ray-address", "Ray cluster to join: auto or HOST:PORT (with --workers)", _SCALE
+        ),
+    )
     """With ``workers``: the Ray cluster to join (``"auto"`` or ``"HOST:PORT"``); ``None`` starts
     a local runtime when none is running."""
-    device: str = "cpu"
+    device: str = option(
+        _choice(*DEVICES),
+        default="cpu",
+        resume=True,
+        flag=Flag("--device", "learner device, default cpu", _SCALE, choices=DEVICES),
+    )
     """Where the learner runs: ``"cpu"``, ``"cuda"`` or ``"auto"`` (cuda when available);
     rollouts stay on the CPU."""
+    worker_timeout_s: float = option(
+        checks.check_positive,
+        default=120.0,
+        resume=True,
+        flag=Flag(
+            "--worker-timeout", "seconds a worker may take per rollout (default 120)", _SCALE
+        ),
+    )
+    """Seconds a Ray worker may take for one rollout before it is killed and restarted (RLlib's
+    ``sample_timeout_s``); raise it for slow simulators."""
+    worker_restarts: int = option(
+        checks.check_nonnegative_int,
+        default=3,
+        resume=True,
+        flag=Flag("--worker-restarts", "restarts of a failing worker in a row (default 3)", _SCALE),
+    )
+    """Restarts of one Ray worker in a row (no rollout in between) before it counts as lost
+    (RLlib's ``max_num_env_runner_restarts``; 0: a failure is not retried)."""
+    worker_failure: str = option(
+        _choice("stop", "continue"),
+        default="stop",
+        resume=True,
+        flag=Flag(
+            "--worker-failure",
+            "when a worker is lost: stop (with a checkpoint) or continue with fewer workers",
+            _SCALE,
+            choices=("stop", "continue"),
+        ),
+    )
+    """When a Ray worker is lost: ``"stop"`` ends the run (the last good checkpoint kept), or
+    ``"continue"`` goes on with the other workers' envs (RLlib's ``ignore_env_runner_failures``)."""
+    dist_timeout_s: float = option(
+        checks.check_positive,
+        default=600.0,
+        resume=True,
+        flag=Flag(
+            "--dist-timeout", "seconds torchrun ranks wait for each other (default 600)", _SCALE
+        ),
+    )
+    """Seconds a torchrun rank waits for the others in a collective before it ends the run with a
+    one-line error (torch's default is 30 minutes)."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()
@@ -213,7 +376,7 @@ class Config:
             )
         algo = None if self.algo is PRESET else self.algo
         fields = {k: v for k, v in given.items() if k not in ("env", "algo") and v is not PRESET}
-        values = resolve(env, algo, fields)
+        values = resolve(env, algo, fields, BASE)
         for name in unset:
             object.__setattr__(self, name, values[name])
 
@@ -258,52 +421,35 @@ class Config:
         return cls(**d)
 
 
-def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    """``check`` for a value that may also be ``None``."""
-    return lambda name, value: None if value is None else check(name, value)
+def preset(
+    env: str | gym.Env | Callable[[], gym.Env] = "CartPole-v1",
+    algo: str | None = None,
+    **overrides: Any,
+) -> Config:
+    """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
+    defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
+    with ``overrides`` applied last; :func:`~logtrick.rl.presets.resolve` says how. ``algo=None``
+    is :func:`~logtrick.rl.presets.default_algo` of ``env``. ``preset(env, algo, **f) ==
+    Config(env=env, algo=algo, **f)`` for an env id; an instance or factory is described by
+    :func:`~logtrick.rl.presets.describe_env`."""
+    return Config(**resolve(env, algo, overrides, BASE))
 
 
-def _rate(name: str, value: object) -> float:
-    return checks.check_in_range(name, value, 0.0, 1.0)
-
-
-def _json_dict(name: str, value: object) -> dict[str, Any]:
-    return checks.check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
-
-
-def _choice(*choices: object) -> Callable[[str, Any], Any]:
-    return lambda name, value: checks.check_choice(name, value, choices)
-
-
-FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "env": checks.check_nonempty_str, "algo": _choice(*ALGOS),
-    "total_steps": checks.check_positive_int, "seed": checks.check_nonnegative_int,
-    "num_envs": checks.check_positive_int, "num_steps": checks.check_positive_int,
-    "vectorization_mode": _choice("sync", "async"), "gamma": _rate,
-    "gae_lambda": _rate, "lr": checks.check_positive, "anneal_lr": checks.check_bool,
-    "hidden": checks.check_int_tuple, "activation": _choice(*ACTIVATIONS),
-    "normalize_obs": checks.check_bool, "normalize_rewards": checks.check_bool,
-    "log_std_init": checks.check_finite_number,
-    "baseline": _choice("none", "mean", "value"),
-    "normalize_advantages": checks.check_bool, "ent_coef": checks.check_nonnegative,
-    "vf_coef": checks.check_nonnegative,
-    "max_grad_norm": partial(checks.check_positive, allow_inf=True),
-    "update_epochs": checks.check_positive_int, "num_minibatches": checks.check_positive_int,
-    "clip_eps": checks.check_positive, "clip_value": _optional(checks.check_positive),
-    "target_kl": _optional(checks.check_positive), "max_kl": checks.check_positive,
-    "cg_iters": checks.check_positive_int, "cg_damping": checks.check_nonnegative,
-    "line_search": checks.check_bool, "eval_every": checks.check_nonnegative_int,
-    "eval_episodes": checks.check_positive_int, "stop_at_threshold": checks.check_bool,
-    "target_return": _optional(checks.check_finite_number),
-    "checkpoint_every": checks.check_positive_int, "out": checks.check_not_a_file,
-    "run_name": _optional(checks.check_path_name), "tensorboard": checks.check_bool,
-    "torch_threads": checks.check_positive_int, "progress": checks.check_bool,
-    "plot": checks.check_bool, "extra": _json_dict,
-    "workers": checks.check_nonnegative_int, "ray_address": _optional(checks.check_nonempty_str),
-    "device": _choice("cpu", "cuda", "auto"),
-}  # fmt: skip
+_FIELDS = dataclasses.fields(Config)
+FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {f.name: f.metadata["check"] for f in _FIELDS}
 """The check of every Config field: ``check(name, value) -> value`` (converted, e.g. a list of
 hidden sizes to a tuple); ``TypeError`` / ``ValueError`` naming the field otherwise."""
+BASE: dict[str, Any] = {
+    f.name: f.metadata["base"] for f in _FIELDS if f.metadata["base"] is not _NO_BASE
+}
+"""The value of every field left to the presets that neither the caller nor the env's preset or
+defaults set. A new run evaluates 20 deterministic episodes every 5,000 env steps and stops once
+they reach the env's reward threshold."""
+RESUME_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELDS if f.metadata["resume"])
+"""Fields a resumed run may change: when it stops, evaluates and checkpoints, what it shows, and
+where it runs. Every other field defines what is learned and must equal the saved config."""
+FLAGS: dict[str, Flag] = {f.name: f.metadata["flag"] for f in _FIELDS if f.metadata["flag"]}
+"""Field name -> its ``logtrick train`` option."""
 
 
 def _literal(text: str) -> Any:
@@ -405,11 +551,13 @@ def fields_help(indent: str = "    ", width: int = 88) -> str:
     """Every field with its type, fallback value and docstring (wrapped to ``width``)."""
     import textwrap
 
-    fallbacks = {"env": "'CartPole-v1'", "algo": "the env's: npg on CartPole-v1, else ppo",
-                 "extra": "{}"}  # fmt: skip
+    fallbacks = {"algo": "the env's: npg on CartPole-v1, else ppo", "extra": "{}"}
     lines = []
-    for f in dataclasses.fields(Config):
-        default = fallbacks.get(f.name, f"preset, else {BASE.get(f.name)!r}")
+    for f in _FIELDS:
+        if f.name in fallbacks:
+            default = fallbacks[f.name]
+        else:
+            default = f"preset, else {BASE[f.name]!r}" if f.default is PRESET else repr(f.default)
         lines.append(f"{f.name} ({f.type}; default: {default})")
         doc = FIELD_DOCS.get(f.name, "")
         lines += textwrap.wrap(doc, width, initial_indent=indent, subsequent_indent=indent)

@@ -128,11 +128,13 @@ def env_facts(env: str | gym.Env | Callable[[], gym.Env]) -> EnvFacts:
     """
     if isinstance(env, gym.vector.VectorEnv):
         spec = env.spec
-        return EnvFacts(env.single_observation_space, env.single_action_space,
-                        _limit(spec), _threshold(spec))  # fmt: skip
+        return EnvFacts(
+            env.single_observation_space, env.single_action_space, _limit(spec), _threshold(spec)
+        )
     if isinstance(env, gym.Env):
-        return EnvFacts(env.observation_space, env.action_space, _limit(env.spec),
-                        _threshold(env.spec))  # fmt: skip
+        return EnvFacts(
+            env.observation_space, env.action_space, _limit(env.spec), _threshold(env.spec)
+        )
     if isinstance(env, str):
         from logtrick.checks import check_env_id
 

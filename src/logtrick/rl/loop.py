@@ -1,15 +1,17 @@
-r"""The algorithm: sample trajectories, compute the policy gradient, update the policy.
+r"""The training loop: sample trajectories, compute the policy gradient, update the policy.
 
 One flat loop, :func:`run_loop`, serves ``reinforce``, ``a2c``, ``ppo`` and ``npg``: collect a
 rollout (:class:`~logtrick.rl.rollout.Collector`), update (:func:`~logtrick.rl.update.update`,
-where the algorithms differ), log, evaluate, call back, checkpoint. :class:`~logtrick.rl.Agent`
-is its one caller (``rl.train``, ``rl.load`` and the CLI go through the Agent). Shapes: rollouts
+where the algorithms differ), log, evaluate, call back, checkpoint. It runs what
+:mod:`logtrick.rl.build` assembled; :class:`~logtrick.rl.Agent` is its one caller (``rl.train``,
+``rl.load`` and the CLI go through the Agent). Shapes: rollouts
 are time-major, ``(T, B)`` = ``(num_steps, num_envs)``.
 
 Nothing is lost and nothing fails silently:
 
-* a config is checked when it is made, and the envs, policy and collector are built before the
-  run directory is created, so bad input leaves nothing behind;
+* a config is checked when it is made, and the envs, policy and collector are built
+  (:mod:`logtrick.rl.build`) before the run directory is created, so bad input leaves nothing
+  behind;
 * one process writes a run directory at a time (:func:`~logtrick.rl.runs.lock_run_dir`);
 * an update that produces NaN or inf stops the run with a
   :class:`~logtrick.rl.errors.DivergenceError` before anything of it is logged or saved: the last
@@ -29,70 +31,23 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-import torch
 
 from logtrick.rl import distributed, runs
-from logtrick.rl.checkpoint import (  # noqa: F401  (restore: the tests reach it here)
-    Counters,
-    checkpoint_state,
-    load_config,
-    restore,
-)
+from logtrick.rl.checkpoint import Counters, checkpoint_state
 from logtrick.rl.config import Config
+from logtrick.rl.envs import make_env
 from logtrick.rl.errors import DivergenceError, WorkerError
-from logtrick.rl.learner import Learner, RewardScale
+from logtrick.rl.learner import Learner
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
-from logtrick.rl.rollout import Collector, make_env
 from logtrick.rl.update import update
 
-__all__ = ["TrainResult", "evaluate", "load_config", "make_learner", "run_loop", "train"]
-
-
-@dataclass
-class TrainResult:
-    """What ``train`` returns."""
-
-    policy: ActorCritic
-    history: list[dict[str, float]]
-    run_dir: Path
-    solved_at_step: int | None = None
-    """First env step at which an evaluation reached the target return (``None``: never)."""
-    solved_at_time: float | None = None
-    """Training wall-clock (s, evaluation excluded) at that evaluation."""
-    interrupted: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def build_policy(config: Config, env: Any) -> ActorCritic:
-    return ActorCritic(
-        env.single_observation_space,
-        env.single_action_space,
-        hidden=config.hidden,
-        activation=config.activation,
-        critic=config.uses_critic,
-        normalize_obs=config.normalize_obs,
-        log_std_init=config.log_std_init,
-    )
-
-
-def target_return(config: Config, env: Any) -> float | None:
-    """The return that counts as solved: ``config.target_return``, else the reward threshold
-    of ``env`` (an id, instance or factory; ``None`` when it has none)."""
-    if config.target_return is not None:
-        return config.target_return
-    from logtrick.rl.defaults import env_facts
-
-    try:
-        return env_facts(env).reward_threshold
-    except (ValueError, gym.error.Error):
-        return None
+__all__ = ["Callback", "Session", "evaluate", "floats", "run_loop"]
 
 
 def evaluate(
@@ -124,12 +79,6 @@ def evaluate(
     finally:
         envs.close()
     return float(totals.mean()), float(totals.std())
-
-
-def _reset_seeds(config: Config, update_index: int) -> list[int]:
-    """Reset seeds of the training envs after checkpoint ``update_index`` (0: the start)."""
-    base = config.seed * 1_000_003 + update_index * 7_919
-    return [base + i for i in range(config.num_envs)]
 
 
 def _progress(config: Config) -> Any:
@@ -178,46 +127,6 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def make_learner(config: Config, envs: Any, policy: torch.nn.Module | None = None) -> Learner:
-    """Seed torch, build the policy (or wrap the user's ``policy``, see
-    :class:`~logtrick.rl.module_policy.ModulePolicy`) and its optimizer (npg steps only the
-    critic with it)."""
-    torch.set_num_threads(config.torch_threads)
-    torch.manual_seed(config.seed)
-    if policy is None:
-        policy = build_policy(config, envs)
-    elif not isinstance(policy, ActorCritic):
-        from logtrick.rl.module_policy import ModulePolicy
-
-        policy = ModulePolicy(policy, envs.single_observation_space, envs.single_action_space,
-                              config)  # fmt: skip
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5, fused=True)
-    scale = RewardScale(config.gamma) if config.normalize_rewards else None
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    # ModulePolicy duck-types ActorCritic's learner-facing methods (no shared Protocol yet)
-    return Learner(config, policy, optimizer, generator, scale)  # type: ignore[arg-type]
-
-
-def new_collector(learner: Learner, envs: Any, counters: Counters, source: Any = None) -> Any:
-    """The collector, its envs reset with the seeds of ``counters.update``: in this process,
-    this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
-    config = learner.config
-    seeds = _reset_seeds(config, counters.update)
-    if config.workers:
-        try:
-            from logtrick.rl.workers import RayCollector  # Ray is imported only here
-        except ImportError as err:
-            raise ValueError(f"workers: {config.workers} Ray workers need Ray ({err}); "
-                             "pip install 'logtrick[distributed]'") from err  # fmt: skip
-        return RayCollector(config, learner.policy, seeds, counters.update, env=source)
-    ranks = distributed.ranks_from_env()
-    device = next(learner.policy.parameters()).device
-    collector = Collector(envs, learner.policy, config.num_steps, device=device,
-                          whole_episodes=config.whole_episodes)  # fmt: skip
-    collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
-    return distributed.RankCollector(collector, learner.policy)  # one policy state per iteration
-
-
 Callback = Callable[[dict[str, float]], Any]
 """``fn(metrics) -> bool``: called with each update's logged row; a true result stops training."""
 
@@ -229,13 +138,13 @@ class Session:
 
     learner: Learner
     collector: Any
-    """Anything with ``collect() -> Rollout`` (:func:`new_collector`)."""
+    """Anything with ``collect() -> Rollout`` (:func:`~logtrick.rl.build.new_collector`)."""
     counters: Counters
     env: Any
     run_dir: Path
     history: list[dict[str, float]]
     target: float | None
-    """The return that counts as solved (:func:`target_return`)."""
+    """The return that counts as solved (:func:`~logtrick.rl.build.target_return`)."""
 
 
 def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
@@ -252,8 +161,9 @@ def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
     finally:
         logger.close()
     if config.plot:
-        runs.plot_learning_curve(s.history, s.run_dir / runs.CURVE, title=config.name,
-                                 threshold=s.target)  # fmt: skip
+        runs.plot_learning_curve(
+            s.history, s.run_dir / runs.CURVE, title=config.name, threshold=s.target
+        )
     return interrupted
 
 
@@ -275,8 +185,9 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
     target, saved_at = s.target, c.update
     recent = deque(c.recent, maxlen=20)
     with _StopFlag() as stop, _progress(config) as bar:
-        task = bar.add_task("train", total=config.total_steps, completed=c.global_step,
-                            sps="-", ret="-")  # fmt: skip
+        task = bar.add_task(
+            "train", total=config.total_steps, completed=c.global_step, sps="-", ret="-"
+        )
         while c.global_step < config.total_steps:
             try:
                 row = _one_update(s, recent, target, saved_at)
@@ -288,8 +199,12 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
                 raise distributed.rank_failed(err, c.update, saved_at) from None
             logger.log(row)
             s.history.append(row)
-            bar.update(task, completed=c.global_step, sps=f"{row['sps']:.0f}",
-                       ret=f"{row['episode_return']:.1f}")  # fmt: skip
+            bar.update(
+                task,
+                completed=c.global_step,
+                sps=f"{row['sps']:.0f}",
+                ret=f"{row['episode_return']:.1f}",
+            )
             solved = config.stop_at_threshold and row["eval_return"] >= (target or math.inf)
             asked = callback is not None and bool(callback(dict(row)))
             done = stop.requested or asked or solved or c.global_step >= config.total_steps
@@ -321,11 +236,17 @@ def _one_update(
     recent.extend(zip(ro.episode_returns, ro.episode_lengths))
     c.recent = list(recent)
     returns, lengths = [r for r, _ in recent], [n for _, n in recent]
-    return {"update": c.update, "global_step": c.global_step, "time": c.train_time,
-            "sps": steps / dt, "lr": lr,
-            "episode_return": float(np.mean(returns)) if recent else math.nan,
-            "episode_length": float(np.mean(lengths)) if recent else math.nan,
-            "eval_return": _maybe_evaluate(s, target, steps), **info}  # fmt: skip
+    return {
+        "update": c.update,
+        "global_step": c.global_step,
+        "time": c.train_time,
+        "sps": steps / dt,
+        "lr": lr,
+        "episode_return": float(np.mean(returns)) if recent else math.nan,
+        "episode_length": float(np.mean(lengths)) if recent else math.nan,
+        "eval_return": _maybe_evaluate(s, target, steps),
+        **info,
+    }
 
 
 def _worker_failed(s: Session, err: WorkerError) -> WorkerError:
@@ -364,32 +285,3 @@ def _maybe_evaluate(s: Session, target: float | None, steps: int) -> float:
     if target is not None and mean >= target and c.solved_at_step < 0:
         c.solved_at_step, c.solved_at_time = c.global_step, c.train_time
     return mean
-
-
-def train(config: Config | None = None, resume: str | Path | None = None) -> TrainResult:
-    """Train a policy as ``config`` says (``Agent.from_config(config).learn()``).
-
-    ``resume`` continues the run in that directory from its last checkpoint. ``config`` may then
-    be omitted (the saved config is used) or differ from the saved one only in
-    :data:`~logtrick.rl.config.RESUME_FIELDS` (e.g. a larger ``total_steps`` extends the run);
-    anything else is a ``ValueError``. A first Ctrl-C stops at the end of the current update and
-    writes a checkpoint.
-
-    Raises:
-        ValueError: bad or conflicting settings, unknown env id (before anything is written).
-        UnsupportedSpaceError: an observation or action space the policy cannot handle.
-        RunLockedError: another process is writing to the run directory.
-        CheckpointError: ``resume`` has no usable checkpoint.
-        DivergenceError: the loss, a gradient or the parameters became NaN or inf.
-    """
-    from logtrick.rl.agent import Agent, resume_agent  # the Agent drives this module's loop
-
-    agent = (
-        resume_agent(Path(resume), config)
-        if resume is not None
-        else Agent.from_config(config or Config())
-    )
-    try:
-        return agent.learn().result
-    finally:
-        agent.close()

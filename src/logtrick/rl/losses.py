@@ -23,21 +23,13 @@ from torch import Tensor
 
 from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_aligned, check_positive, check_same_shape, check_tensor
-from logtrick.rl.npg import (  # re-exported: DESIGN maps the idea to losses.py
-    conjugate_gradient,
-    fisher_vector_product,
-    natural_gradient,
-)
 from logtrick.surrogates import approx_kl, clipped_surrogate
 
 __all__ = [
     "advantage_moments",
-    "conjugate_gradient",
     "entropy_bonus",
     "explained_variance",
-    "fisher_vector_product",
     "masked_mean",
-    "natural_gradient",
     "normalize_advantages",
     "ppo_clip_loss",
     "reinforce_loss",

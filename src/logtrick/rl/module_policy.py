@@ -37,8 +37,9 @@ from logtrick.rl.masks import mask_logits
 __all__ = ["ModulePolicy", "check_policy_module"]
 
 
-def check_policy_module(module: object, observation_space: spaces.Space, action_space: spaces.Space,
-                        algo: str = "ppo") -> None:  # fmt: skip
+def check_policy_module(
+    module: object, observation_space: spaces.Space, action_space: spaces.Space, algo: str = "ppo"
+) -> None:
     """Check that ``module`` has the interface of the module docstring, by calling it on two
     sampled observations.
 
@@ -56,14 +57,17 @@ def check_policy_module(module: object, observation_space: spaces.Space, action_
             "distribution(obs) -> torch.distributions.Distribution and value(obs) -> (N,) tensor"
             + (" (and actor_parameters() for npg)" if algo == "npg" else "")
         )
-    obs = torch.as_tensor(np.stack([observation_space.sample() for _ in range(2)]),
-                          dtype=torch.float32)  # fmt: skip
+    obs = torch.as_tensor(
+        np.stack([observation_space.sample() for _ in range(2)]), dtype=torch.float32
+    )
     net: Any = module  # duck-typed: its distribution and value were checked just above
     with torch.no_grad():
         dist, value = net.distribution(obs), net.value(obs)
     if not isinstance(dist, Distribution):
-        raise TypeError(f"policy: distribution(obs) returned {type(dist).__name__}, expected a "
-                        "torch.distributions.Distribution")  # fmt: skip
+        raise TypeError(
+            f"policy: distribution(obs) returned {type(dist).__name__}, expected a "
+            "torch.distributions.Distribution"
+        )
     shape = tuple(action_space.shape or ())
     if tuple(dist.batch_shape) != (2,) or tuple(dist.event_shape) != shape:
         raise ValueError(
@@ -73,8 +77,10 @@ def check_policy_module(module: object, observation_space: spaces.Space, action_
         )
     if not isinstance(value, Tensor) or tuple(value.shape) != (2,):
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"policy: value(obs) of obs {tuple(obs.shape)} returned {got}, expected "
-                         "a tensor of shape (2,)")  # fmt: skip
+        raise ValueError(
+            f"policy: value(obs) of obs {tuple(obs.shape)} returned {got}, expected "
+            "a tensor of shape (2,)"
+        )
 
 
 class ModulePolicy(nn.Module):
@@ -91,8 +97,13 @@ class ModulePolicy(nn.Module):
 
     module: Any  # an nn.Module with distribution() and value(), checked by check_policy_module
 
-    def __init__(self, module: nn.Module, observation_space: spaces.Space,
-                 action_space: spaces.Space, config: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        module: nn.Module,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        config: Any,
+    ) -> None:
         super().__init__()
         if config.normalize_obs:
             raise ValueError(

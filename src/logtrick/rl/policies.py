@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,10 @@ from logtrick.checks import check_finite
 from logtrick.rl.masks import check_action_mask, combine_masks, mask_logits, sections
 from logtrick.rl.spaces import ObsLayout, head_size
 
-__all__ = ["ACTIVATIONS", "ActorCritic", "merge_moments"]
+if TYPE_CHECKING:  # config.py imports ACTIVATIONS from here: a type-only import back
+    from logtrick.rl.config import Config
+
+__all__ = ["ACTIVATIONS", "ActorCritic", "build_policy", "merge_moments"]
 
 ACTIVATIONS: dict[str, tuple[type[nn.Module], Callable[[Tensor], Tensor]]] = {  # module, function
     "tanh": (nn.Tanh, torch.tanh),
@@ -449,7 +452,22 @@ class ActorCritic(nn.Module):
             check_action_mask(action_mask, sections(self.action_space), "passed to act")
             action_mask = torch.as_tensor(action_mask, device=device)
         with torch.inference_mode():
-            obs = check_finite("obs", torch.as_tensor(obs, dtype=self._obs_shift.dtype,
-                                                       device=device))  # fmt: skip
+            obs = check_finite(
+                "obs", torch.as_tensor(obs, dtype=self._obs_shift.dtype, device=device)
+            )
             dist = self.distribution(obs, action_mask)
             return self.to_env(self._mode(dist) if deterministic else dist.sample())
+
+
+def build_policy(config: Config, env: Any) -> ActorCritic:
+    """The MLP actor-critic ``config`` describes, for the spaces of the vector env ``env``: the
+    learner's policy and each Ray worker's copy are built here."""
+    return ActorCritic(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden=config.hidden,
+        activation=config.activation,
+        critic=config.uses_critic,
+        normalize_obs=config.normalize_obs,
+        log_std_init=config.log_std_init,
+    )

@@ -8,7 +8,8 @@ configuration for the same arguments. A field not given takes, in this order:
 1. the env's row of :data:`PRESETS` (the algorithm's row over the env's ``"*"`` row), or, for an
    env without a row, the defaults chosen from its spaces and time limit
    (:func:`logtrick.rl.defaults.default_overrides`);
-2. :data:`BASE`, the values every env starts from.
+2. :data:`logtrick.rl.config.BASE`, the values every env starts from (declared with each
+   field).
 
 The algorithm itself, when not given, is :func:`default_algo` of the env. Fields given change the
 rollout's size but not ``num_minibatches``: the minibatches keep the size the preset chose
@@ -23,28 +24,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from logtrick.rl.config import Config
-
 __all__ = [
-    "BASE", "CUSTOM_PREFIX", "DEFAULT_ALGOS", "PRESETS", "default_algo", "describe_env",
-    "is_custom_env", "keep_minibatch_size", "preset", "resolve",
-]  # fmt: skip
+    "ALGOS",
+    "CUSTOM_PREFIX",
+    "DEFAULT_ALGOS",
+    "PRESETS",
+    "default_algo",
+    "describe_env",
+    "is_custom_env",
+    "keep_minibatch_size",
+    "resolve",
+]
 
-BASE: dict[str, Any] = {
-    "total_steps": 200_000, "seed": 0, "num_envs": 8, "num_steps": 128,
-    "vectorization_mode": "sync", "gamma": 0.99, "gae_lambda": 0.95, "lr": 3e-4,
-    "anneal_lr": True, "hidden": (64, 64), "activation": "tanh", "normalize_obs": False,
-    "normalize_rewards": False, "log_std_init": 0.0, "baseline": "value",
-    "normalize_advantages": True, "ent_coef": 0.0, "vf_coef": 0.5, "max_grad_norm": 0.5,
-    "update_epochs": 4, "num_minibatches": 4, "clip_eps": 0.2, "clip_value": None,
-    "target_kl": None, "max_kl": 0.01, "cg_iters": 10, "cg_damping": 0.1, "line_search": True,
-    "eval_every": 5_000, "eval_episodes": 20, "stop_at_threshold": True, "target_return": None,
-    "checkpoint_every": 50_000, "out": "runs", "run_name": None, "tensorboard": True,
-    "torch_threads": 1, "progress": True, "plot": True,
-}  # fmt: skip
-"""The value of every field (but ``env`` and ``extra``) that neither the caller nor the env's
-preset or defaults set. A new run evaluates 20 deterministic episodes every 5,000 env steps and
-stops once they reach the env's reward threshold."""
+ALGOS = ("reinforce", "a2c", "ppo", "npg")
+"""The algorithms, by name: ``Config.algo`` is one of them (their updates:
+:data:`logtrick.rl.update.UPDATES`)."""
 
 CUSTOM_PREFIX = "custom:"
 """How ``Config.env`` starts for an env given as an instance or a factory (not an id)."""
@@ -133,7 +127,10 @@ def describe_env(env: str | gym.Env | Callable[[], gym.Env]) -> str:
 
 
 def resolve(
-    env: str | gym.Env | Callable[[], gym.Env], algo: str | None, fields: dict[str, Any]
+    env: str | gym.Env | Callable[[], gym.Env],
+    algo: str | None,
+    fields: dict[str, Any],
+    base_values: dict[str, Any],
 ) -> dict[str, Any]:
     """The value of every Config field for ``env``, ``algo`` and the ``fields`` given.
 
@@ -142,6 +139,7 @@ def resolve(
             defaults; ``Config.env`` becomes :func:`describe_env` of it).
         algo: the algorithm, ``None`` for :func:`default_algo` of ``env``.
         fields: the fields given by the caller (not checked here: ``Config`` checks them).
+        base_values: what a field falls back to (:data:`logtrick.rl.config.BASE`).
 
     Returns:
         Field name -> value for every field.
@@ -160,34 +158,17 @@ def resolve(
     else:
         if isinstance(env, str):
             check_env_id("env", env)
-        base = default_overrides(env, algo) if algo in ALGO_NAMES else {}
-    merged = keep_minibatch_size({**BASE, **base}, fields)
+        base = default_overrides(env, algo) if algo in ALGOS else {}
+    merged = keep_minibatch_size({**base_values, **base}, fields)
     return {**merged, "env": name, "algo": algo}
 
 
-ALGO_NAMES = ("reinforce", "a2c", "ppo", "npg")
-
-
-def preset(
-    env: str | gym.Env | Callable[[], gym.Env] = "CartPole-v1", algo: str | None = None,
-    **overrides: Any,
-) -> Config:  # fmt: skip
-    """``Config`` for ``env``/``algo``: its ``PRESETS`` row, or for an env without one the
-    defaults chosen from its spaces and time limit (:func:`logtrick.rl.defaults.default_overrides`),
-    with ``overrides`` applied last; :func:`resolve` says how. ``algo=None`` is
-    :func:`default_algo` of ``env``. ``preset(env, algo, **f) == Config(env=env, algo=algo, **f)``
-    for an env id; an instance or factory is described by :func:`describe_env`."""
-    from logtrick.rl.config import Config
-
-    return Config(**resolve(env, algo, overrides))
-
-
 def keep_minibatch_size(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` (holding every field of :data:`BASE`) updated by ``overrides``; where the
-    overrides change the rollout's size (``num_envs``, ``num_steps``) but not
-    ``num_minibatches``, the number of minibatches follows so that their size stays the one the
-    preset chose (at least one minibatch, at most one per transition): shrinking a rollout for a
-    quick run never makes the config invalid."""
+    """``base`` (holding every field of :data:`~logtrick.rl.config.BASE`) updated by
+    ``overrides``; where the overrides change the rollout's size (``num_envs``,
+    ``num_steps``) but not ``num_minibatches``, the number of minibatches follows so that their
+    size stays the one the preset chose (at least one minibatch, at most one per transition):
+    shrinking a rollout for a quick run never makes the config invalid."""
     merged = {**base, **overrides}
     if "num_minibatches" in overrides or not ({"num_envs", "num_steps"} & overrides.keys()):
         return merged

@@ -50,7 +50,7 @@ from logtrick.rl.envs import autoreset_mode, make_env
 from logtrick.rl.masks import check_action_mask, combine_masks, info_action_mask, sections
 from logtrick.rl.spaces import MASK_KEY, ObsLayout
 
-__all__ = ["Collector", "Rollout", "make_env", "next_values_of"]
+__all__ = ["Collector", "Rollout", "next_values_of"]
 
 MAX_RUN_ON = 100_000
 """``whole_episodes``: steps a rollout may run past ``num_steps`` before the episodes still
@@ -148,7 +148,7 @@ class Collector:
     them.
 
     Args:
-        env: a ``VectorEnv``, or anything :func:`make_env` accepts (then one env).
+        env: a ``VectorEnv``, or anything :func:`~logtrick.rl.envs.make_env` accepts (then one env).
         policy: the acting policy, on ``device``.
         num_steps: ``T``, steps per environment per rollout (the least, with
             ``whole_episodes``).

@@ -193,8 +193,9 @@ class MetricsLogger:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        plain = {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
-                 for k, v in config.items()}  # fmt: skip
+        plain = {
+            k: v if isinstance(v, (int, float, str, bool)) else repr(v) for k, v in config.items()
+        }
         metrics = {"episode_return": 0.0, "eval_return": 0.0}  # names only: the scalars log them
         writer = self.tb._get_file_writer()
         for summary in hparams(plain, metrics):

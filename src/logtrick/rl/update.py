@@ -34,12 +34,12 @@ from logtrick.rl.losses import (
     advantage_moments,
     explained_variance,
     masked_mean,
-    natural_gradient,
     normalize_advantages,
     ppo_clip_loss,
     reinforce_loss,
     value_loss,
 )
+from logtrick.rl.npg import natural_gradient
 from logtrick.rl.returns import compute_gae, discounted_returns
 from logtrick.rl.rollout import Rollout, next_values_of
 from logtrick.surrogates import clipped_surrogate

@@ -67,8 +67,12 @@ def record_video(
     check_positive_int("episodes", episodes)
     _check_can_record(env_id)
     directory = Path(directory)
-    env = RecordVideo(gym.make(env_id, render_mode="rgb_array"), str(directory),
-                      episode_trigger=lambda _: True, disable_logger=True)  # fmt: skip
+    env = RecordVideo(
+        gym.make(env_id, render_mode="rgb_array"),
+        str(directory),
+        episode_trigger=lambda _: True,
+        disable_logger=True,
+    )
     try:
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)

@@ -57,9 +57,10 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from logtrick.rl import distributed
 from logtrick.rl.config import Config
 from logtrick.rl.distributed import check_data_parallel, frozen_obs_stats, merge_obs_stats, shard
+from logtrick.rl.envs import make_env
 from logtrick.rl.errors import WorkerError
-from logtrick.rl.policies import ActorCritic
-from logtrick.rl.rollout import Collector, Rollout, make_env
+from logtrick.rl.policies import ActorCritic, build_policy
+from logtrick.rl.rollout import Collector, Rollout
 
 __all__ = ["RayCollector", "RolloutWorker", "WorkerFaults", "merge_rollouts"]
 
@@ -117,8 +118,6 @@ class RolloutWorker:
     def __init__(self, config: dict[str, Any], index: int, seeds: list[int], update: int = 0,
                  restart: int = 0, log: str | None = None, env: Any = None) -> None:  # fmt: skip
         _redirect_stderr(log)
-        from logtrick.rl.loop import build_policy
-
         cfg = Config.from_dict(config)
         torch.set_num_threads(cfg.torch_threads)
         kind = distributed.WORKER_STREAM
