@@ -19,6 +19,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,63 @@ def test_evaluation_runs_once_and_the_logged_episodes_are_all_ranks(outputs: lis
     assert episodes == mine  # every rank sees every rank's episodes
     default = [out["default"] for out in outputs]
     assert [row["global_step"] for row in default[0]] == [1024, 2048]
+
+
+def _torchrun_cli(tmp_path: Path, *args: str, timeout: float = 240) -> tuple[int, list[str]]:
+    """``logtrick ARGS`` on two gloo ranks (:mod:`distributed_faults`); returns torchrun's exit
+    code and each rank's stderr."""
+    src = str(Path(__import__("logtrick").__file__).parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + str(HERE)}
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "--log-dir", str(logs), "--redirects", "3", str(HERE / "distributed_faults.py"),
+           *args]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    stderr = [next(logs.glob(f"**/attempt_0/{r}/stderr.log")).read_text() for r in range(2)]
+    return done.returncode, stderr
+
+
+QUIET = ["--no-progress", "--set", "plot=false", "tensorboard=false", "eval_every=0"]
+
+
+@pytest.mark.slow
+def test_ranks_with_different_configs_are_refused_at_start_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "runs"
+    code, stderr = _torchrun_cli(tmp_path, "train", "CartPole-v1", "--algo", "ppo", "--seed",
+                                 "{rank}", "--out", str(out), *QUIET)  # fmt: skip
+    assert code != 0
+    for text in stderr:
+        lines = [line for line in text.splitlines() if "error:" in line]
+        assert len(lines) == 1 and "Traceback" not in text, text[-2000:]
+        assert "seed: the torchrun ranks run different configurations" in lines[0]
+        assert "rank 0 has seed=0, rank 1 has seed=1" in lines[0]
+    assert not out.exists() or not any(out.rglob("checkpoint.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["Hang", "Die"])
+def test_a_hung_or_dead_rank_ends_the_other_with_one_line_and_the_checkpoint_kept(
+    tmp_path: Path, fault: str
+) -> None:
+    out = tmp_path / "runs"
+    start = time.monotonic()
+    code, stderr = _torchrun_cli(
+        tmp_path, "train", f"distributed_faults:{fault}OnRank1-v0", "--algo", "ppo", "--envs",
+        "4", "--steps", "100000", "--dist-timeout", "5", "--out", str(out), *QUIET,
+        "num_steps=64", "checkpoint_every=1",
+    )  # fmt: skip
+    assert code != 0 and time.monotonic() - start < 200
+    text = stderr[0]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if "error:" in line]
+    if fault == "Hang" or errors:  # a dead rank's peer may be stopped by torchrun first
+        assert len(errors) == 1, text[-2000:]
+        assert "rank 0: another rank died or did not answer" in errors[0]
+        assert "the run directory keeps the checkpoint of update 4" in errors[0]
+    (checkpoint,) = out.rglob("checkpoint.pt")
+    assert checkpoint.stat().st_size > 0
 
 
 def test_one_process_communicates_nothing_and_the_device_is_checked() -> None:

@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,8 +124,28 @@ def init_ranks(config: Config) -> Ranks:
         device = learner_device(config, ranks)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = datetime.timedelta(seconds=config.dist_timeout_s)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    check_same_config(config)
     return ranks
+
+
+def check_same_config(config: Config) -> None:
+    """Refuse, on every rank, a configuration that differs between the ranks (another seed,
+    learning rate or network size would train on silently, or hang in a collective): every
+    rank gathers every rank's config and names the first field that differs."""
+    mine = {k: repr(v) for k, v in config.to_dict().items()}
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, mine)
+    for rank, theirs in enumerate(parts[1:], 1):
+        differ = [k for k in parts[0] if parts[0][k] != theirs.get(k)]
+        if differ:
+            k = differ[0]
+            raise ValueError(
+                f"{k}: the torchrun ranks run different configurations: rank 0 has {k}="
+                f"{parts[0][k]}, rank {rank} has {k}={theirs.get(k)} (differing: "
+                f"{', '.join(differ)}); start every rank with the same arguments"
+            )
 
 
 def shard(seeds: list[int], index: int, parts: int) -> list[int]:
