@@ -193,7 +193,8 @@ def test_evaluation_runs_once_and_the_logged_episodes_are_all_ranks(outputs: lis
     runs = [out["a2c"] for out in outputs]
     assert runs[0]["evaluations"] >= 2 and runs[1]["evaluations"] == 0
     for a, b in zip(runs[0]["history"], runs[1]["history"]):
-        for key in ("eval_return", "episode_return", "global_step"):
+        for key in ("eval_return", "episode_return", "global_step", "episodes",
+                    "episode_return_max"):  # fmt: skip
             assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
     episodes = [len(r["rollout"].episode_returns) for r in runs[0]["rollouts"]]
     mine = [len(r["rollout"].episode_returns) for r in runs[1]["rollouts"]]

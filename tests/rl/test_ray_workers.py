@@ -230,6 +230,17 @@ def test_training_run_survives_a_killed_worker(
         result = train(config)
     assert [row["global_step"] for row in result.history] == [160, 320, 480]
     assert (result.run_dir / "checkpoint.pt").exists()
+    # observable: steps and seconds per worker, restarts, episodes and their return range
+    assert [row["worker_restarts"] for row in result.history] == [0, 1, 1]
+    for row in result.history:
+        assert row["worker0_steps"] == row["worker1_steps"] == 80
+        assert row["worker0_seconds"] > 0 and row["worker1_seconds"] > 0
+        assert row["episodes"] > 0
+        assert row["episode_return_min"] <= row["episode_return_max"]
+    header = (result.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("worker0_steps", "worker1_seconds", "worker_restarts", "episodes",
+                   "episode_return_min", "episode_return_max"):  # fmt: skip
+        assert column in header
 
 
 @pytest.mark.slow
@@ -254,6 +265,23 @@ def test_without_workers_nothing_imports_ray(tmp_path: object) -> None:
 def test_scale_out_fields_are_checked(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _config(**overrides)
+
+
+def test_the_fault_settings_come_from_the_config_and_the_command_line() -> None:
+    from logtrick import cli
+
+    args = cli.build_parser().parse_args(
+        ["train", "CartPole-v1", "--workers", "2", "--worker-timeout", "900",
+         "--worker-restarts", "0", "--worker-failure", "continue", "--dist-timeout", "120"]
+    )  # fmt: skip
+    config = Config(**cli.train_overrides(args))
+    assert WorkerFaults.of(config) == WorkerFaults(900.0, 0, "continue")
+    assert config.dist_timeout_s == 120.0
+    assert WorkerFaults.of(Config()) == WorkerFaults(120.0, 3, "stop")
+    for field, value in (("worker_timeout_s", 0), ("worker_restarts", -1),
+                         ("worker_failure", "retry"), ("dist_timeout_s", -5)):  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            Config(**{field: value})
 
 
 def test_envs_that_do_not_split_over_the_workers_are_refused_before_anything_runs(

@@ -245,7 +245,19 @@ def _one_update(
         "episode_return": float(np.mean(returns)) if recent else math.nan,
         "episode_length": float(np.mean(lengths)) if recent else math.nan,
         "eval_return": _maybe_evaluate(s, target, steps),
+        **episode_metrics(ro.episode_returns),
+        **getattr(s.collector, "metrics", dict)(),  # Ray workers: steps, seconds, restarts
         **info,
+    }
+
+
+def episode_metrics(returns: list[float]) -> dict[str, float]:
+    """The episodes that ended in this iteration (of every rank and worker): how many, and
+    their lowest and highest return (NaN when none ended)."""
+    return {
+        "episodes": float(len(returns)),
+        "episode_return_min": min(returns) if returns else math.nan,
+        "episode_return_max": max(returns) if returns else math.nan,
     }
 
 

@@ -40,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -86,9 +87,8 @@ class WorkerFaults:
 
     @classmethod
     def of(cls, config: Config) -> WorkerFaults:
-        return cls(getattr(config, "worker_timeout_s", cls.timeout_s),
-                   getattr(config, "worker_restarts", cls.restarts),
-                   getattr(config, "worker_failure", cls.on_lost))  # fmt: skip
+        """The config's ``worker_timeout_s``, ``worker_restarts`` and ``worker_failure``."""
+        return cls(config.worker_timeout_s, config.worker_restarts, config.worker_failure)
 
 
 class _StepCollector(Collector):
@@ -308,6 +308,8 @@ class RayCollector:
             self.worker_seconds: dict[int, float] = {}
             """Seconds each worker spent on its last rollout, inside the worker (the rest of
             ``collect`` is Ray: sending the weights, the rollouts back, and merging)."""
+            self.worker_steps: dict[int, int] = {}
+            """Env steps of each worker's last rollout."""
             free = ray.available_resources().get("CPU", 1.0)
             cpus = min(1.0, max(free, 0.01) / config.workers)
             self._actor = ray.remote(num_cpus=cpus, max_restarts=0)(RolloutWorker)
@@ -339,6 +341,7 @@ class RayCollector:
         parts = {w: self._result(w, ref, state_ref) for w, ref in refs.items()}
         done = {w: part for w, part in parts.items() if part is not None}
         self.worker_seconds = {w: seconds for w, (_, seconds) in done.items()}
+        self.worker_steps = {w: part.rewards.numel() for w, (part, _) in done.items()}
         rollout = merge_rollouts([part for part, _ in done.values()])
         merge_obs_stats(self.policy, rollout.obs)
         self.iteration += 1
@@ -366,6 +369,16 @@ class RayCollector:
             if failures:
                 self._note(w, failures, time.perf_counter() - start)
             return cast(Rollout, part), seconds
+
+    def metrics(self) -> dict[str, float]:
+        """What the run logs of the workers each iteration: steps and seconds of each worker's
+        last rollout (NaN for a lost worker), restarts so far, workers still running."""
+        row = {"workers_alive": float(len(self.workers)), "worker_restarts": float(sum(
+            self.restart_counts))}  # fmt: skip
+        for w in range(self.config.workers):
+            row[f"worker{w}_steps"] = float(self.worker_steps.get(w, math.nan))
+            row[f"worker{w}_seconds"] = self.worker_seconds.get(w, math.nan)
+        return row
 
     def _restart(self, w: int) -> Any:
         """A fresh actor for worker ``w``, its envs reset with seeds of (iteration, restart)."""
