@@ -121,3 +121,24 @@ def test_llm_grpo_lifts_accuracy_from_a_weak_start(
         assert r["after"] > r["before"] + 0.3, r["method"]
     assert any("accuracy" in line for line in capsys.readouterr().out.splitlines())
     assert (tmp_path / "llm_grpo.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_tune_example_runs_two_asha_trials_each_an_agent_reporting_eval_returns(
+    tmp_path: Path,
+) -> None:
+    ray = pytest.importorskip("ray")
+    import tempfile
+
+    # a private local runtime (no other process finds it with address="auto"), ended after
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ray-"))  # fmt: skip
+    try:
+        result = load("tune_rl").main(quick=True, out_dir=tmp_path)
+    finally:
+        ray.shutdown()
+    assert result["errors"] == []
+    assert len(result["returns"]) == 2
+    assert all(np.isfinite(r) and r >= 8 for r in result["returns"])  # an episode lasts >= 8
+    assert result["best_return"] == max(result["returns"])
+    assert set(result["best_config"]) == {"lr", "num_steps", "ent_coef"}
