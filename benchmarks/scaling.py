@@ -89,7 +89,7 @@ def _iterate(collector: object, learner: object, iterations: int) -> tuple[float
         update(learner, ro)
         collect.append(t1 - t0)
         upd.append(clock() - t1)
-        inside.append(max(getattr(collector, "worker_seconds", [t1 - t0])))
+        inside.append(max(getattr(collector, "worker_seconds", {0: t1 - t0}).values()))
     return statistics.median(collect), statistics.median(upd), statistics.median(inside)
 
 
