@@ -187,6 +187,29 @@ def test_a_restarted_worker_and_a_resumed_run_draw_fresh_streams_reproducibly() 
         resumed.close()
 
 
+@pytest.mark.slow
+def test_overlap_collects_each_rollout_with_the_weights_of_one_update_before() -> None:
+    config = _config(overlap=True)
+    old = _fixed_policy(config)
+    local = RankCollector(Collector(make_env(config.env, num_envs=4), old, config.num_steps), old)
+    local.collector.reset(seed=SEEDS)
+    policy = _fixed_policy(config)
+    remote = RayCollector(config, policy, SEEDS)
+    try:
+        _assert_same(remote.collect(), local.collect())
+        with torch.no_grad():  # "the update": the deterministic actions flip
+            policy.actor[-1].weight.neg_()
+            policy.actor[-1].bias.neg_()
+        lagged = remote.collect()  # started before the update: the old weights
+        _assert_same(lagged, local.collect())
+        flipped = remote.collect()  # started after it
+        want = local.collect()
+        assert not torch.equal(flipped.actions, want.actions)
+    finally:
+        remote.close()
+        local.collector.env.close()
+
+
 def _kill(collector: RayCollector, w: int) -> None:
     pid = ray.get(collector.workers[w].pid.remote())  # type: ignore[union-attr]
     os.kill(pid, signal.SIGKILL)
@@ -287,6 +310,8 @@ def test_the_fault_settings_come_from_the_config_and_the_command_line() -> None:
 def test_envs_that_do_not_split_over_the_workers_are_refused_before_anything_runs(
     tmp_path: object,
 ) -> None:
+    with pytest.raises(ValueError, match="overlap: collecting during the update needs Ray"):
+        train(_config(workers=0, overlap=True, out=str(tmp_path)))
     config = _config(num_envs=3, out=str(tmp_path))
     with pytest.raises(ValueError, match="num_envs: 3 envs cannot be split evenly over 2"):
         train(config)
@@ -371,7 +396,7 @@ def test_an_env_factory_the_workers_cannot_load_is_refused_before_any_worker_sta
 
 def test_a_ray_address_nothing_answers_fails_in_stated_time_naming_it() -> None:
     code = (
-        "import time; from logtrick.rl.workers import connect, RAY_CONNECT_S\n"
+        "import time; from logtrick.rl.ray_setup import connect, RAY_CONNECT_S\n"
         "t = time.monotonic()\n"
         "try:\n    connect('127.0.0.1:1')\nexcept ConnectionError as err:\n"
         "    print(f'{time.monotonic() - t:.1f}', RAY_CONNECT_S, err)\n"

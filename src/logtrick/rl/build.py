@@ -67,6 +67,8 @@ def new_collector(learner: Learner, envs: Any, counters: Counters, source: Any =
     this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     config = learner.config
     seeds = reset_seeds(config, counters.update)
+    if config.overlap and not config.workers:
+        raise ValueError("overlap: collecting during the update needs Ray workers (--workers)")
     if config.workers:
         try:
             from logtrick.rl.workers import RayCollector  # Ray is imported only here

@@ -340,6 +340,20 @@ class Config:
     )
     """When a Ray worker is lost: ``"stop"`` ends the run (the last good checkpoint kept), or
     ``"continue"`` goes on with the other workers' envs (RLlib's ``ignore_env_runner_failures``)."""
+    overlap: bool = option(
+        checks.check_bool,
+        default=False,
+        flag=Flag(
+            "--overlap",
+            "workers collect the next rollout during the update (lag 1)",
+            _SCALE,
+            const=True,
+        ),
+    )
+    """With ``workers``: dispatch the next rollout before the update of this one, so collection
+    and update overlap; each rollout is then collected by the policy of one update before (a
+    policy lag of 1, which ppo's importance ratio accounts for when the log-probabilities are not
+    re-evaluated, i.e. without observation normalisation)."""
     dist_timeout_s: float = option(
         checks.check_positive,
         default=600.0,

@@ -61,6 +61,7 @@ from logtrick.rl.distributed import check_data_parallel, frozen_obs_stats, merge
 from logtrick.rl.envs import make_env
 from logtrick.rl.errors import WorkerError
 from logtrick.rl.policies import ActorCritic, build_policy
+from logtrick.rl.ray_setup import check_env_for_workers, connect, env_label, redirect_stderr
 from logtrick.rl.rollout import Collector, Rollout
 
 __all__ = ["RayCollector", "RolloutWorker", "WorkerFaults", "merge_rollouts"]
@@ -117,7 +118,7 @@ class RolloutWorker:
 
     def __init__(self, config: dict[str, Any], index: int, seeds: list[int], update: int = 0,
                  restart: int = 0, log: str | None = None, env: Any = None) -> None:  # fmt: skip
-        _redirect_stderr(log)
+        redirect_stderr(log)
         cfg = Config.from_dict(config)
         torch.set_num_threads(cfg.torch_threads)
         kind = distributed.WORKER_STREAM
@@ -153,29 +154,6 @@ class RolloutWorker:
         return os.getpid()
 
 
-def _redirect_stderr(log: str | None) -> None:
-    """Send this process's stderr (and a fatal signal's traceback) to ``log``, so the learner
-    can quote why the worker died; nothing when the file cannot be made (another node)."""
-    if log is None:
-        return
-    try:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError:
-        return
-    os.dup2(fd, 2)
-    os.close(fd)
-    import faulthandler
-
-    faulthandler.enable()
-
-
-def env_label(env: Any) -> str:
-    """An env id, or the name of a factory or env class (for messages)."""
-    if isinstance(env, str):
-        return env
-    return getattr(env, "__qualname__", None) or type(env).__name__
-
-
 def merge_rollouts(parts: list[Rollout]) -> Rollout:
     """``W`` rollouts of ``(T, E)`` as one ``(T, W E)`` rollout: envs side by side, in worker order.
 
@@ -201,75 +179,6 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
         episode_returns=[r for p in parts for r in p.episode_returns],
         episode_lengths=[n for p in parts for n in p.episode_lengths],
     )
-
-
-RAY_CONNECT_S = 15.0
-"""Seconds ``ray_address`` may take to answer before the run fails naming it."""
-
-
-def connect(address: str | None) -> str | None:
-    """Join the Ray runtime at ``address``, or start a private local one (``None``); returns the
-    temp dir of a runtime it started (to remove at :meth:`RayCollector.close`), else ``None``.
-    A ``HOST:PORT`` that does not answer within :data:`RAY_CONNECT_S` is an error."""
-    if ray.is_initialized():
-        return None
-    if address and address != "auto" and "://" not in address:
-        _probe(address, RAY_CONNECT_S)
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        return None
-    temp = tempfile.mkdtemp(prefix="ray-")  # private: no other process finds it with "auto"
-    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    return temp
-
-
-def _probe(address: str, wait_s: float) -> None:
-    """Fail with a ``ConnectionError`` naming ``address`` unless its port accepts a connection
-    within ``wait_s`` (Ray itself retries for ever)."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    deadline, last = time.monotonic() + wait_s, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2.0):
-                return
-        except (OSError, ValueError) as err:
-            last = str(err)
-        time.sleep(0.5)
-    raise ConnectionError(f"ray_address: nothing answers at {address!r} within {wait_s:g} s "
-                          f"({last}); start a cluster there (ray start --head) or leave "
-                          "ray_address unset for a local runtime")  # fmt: skip
-
-
-def check_env_for_workers(env: Any) -> None:
-    """Refuse, before any worker starts, an env factory or custom env the workers cannot load:
-    it is pickled here (cloudpickle) and loaded back in a fresh Ray worker process."""
-    if isinstance(env, str):
-        return
-    from ray import cloudpickle
-
-    try:
-        blob = cloudpickle.dumps(env)
-    except Exception as err:
-        raise ValueError(f"env: {env_label(env)} cannot be sent to Ray workers: pickling it "
-                         f"failed ({type(err).__name__}: {err})") from err  # fmt: skip
-    try:
-        ray.get(ray.remote(num_cpus=0)(_unpickle).remote(blob), timeout=120)
-    except Exception as err:
-        cause = getattr(err, "cause", None) or err
-        raise ValueError(
-            f"env: {env_label(env)} cannot be loaded by Ray workers "
-            f"({type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}); "
-            "define it in an importable module (or the script run), not an interactive session"
-        ) from err
-
-
-def _unpickle(blob: bytes) -> bool:
-    from ray import cloudpickle
-
-    cloudpickle.loads(blob)
-    return True
 
 
 class RayCollector:
@@ -298,6 +207,8 @@ class RayCollector:
         self._ray_temp = connect(config.ray_address)
         self._logs = Path(tempfile.mkdtemp(prefix="logtrick-workers-"))
         self.workers: dict[int, Any] = {}
+        self._pending: tuple[Any, dict[int, Any]] | None = None
+        """The next rollout, already started (``config.overlap``)."""
         try:
             self.env = config.env if env is None else env
             check_env_for_workers(self.env)
@@ -333,11 +244,19 @@ class RayCollector:
         except (RayActorError, GetTimeoutError) as err:
             raise WorkerError(f"workers: worker {w} did not start: {self._cause(w, err)}") from None
 
-    def collect(self) -> Rollout:
-        """One rollout of every worker, merged; failed or silent workers are restarted."""
+    def _dispatch(self) -> tuple[Any, dict[int, Any]]:
+        """Send the policy's weights and statistics (once, shared by all workers) and start
+        every worker's next rollout."""
         state = {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
-        state_ref = ray.put(state)  # once per iteration, shared by all workers
-        refs = {w: actor.collect.remote(state_ref) for w, actor in self.workers.items()}
+        state_ref = ray.put(state)
+        return state_ref, {w: actor.collect.remote(state_ref) for w, actor in self.workers.items()}
+
+    def collect(self) -> Rollout:
+        """One rollout of every worker, merged; failed or silent workers are restarted. With
+        ``config.overlap`` the next rollout is started before returning (on the weights before
+        this rollout's update: a policy lag of one update)."""
+        state_ref, refs = self._pending or self._dispatch()
+        self._pending = None
         parts = {w: self._result(w, ref, state_ref) for w, ref in refs.items()}
         done = {w: part for w, part in parts.items() if part is not None}
         self.worker_seconds = {w: seconds for w, (_, seconds) in done.items()}
@@ -345,6 +264,8 @@ class RayCollector:
         rollout = merge_rollouts([part for part, _ in done.values()])
         merge_obs_stats(self.policy, rollout.obs)
         self.iteration += 1
+        if self.config.overlap:
+            self._pending = self._dispatch()
         return rollout
 
     def _result(self, w: int, ref: Any, state_ref: Any) -> tuple[Rollout, float] | None:
@@ -428,7 +349,7 @@ class RayCollector:
         nothing of it outlives the run)."""
         for actor in self.workers.values():
             ray.kill(actor, no_restart=True)
-        self.workers = {}
+        self.workers, self._pending = {}, None
         if self._ray_temp is not None and ray.is_initialized():
             ray.shutdown()
             shutil.rmtree(self._ray_temp, ignore_errors=True)
