@@ -443,3 +443,26 @@ def _processes_of(session: str) -> list[str]:
         if session in cmdline or Path(session).parent.as_posix() + "/" in cmdline:
             found.append(cmdline)
     return found
+
+
+@pytest.mark.slow
+def test_the_command_line_ends_an_env_error_in_a_worker_with_one_line_and_exit_code_1(
+    tmp_path: Path,
+) -> None:
+    src = str(Path(__import__("logtrick").__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(Path(__file__).parent)])}
+    args = [sys.executable, "-m", "logtrick", "train", "faulty_envs:RaisingCartPole-v0",
+            "--algo", "ppo", "--workers", "2", "--envs", "4", "--steps", "10000", "--out",
+            str(tmp_path), "--no-progress", "--set", "plot=false", "tensorboard=false"]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "env faulty_envs:RaisingCartPole-v0, worker 0, rollout step 4" in errors[0]
+    assert "RuntimeError: sensor failure" in errors[0] and "last good checkpoint" in errors[0]
+    assert len(list(tmp_path.rglob("checkpoint.pt"))) == 1
+    traced = subprocess.run([*args[:3], "--traceback", *args[3:]], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert traced.returncode == 1
+    assert "Traceback" in traced.stderr and "the worker's traceback" in traced.stderr
+    assert 'raise RuntimeError("sensor failure")' in traced.stderr
