@@ -210,6 +210,21 @@ def test_overlap_collects_each_rollout_with_the_weights_of_one_update_before() -
         local.collector.env.close()
 
 
+@pytest.mark.slow
+def test_workers_start_when_no_cpu_is_free_oversubscribing_instead_of_waiting() -> None:
+    config = _config()
+    collectors = []
+    try:
+        for workers in (1, 2, 2):  # 1 + 2 x 0.5 CPUs take both; the last two reserve none
+            collectors.append(RayCollector(_config(workers=workers), _fixed_policy(config), SEEDS,
+                                           faults=WorkerFaults(startup_s=60)))  # fmt: skip
+        for collector in collectors:
+            assert collector.collect().rewards.shape == (40, 4)
+    finally:
+        for collector in collectors:
+            collector.close()
+
+
 def _kill(collector: RayCollector, w: int) -> None:
     pid = ray.get(collector.workers[w].pid.remote())  # type: ignore[union-attr]
     os.kill(pid, signal.SIGKILL)

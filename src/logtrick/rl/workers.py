@@ -221,8 +221,9 @@ class RayCollector:
             ``collect`` is Ray: sending the weights, the rollouts back, and merging)."""
             self.worker_steps: dict[int, int] = {}
             """Env steps of each worker's last rollout."""
-            free = ray.available_resources().get("CPU", 1.0)
-            cpus = min(1.0, max(free, 0.01) / config.workers)
+            free = ray.available_resources().get("CPU", 0.0)  # absent when all are taken
+            cpus = min(1.0, free / config.workers)
+            cpus = cpus if cpus >= 0.01 else 0.0  # none free: oversubscribe, never wait
             self._actor = ray.remote(num_cpus=cpus, max_restarts=0)(RolloutWorker)
             for w in range(config.workers):
                 self.workers[w] = self._start(w, shard(seeds, w, config.workers))
@@ -241,7 +242,10 @@ class RayCollector:
         """Wait for worker ``w`` to start; one that cannot is an error naming its cause."""
         try:
             ray.get(actor.pid.remote(), timeout=self.faults.startup_s)
-        except (RayActorError, GetTimeoutError) as err:
+        except GetTimeoutError:
+            raise WorkerError(f"workers: worker {w} did not start within {self.faults.startup_s:g} "
+                              "s (import, build its envs)") from None  # fmt: skip
+        except RayActorError as err:
             raise WorkerError(f"workers: worker {w} did not start: {self._cause(w, err)}") from None
 
     def _dispatch(self) -> tuple[Any, dict[int, Any]]:
@@ -347,8 +351,9 @@ class RayCollector:
     def close(self) -> None:
         """Stop the workers, and the Ray runtime if this collector started it (with its agents:
         nothing of it outlives the run)."""
-        for actor in self.workers.values():
-            ray.kill(actor, no_restart=True)
+        if ray.is_initialized():
+            for actor in self.workers.values():
+                ray.kill(actor, no_restart=True)
         self.workers, self._pending = {}, None
         if self._ray_temp is not None and ray.is_initialized():
             ray.shutdown()
