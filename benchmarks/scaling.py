@@ -258,6 +258,27 @@ def report_model(c: dict[str, float]) -> None:
         print(f"| {w} | {r:.2f} | {d:.2f} |")
 
 
+def lag_return(seeds: int, steps: int = 30_000) -> None:
+    """Evaluation returns of CartPole's PPO preset on 2 workers, with and without ``overlap``
+    (a policy lag of one update): the last and the best of 5 evaluations of 20 episodes."""
+    print(f"## CartPole-v1 PPO preset, 2 workers, {steps:,} steps; eval every {steps // 5:,}\n")
+    print("| overlap | seed | last eval return | best eval return | seconds |")
+    print("|---|---:|---:|---:|---:|")
+    for overlap in (False, True):
+        for seed in range(seeds):
+            config = preset("CartPole-v1", "ppo", workers=2, overlap=overlap, seed=seed,
+                            total_steps=steps, eval_every=steps // 5, stop_at_threshold=False,
+                            out=tempfile.mkdtemp(), progress=False, plot=False,
+                            tensorboard=False)  # fmt: skip
+            t0 = clock()
+            history = train(config).history
+            evals = [r["eval_return"] for r in history if r["eval_return"] == r["eval_return"]]
+            print(
+                f"| {overlap} | {seed} | {evals[-1]:.1f} | {max(evals):.1f} | {clock() - t0:.0f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -266,7 +287,16 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=800_000)
     parser.add_argument("--quick", action="store_true", help="2 repeats of 1 iteration")
     parser.add_argument("--envs", type=int, help="total envs (default: the preset's 16)")
+    parser.add_argument(
+        "--lag-return",
+        type=int,
+        metavar="SEEDS",
+        help="only: the return of "
+        "CartPole PPO on 2 workers with and without --overlap, SEEDS seeds",
+    )
     args = parser.parse_args()
+    if args.lag_return:
+        return lag_return(args.lag_return)
     if args.envs:
         ENVS["num_envs"] = args.envs
     torch.set_num_threads(1)
