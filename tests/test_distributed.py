@@ -245,8 +245,8 @@ def test_a_hung_or_dead_rank_ends_the_other_with_one_line_and_the_checkpoint_kep
     start = time.monotonic()
     code, stderr = _torchrun_cli(
         tmp_path, "train", f"distributed_faults:{fault}OnRank1-v0", "--algo", "ppo", "--envs",
-        "4", "--steps", "100000", "--dist-timeout", "5", "--out", str(out), *QUIET,
-        "num_steps=64", "checkpoint_every=1",
+        "4", "--steps", "100000", "--out", str(out), *QUIET, "num_steps=64",
+        "checkpoint_every=1", "dist_timeout_s=5",
     )  # fmt: skip
     assert code != 0 and time.monotonic() - start < 200
     text = stderr[0]

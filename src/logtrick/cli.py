@@ -265,57 +265,51 @@ def _presets_table() -> str:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from logtrick.rl.config import BASE, FLAGS, RESUME_FIELDS, fields_help
+    from logtrick.rl.config import FIELD_DOCS, RESUME_FIELDS
+    from logtrick.rl.flags import ParagraphFormatter, add_train_flags, train_groups
+    from logtrick.rl.presets import PRESETS
 
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.formatter_class = ParagraphFormatter
     p.description = (
-        "Train a policy-gradient agent on a Gymnasium environment: rl.Agent(ENV, algo, "
-        "**fields).learn(). A field not given takes the env's preset (below), or for an env "
-        "without one the defaults chosen from its spaces, then the base value: the same "
-        "configuration as rl.Config(env=ENV, algo=..., **fields) in Python. Flags and --set "
-        f"override them. --resume continues a run with its saved settings; it may change only "
-        f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
+        "Train a policy-gradient agent on a Gymnasium environment: the same run as "
+        "rl.Agent(ENV, algo, **fields).learn() in Python, with the same defaults.\n\n"
+        "A default shown as 'preset' comes from the env's tuned preset (logtrick presets: "
+        f"{', '.join(PRESETS)}), or for another env from defaults chosen from its spaces."
     )
     p.epilog = (
-        "presets (env: common to every algo; then per algo):\n"
-        + _presets_table()
-        + "\n\nConfig fields (--set FIELD=VALUE):\n"
-        + fields_help(indent="    ")
+        "Any other Config field: --set FIELD=VALUE, e.g. --set ent_coef=0.01 "
+        "'hidden=(128,128)'. Fields: " + ", ".join(FIELD_DOCS) + ". Each is described "
+        "in the RL guide (docs/rl_guide.md, 'Config fields') and by help(logtrick.rl.Config)."
+        f"\n\n--resume RUN_DIR continues a run with its saved config; it may change only "
+        f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
     )
-    p.add_argument("env", nargs="?", help="Gymnasium env id (default: CartPole-v1)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument(
+    groups = train_groups(p)
+    run = groups["run"]
+    run.add_argument("env", nargs="?", help="Gymnasium env id (default: CartPole-v1)")
+    run.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (default: a new run)"
+    )
+    run.add_argument(
         "--set",
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="any Config field (listed below), e.g. --set lr=1e-3 'hidden=(128,128)'",
+        help="any Config field, e.g. --set lr=1e-3 (default: none)",
     )
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, flag in FLAGS.items():  # declared with the fields (rl.config.option)
-        if flag.group not in groups:
-            groups[flag.group] = p.add_argument_group(flag.group)
-        group = groups[flag.group]
-        text = flag.help.format(base=BASE.get(name))
-        if flag.const is not None:
-            group.add_argument(flag.name, action="store_true", help=text)
-        else:
-            group.add_argument(flag.name, choices=flag.choices, help=text)
+    add_train_flags(groups)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The Config fields set by the flags given (and ``--set``), parsed to their types:
     ``rl.Config(**train_overrides(args))`` is the run's configuration."""
     from logtrick.rl.config import FLAGS, parse_field
+    from logtrick.rl.flags import flag_value
 
     overrides: dict[str, Any] = {} if args.env is None else {"env": args.env}
     for name, flag in FLAGS.items():
-        value = getattr(args, flag.dest)
-        if flag.const is not None:
-            if value:
-                overrides[name] = flag.const
-        elif value is not None:
-            overrides[name] = parse_field(name, value)
+        given, value = flag_value(name, flag, getattr(args, flag.dest))
+        if given:
+            overrides[name] = value
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -353,19 +347,32 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if result.interrupted:
         print(f"interrupted; checkpoint saved. Continue: logtrick train --resume {result.run_dir}")
+    from logtrick.rl.report import run_summary
+
+    print(run_summary(result.run_dir))
     return 0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by logtrick train")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=10_000, help="reset seed of the first episode")
-    p.add_argument("--stochastic", action="store_true", help="sample actions, not the mode")
+    p.add_argument(
+        "--episodes", type=int, default=20, metavar="N", help="episodes to run (default: 20)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="reset seed of the first episode; episode i uses N + i (default: 10000)",
+    )
+    p.add_argument(
+        "--stochastic", action="store_true", help="sample actions, not the mode (default: off)"
+    )
     p.add_argument(
         "--video",
         metavar="DIR",
-        help="also record the episodes as .mp4 files in "
-        "DIR (needs rgb_array rendering and `pip install logtrick[video]`)",
+        help="also record the episodes as .mp4 files in DIR; needs rgb_array rendering and "
+        "pip install logtrick[video] (default: no video)",
     )
 
 

@@ -256,7 +256,11 @@ def test_bare_config_applies_the_presets() -> None:
     assert config.eval_every > 0 and config.stop_at_threshold
 
 
-def test_train_help_lists_every_field_doc(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_field_doc_is_in_help_config_and_the_field_names_in_train_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The full reference lives in help(rl.Config) and the RL guide (test_config); ``logtrick
+    train --help`` names every field that ``--set`` takes."""
     from logtrick.rl.config import FIELD_DOCS
 
     with pytest.raises(SystemExit):
@@ -265,5 +269,5 @@ def test_train_help_lists_every_field_doc(capsys: pytest.CaptureFixture[str]) ->
     doc = " ".join((rl.Config.__doc__ or "").split())
     assert len(FIELD_DOCS) == len(rl.Config.__dataclass_fields__)
     for name, text in FIELD_DOCS.items():
-        assert f"{name} (" in out and text in out, name
+        assert name in out, name
         assert text in doc, name

@@ -118,3 +118,30 @@ def test_a_field_is_declared_in_one_place() -> None:
     assert {f.name for f in fields if f.metadata["resume"]} == set(RESUME_FIELDS)
     args = build_parser().parse_args(["train"])
     assert all(hasattr(args, flag.dest) for flag in FLAGS.values())
+
+
+def test_the_rl_guide_holds_the_full_field_reference() -> None:
+    """``logtrick train --help`` lists options only; the docs keep every field, its type, its
+    one default and its docstring (regenerate: ``python -c "from logtrick.rl.flags import
+    sync_docs; sync_docs()"``)."""
+    from logtrick.rl.config import FIELD_DOCS
+    from logtrick.rl.flags import FIELDS_END, FIELDS_START, fields_markdown
+
+    page = (Path(__file__).parents[2] / "docs" / "rl_guide.md").read_text()
+    table = page.split(FIELDS_START + "\n")[1].split("\n" + FIELDS_END)[0]
+    assert table == fields_markdown()
+    rows = table.splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == list(FIELD_DOCS)
+    assert all(row.count(" | ") == 4 for row in rows)  # five cells: no unescaped "|"
+
+
+@pytest.mark.parametrize(
+    ("field", "shown"),
+    [("total_steps", "preset"), ("algo", "preset"), ("lr", "preset"), ("seed", "0"),
+     ("workers", "0"), ("ray_address", "none"), ("progress", "on"), ("wandb", "off"),
+     ("cg_iters", "10"), ("env", "CartPole-v1")],
+)  # fmt: skip
+def test_one_default_per_field_preset_where_the_env_decides(field: str, shown: str) -> None:
+    from logtrick.rl.flags import field_default
+
+    assert field_default(field) == shown

@@ -310,7 +310,7 @@ def test_the_fault_settings_come_from_the_config_and_the_command_line() -> None:
 
     args = cli.build_parser().parse_args(
         ["train", "CartPole-v1", "--workers", "2", "--worker-timeout", "900",
-         "--worker-restarts", "0", "--worker-failure", "continue", "--dist-timeout", "120"]
+         "--worker-restarts", "0", "--worker-failure", "continue", "--set", "dist_timeout_s=120"]
     )  # fmt: skip
     config = Config(**cli.train_overrides(args))
     assert WorkerFaults.of(config) == WorkerFaults(900.0, 0, "continue")

@@ -51,6 +51,7 @@ from logtrick.rl.errors import CheckpointError
 from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.presets import is_custom_env
+from logtrick.rl.tracking import require_wandb
 
 __all__ = ["Agent", "TrainResult", "load", "resume_agent", "train"]
 
@@ -190,6 +191,8 @@ class Agent:
         """
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+        if self.config.wandb:  # before anything is written
+            require_wandb()
         self._set_budget(None if steps is None else check_positive_int("steps", steps))
         first = self.run_dir is None
         if self._envs is None:
@@ -319,6 +322,18 @@ class Agent:
         if self._envs is not None:
             self._envs.close()
         self._envs = self._collector = None
+
+    def __repr__(self) -> str:
+        """``Agent(env=..., algo=..., steps=trained/budget, run_dir=...)``: what it learns on and
+        how far it got (``run_dir=None``: no ``learn`` yet)."""
+        c, config = self.counters, self.config
+        net = getattr(self.policy, "module", self.policy)  # a ModulePolicy wraps your network
+        policy = f", policy={type(net).__name__}" if self.custom_policy else ""
+        run_dir = None if self.run_dir is None else str(self.run_dir)
+        return (
+            f"Agent(env={config.env!r}, algo={config.algo!r}{policy}, "
+            f"steps={c.global_step:,}/{config.total_steps:,}, run_dir={run_dir!r})"
+        )
 
     def __enter__(self) -> Agent:
         return self

@@ -39,6 +39,7 @@ __all__ = [
     "FIELD_CHECKS",
     "FIELD_DOCS",
     "FLAGS",
+    "GROUPS",
     "PRESET",
     "RESUME_FIELDS",
     "Config",
@@ -74,12 +75,14 @@ class Flag:
 
     name: str
     help: str
-    """Its ``--help`` line; ``{base}`` is replaced by the field's :data:`BASE` value."""
+    """Its ``--help`` text, plain (no reST); the default is appended by
+    :func:`logtrick.rl.flags.field_default`, so the text never states one."""
     group: str
-    """The section of ``--help`` it is listed under."""
+    """The section of ``--help`` it is listed under: one of :data:`GROUPS`."""
     const: Any = None
-    """A switch's value (``None``: the option takes a value)."""
+    """A switch's value (``None``: the option takes a value; a bool field is ``--x/--no-x``)."""
     choices: tuple[str, ...] | None = None
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
@@ -124,7 +127,9 @@ def option(
     return field(default=default, metadata=meta)
 
 
-_LEARNED, _WATCHED, _SCALE = "what is learned", "evaluation and output", "scale-out"
+GROUPS = ("run", "algorithm", "network", "scale-out", "logging")
+"""The sections of ``logtrick train --help``, in order."""
+_RUN, _ALGO, _NET, _SCALE, _LOG = GROUPS
 
 
 @dataclass(frozen=True)
@@ -143,28 +148,24 @@ class Config:
     factory, ``custom:`` and its import path (a description: loading needs the env again)."""
     algo: str = option(
         _choice(*ALGOS),
-        flag=Flag(
-            "--algo", "default: the env's (npg on CartPole-v1, else ppo)", _LEARNED, choices=ALGOS
-        ),
+        flag=Flag("--algo", "policy-gradient algorithm", _ALGO, choices=ALGOS),
     )
     """One of ``reinforce``, ``a2c``, ``ppo``, ``npg``."""
     total_steps: int = option(
         checks.check_positive_int,
         200_000,
         resume=True,
-        flag=Flag(
-            "--steps", "env-step budget, e.g. 200000 or 2e5 (default: the preset's)", _LEARNED
-        ),
+        flag=Flag("--steps", "env-step budget, e.g. 200000 or 2e5", _RUN, metavar="N"),
     )
     """Budget of environment steps (summed over the parallel envs)."""
     seed: int = option(
-        checks.check_nonnegative_int, 0, flag=Flag("--seed", "default: {base}", _LEARNED)
+        checks.check_nonnegative_int, 0, flag=Flag("--seed", "random seed", _RUN, metavar="N")
     )
     """Seeds torch, the environments' resets and the evaluation episodes."""
     num_envs: int = option(
         checks.check_positive_int,
         8,
-        flag=Flag("--envs", "parallel environments (default: the preset's)", _LEARNED),
+        flag=Flag("--envs", "parallel environments, over all workers", _ALGO, metavar="N"),
     )
     """Parallel environments in the vector env."""
     num_steps: int = option(checks.check_positive_int, 128)
@@ -172,21 +173,31 @@ class Config:
     vectorization_mode: str = option(
         _choice("sync", "async"),
         "sync",
-        flag=Flag("--async-envs", "one process per environment", _LEARNED, const="async"),
+        flag=Flag("--async-envs", "one process per environment", _SCALE, const="async"),
     )
     """``sync`` (one process) or ``async`` (a process per env; for slow envs)."""
-    gamma: float = option(_rate, 0.99)
+    gamma: float = option(_rate, 0.99, flag=Flag("--gamma", "discount factor", _ALGO, metavar="X"))
     """Discount factor."""
     gae_lambda: float = option(_rate, 0.95)
     """GAE λ (a2c, ppo, npg); 1.0 is Monte Carlo advantages."""
-    lr: float = option(checks.check_positive, 3e-4)
+    lr: float = option(
+        checks.check_positive, 3e-4, flag=Flag("--lr", "Adam learning rate", _ALGO, metavar="X")
+    )
     """Adam learning rate (of the policy and critic; npg: of the critic only)."""
     anneal_lr: bool = option(checks.check_bool, True)
     """Decay the learning rate linearly to zero at ``total_steps`` (a run extended on resume
     decays from the rate it had reached to zero at the new budget: it never rises)."""
-    hidden: tuple[int, ...] = option(checks.check_int_tuple, (64, 64))
+    hidden: tuple[int, ...] = option(
+        checks.check_int_tuple,
+        (64, 64),
+        flag=Flag("--hidden", "hidden layer sizes, e.g. 64,64", _NET, metavar="SIZES"),
+    )
     """Hidden layer sizes of the actor and critic MLPs."""
-    activation: str = option(_choice(*ACTIVATIONS), "tanh")
+    activation: str = option(
+        _choice(*ACTIVATIONS),
+        "tanh",
+        flag=Flag("--activation", "hidden activation", _NET, choices=tuple(ACTIVATIONS)),
+    )
     """Hidden activation: ``tanh`` or ``relu``."""
     normalize_obs: bool = option(checks.check_bool, False)
     """Normalise observations by a running mean and variance (saved with the policy)."""
@@ -232,9 +243,9 @@ class Config:
         resume=True,
         flag=Flag(
             "--eval-every",
-            "evaluate 20 deterministic episodes every N env steps; 0: never "
-            "(default: the preset's, else {base})",
-            _WATCHED,
+            "evaluate the deterministic policy every N env steps; 0: never",
+            _RUN,
+            metavar="N",
         ),
     )
     """Evaluate the deterministic policy every this many env steps (0: never)."""
@@ -244,12 +255,7 @@ class Config:
         checks.check_bool,
         True,
         resume=True,
-        flag=Flag(
-            "--no-stop",
-            "keep training after an evaluation reaches the reward threshold",
-            _WATCHED,
-            const=False,
-        ),
+        flag=Flag("--stop", "stop once an evaluation reaches the reward threshold", _RUN),
     )
     """Stop once an evaluation reaches ``target_return`` (or the env's reward threshold)."""
     target_return: float | None = option(_optional(checks.check_finite_number), None, resume=True)
@@ -261,13 +267,18 @@ class Config:
     out: str = option(
         checks.check_not_a_file,
         "runs",
-        flag=Flag("--out", "parent directory of the run directory (default: {base})", _WATCHED),
+        flag=Flag("--out", "parent directory of the run directory", _LOG, metavar="DIR"),
     )
     """Parent directory of the run directory."""
     run_name: str | None = option(_optional(checks.check_path_name), None)
     """Name of the run directory; ``None`` gives ``{env}-{algo}-{seed}`` (characters other than
     letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``)."""
-    tensorboard: bool = option(checks.check_bool, True, resume=True)
+    tensorboard: bool = option(
+        checks.check_bool,
+        True,
+        resume=True,
+        flag=Flag("--tensorboard", "write TensorBoard events in the run directory", _LOG),
+    )
     """Write TensorBoard events when ``tensorboard`` is installed."""
     torch_threads: int = option(checks.check_positive_int, 1)
     """``torch.set_num_threads`` for the run; small networks are fastest single-threaded."""
@@ -275,18 +286,23 @@ class Config:
         checks.check_bool,
         True,
         resume=True,
-        flag=Flag("--no-progress", "no progress bar", _WATCHED, const=False),
+        flag=Flag("--progress", "show a progress bar", _LOG),
     )
     """Show a rich progress bar."""
     plot: bool = option(checks.check_bool, True, resume=True)
-    """Draw the learning curve (``curve.png`` in the run directory) at the end of the run."""
+    """Draw the learning curve (``learning_curve.png`` in the run directory) at the end."""
     extra: dict[str, Any] = option(_json_dict, factory=dict)  # noqa: RUF009  (a field())
     """Free-form notes stored with the config (not used by training)."""
     workers: int = option(
         checks.check_nonnegative_int,
         default=0,
         resume=True,
-        flag=Flag("--workers", "Ray rollout workers sharing --envs (default: 0, none)", _SCALE),
+        flag=Flag(
+            "--workers",
+            "Ray rollout workers sharing --envs; 0: collect in this process",
+            _SCALE,
+            metavar="N",
+        ),
     )
     """Ray rollout workers (0: collect in this process). ``num_envs`` is the total: each worker
     steps ``num_envs / workers`` of them (must divide), so the update is the one of the
@@ -296,7 +312,10 @@ class Config:
         default=None,
         resume=True,
         flag=Flag(
-            "--ray-address", "Ray cluster to join: auto or HOST:PORT (with --workers)", _SCALE
+            "--ray-address",
+            "Ray cluster to join: auto or HOST:PORT (with --workers); none: a local one",
+            _SCALE,
+            metavar="ADDR",
         ),
     )
     """With ``workers``: the Ray cluster to join (``"auto"`` or ``"HOST:PORT"``); ``None`` starts
@@ -305,7 +324,7 @@ class Config:
         _choice(*DEVICES),
         default="cpu",
         resume=True,
-        flag=Flag("--device", "learner device, default cpu", _SCALE, choices=DEVICES),
+        flag=Flag("--device", "learner device; auto: cuda when available", _SCALE, choices=DEVICES),
     )
     """Where the learner runs: ``"cpu"``, ``"cuda"`` or ``"auto"`` (cuda when available);
     rollouts stay on the CPU."""
@@ -314,7 +333,10 @@ class Config:
         default=120.0,
         resume=True,
         flag=Flag(
-            "--worker-timeout", "seconds a worker may take per rollout (default 120)", _SCALE
+            "--worker-timeout",
+            "seconds a Ray worker may take for one rollout before it is restarted",
+            _SCALE,
+            metavar="S",
         ),
     )
     """Seconds a Ray worker may take for one rollout before it is killed and restarted (RLlib's
@@ -323,7 +345,12 @@ class Config:
         checks.check_nonnegative_int,
         default=3,
         resume=True,
-        flag=Flag("--worker-restarts", "restarts of a failing worker in a row (default 3)", _SCALE),
+        flag=Flag(
+            "--worker-restarts",
+            "restarts of a failing Ray worker in a row before it counts as lost",
+            _SCALE,
+            metavar="N",
+        ),
     )
     """Restarts of one Ray worker in a row (no rollout in between) before it counts as lost
     (RLlib's ``max_num_env_runner_restarts``; 0: a failure is not retried)."""
@@ -333,7 +360,7 @@ class Config:
         resume=True,
         flag=Flag(
             "--worker-failure",
-            "when a worker is lost: stop (with a checkpoint) or continue with fewer workers",
+            "when a Ray worker is lost: stop (the last checkpoint kept) or continue without it",
             _SCALE,
             choices=("stop", "continue"),
         ),
@@ -344,10 +371,7 @@ class Config:
         checks.check_bool,
         default=False,
         flag=Flag(
-            "--overlap",
-            "workers collect the next rollout during the update (lag 1)",
-            _SCALE,
-            const=True,
+            "--overlap", "Ray workers collect the next rollout during the update (lag 1)", _SCALE
         ),
     )
     """With ``workers``: dispatch the next rollout before the update of this one, so collection
@@ -358,12 +382,18 @@ class Config:
         checks.check_positive,
         default=600.0,
         resume=True,
-        flag=Flag(
-            "--dist-timeout", "seconds torchrun ranks wait for each other (default 600)", _SCALE
-        ),
     )
     """Seconds a torchrun rank waits for the others in a collective before it ends the run with a
-    one-line error (torch's default is 30 minutes)."""
+    one-line error (torch's default is 30 minutes); ``--set dist_timeout_s=S``."""
+    wandb: bool = option(
+        checks.check_bool,
+        default=False,
+        resume=True,
+        flag=Flag("--wandb", "also log metrics and config to Weights & Biases", _LOG),
+    )
+    """Mirror the metrics and config TensorBoard gets to Weights & Biases (``pip install
+    logtrick[wandb]``; project ``WANDB_PROJECT``, else ``logtrick``; ``WANDB_MODE=offline``
+    writes locally)."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()

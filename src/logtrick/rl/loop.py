@@ -40,6 +40,7 @@ import numpy as np
 from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import Counters, checkpoint_state
 from logtrick.rl.config import Config
+from logtrick.rl.distributed import ranks_from_env
 from logtrick.rl.envs import make_env
 from logtrick.rl.errors import DivergenceError, WorkerError
 from logtrick.rl.learner import Learner
@@ -82,25 +83,9 @@ def evaluate(
 
 
 def _progress(config: Config) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from logtrick.rl.progress import progress_bar
 
-    return Progress(
-        TextColumn(f"[bold]{config.env} {config.algo}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[sps]:>6} steps/s"),
-        TextColumn("return {task.fields[ret]:>8}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not config.progress,
-    )
+    return progress_bar(config)
 
 
 class _StopFlag:
@@ -153,7 +138,8 @@ def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
     ``counters.update`` are dropped: they are not in the checkpoint)."""
     config = s.learner.config
     keep = None if first else s.counters.update
-    logger = runs.MetricsLogger(s.run_dir, config.tensorboard, keep_until=keep)
+    wandb = config.to_dict() if config.wandb and ranks_from_env().writer else None  # rank 0
+    logger = runs.MetricsLogger(s.run_dir, config.tensorboard, keep_until=keep, wandb_config=wandb)
     if first:
         logger.log_hparams(config.to_dict())
     try:

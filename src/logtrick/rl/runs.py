@@ -146,14 +146,19 @@ def new_run_dir(out: str | os.PathLike[str], name: str) -> Path:
 
 
 class MetricsLogger:
-    """Append rows to ``metrics.csv`` (flushed each row) and, if installed, TensorBoard.
+    """Append rows to ``metrics.csv`` (flushed each row) and, if installed, TensorBoard; with
+    ``wandb_config`` (the run's config) also to Weights & Biases (:mod:`logtrick.rl.tracking`).
 
     On resume, rows written after the checkpoint's update are dropped first (``keep_until``), so
     the CSV of a resumed run equals the CSV of an uninterrupted one.
     """
 
     def __init__(
-        self, run_dir: Path, tensorboard: bool = True, keep_until: int | None = None
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        keep_until: int | None = None,
+        wandb_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = run_dir / METRICS
         self.fields: list[str] | None = None
@@ -171,6 +176,11 @@ class MetricsLogger:
         if self.fields is not None:
             self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
         self.tb = _summary_writer(run_dir) if tensorboard else None
+        self.wandb: Any = None
+        if wandb_config is not None:
+            from logtrick.rl.tracking import WandbRun
+
+            self.wandb = WandbRun(run_dir, wandb_config, atomic_write_text)
 
     def log(self, row: Mapping[str, float]) -> None:
         if self.writer is None:
@@ -184,6 +194,8 @@ class MetricsLogger:
             for key, value in row.items():
                 if key not in ("global_step", "update") and value == value:  # skip NaN
                     self.tb.add_scalar(key, float(value), step)
+        if self.wandb is not None:
+            self.wandb.log(row)
 
     def log_hparams(self, config: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters in TensorBoard's HPARAMS tab (no-op without
@@ -205,6 +217,8 @@ class MetricsLogger:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 def _summary_writer(run_dir: Path) -> Any:
