@@ -128,6 +128,7 @@ def test_tune_example_runs_two_asha_trials_each_an_agent_reporting_eval_returns(
     tmp_path: Path,
 ) -> None:
     ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
     import tempfile
 
     # a private local runtime (no other process finds it with address="auto"), ended after
