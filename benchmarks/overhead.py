@@ -19,7 +19,11 @@ over the samples) and the fused autograd ``Function`` (``logtrick.dice.ScoreTerm
 the mean of the costs, the first-order backward one multiplication), by setting
 ``logtrick.dice.FUSED_MIN_NUMEL`` (the size from which the library fuses).
 
-Run:  python benchmarks/overhead.py [--ablation] [--budget 1.0]
+``--issue23`` times the cells of issue 23 instead: ``Independent(Normal(loc, 1), 1)`` with 8
+event dimensions, f(x) = sum((x - 0.5)^2) over them, K in {1, 16, 256, 4096} x B in {1, 64}
+(target: ratio <= 1.05 in every cell).
+
+Run:  python benchmarks/overhead.py [--ablation] [--issue23] [--budget 1.0]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from functools import partial
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 import logtrick as lt
 
@@ -117,6 +121,48 @@ def _check_same_gradient(steps: dict[str, Callable[[], None]], p: Tensor) -> Non
         torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-6)
 
 
+EVENT = 8
+"""Event dimensions of the issue-23 cells."""
+
+
+def make_event(p: Tensor) -> Distribution:
+    return Independent(Normal(p, 1.0), 1)
+
+
+def f_event(x: Tensor) -> Tensor:
+    return ((x - 0.5) ** 2).sum(-1)
+
+
+def hand_event(param: Tensor, k: int) -> None:
+    dist = make_event(param)
+    x = dist.sample((k,))
+    (f_event(x).detach() * dist.log_prob(x)).mean().backward()
+
+
+def lt_event(param: Tensor, k: int) -> None:
+    lt.expectation(
+        f_event, make_event(param), samples=k, estimator="score_function"
+    ).mean().backward()
+
+
+def issue23_table(budget: float) -> None:
+    """The issue-23 cells: Normal with 8 event dims, K x B, medians of interleaved repeats."""
+    print("| K | B | hand (µs) | lt (µs) | ratio lt / hand |")
+    print("|---:|---:|---:|---:|---:|")
+    worst = 0.0
+    for b in (1, 64):
+        for k in KS:
+            p = torch.zeros(b, EVENT).uniform_(-0.5, 0.5).requires_grad_(True)
+            steps = {"hand": partial(hand_event, p, k), "lt": partial(lt_event, p, k)}
+            _check_same_gradient(steps, p)
+            med = interleaved(steps, budget)
+            ratio = med["lt"] / med["hand"]
+            worst = max(worst, ratio)
+            print(f"| {k} | {b} | {med['hand'] * 1e6:.1f} | {med['lt'] * 1e6:.1f} | {ratio:.3f} |",
+                  flush=True)  # fmt: skip
+    print(f"\nworst ratio {worst:.3f} (target <= 1.05)")
+
+
 def cells() -> list[tuple[str, int, int]]:
     return [(name, k, b) for name in DISTS for b in BATCHES for k in KS] + [TOY]
 
@@ -193,10 +239,28 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per cell")
     parser.add_argument("--ablation", action="store_true", help="also time the two score terms")
     parser.add_argument("--ablation-only", action="store_true", help="skip the main table")
+    parser.add_argument("--issue23", action="store_true", help="only the issue-23 cells")
+    parser.add_argument(
+        "--whole",
+        choices=["hand", "lt"],
+        help="run only this side of one issue-23 cell for --steps steps (for tools/ratio)",
+    )
+    parser.add_argument("--cell", type=int, nargs=2, default=[1, 1], metavar=("K", "B"))
+    parser.add_argument("--steps", type=int, default=20_000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    if not args.ablation_only:
+    if args.whole:
+        k, b = args.cell
+        p = torch.zeros(b, EVENT).uniform_(-0.5, 0.5).requires_grad_(True)
+        step = hand_event if args.whole == "hand" else lt_event
+        for i in range(args.steps):
+            torch.manual_seed(i)
+            step(p, k)
+        return
+    if args.issue23:
+        issue23_table(args.budget)
+    elif not args.ablation_only:
         summary(main_table(args.budget))
     if args.ablation or args.ablation_only:
         ablation(args.budget)

@@ -303,10 +303,11 @@ def test_validation_names_the_argument() -> None:
         rloo_advantages(torch.zeros(6))
     with pytest.raises(ValueError, match=r"rewards.*k >= 2"):
         rloo_advantages(torch.zeros(4, 1))
-    for method in ("rank", "mean_std"):
-        with pytest.raises(ValueError, match="rewards"):
-            grouped_advantages(torch.zeros(4, 1), method)
-    assert group_normalized_advantages(torch.zeros(4, 1), std="none").advantages.shape == (4, 1)
+    for method in ("rank", "mean_std", "grpo", "rloo", "dr_grpo", "mean"):
+        with pytest.raises(ValueError, match=r"rewards.*k >= 2"):
+            grouped_advantages(torch.ones(4, 1), method)
+    with pytest.raises(ValueError, match=r"rewards.*k >= 2"):  # issue 23: all-zero, silently
+        group_normalized_advantages(torch.ones(4, 1), std="none")
     for bad in (math.nan, math.inf, -math.inf):
         r = good.clone()
         r[1, 2] = bad

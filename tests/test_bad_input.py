@@ -188,8 +188,11 @@ def test_a_baseline_that_would_enlarge_the_estimate_is_refused() -> None:
     """A (1, 1) baseline against costs (K,) would broadcast the estimate to (K, K) and multiply
     the gradient by K: a ValueError names both shapes (issue 11, defect 5)."""
     cost, log_prob = torch.ones(4), torch.zeros(4, requires_grad=True)
-    with pytest.raises(ValueError, match=r"shape \(1, 1\) does not broadcast to the cost's shape "
-                                         r"\(4,\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"shape \(1, 1\) does not broadcast to the cost's shape "
+        r"\(4,\)",
+    ):
         lt.surrogate(cost, log_prob, torch.zeros(1, 1))
     with pytest.raises(ValueError, match=r"shape \(2, 3\) does not broadcast.*\(4, 3\)"):
         lt.expectation(lambda x: x, _normal(), 4, "score_function", torch.zeros(2, 3))
@@ -279,8 +282,9 @@ def test_a_used_baseline_changes_the_gradient() -> None:
         for baseline in (None, 0.5):
             theta = torch.zeros(3, requires_grad=True)
             torch.manual_seed(1)
-            lt.expectation(lambda x: (x - 0.3) ** 3, Bernoulli(logits=theta), 4, name,
-                           baseline).sum().backward()  # fmt: skip
+            lt.expectation(
+                lambda x: (x - 0.3) ** 3, Bernoulli(logits=theta), 4, name, baseline
+            ).sum().backward()
             grads.append(theta.grad)
         assert not torch.allclose(grads[0], grads[1]), name
 
@@ -318,7 +322,7 @@ def test_a_fixed_support_and_the_pathwise_estimator_still_work_for_uniform() -> 
     with pytest.warns(UserWarning, match="no parameter of this Uniform requires grad"):
         lt.expectation(
             lambda x: x**2, Uniform(torch.zeros(3), torch.full((3,), 2.0)), 4, "score_function"
-        )  # fmt: skip  (constant bounds: accepted)
+        )  # (constant bounds: accepted)
     torch.manual_seed(0)
     est = lt.expectation(lambda x: x**2, Uniform(theta, theta + 2.0), 20_000, "pathwise")
     est.sum().backward()  # d/dθ E[x²] = 2θ + 2 = 2 at θ = 0

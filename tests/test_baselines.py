@@ -225,8 +225,9 @@ def test_learned_baseline_with_a_theta_dependent_context_is_unbiased() -> None:
     mu = t(0.7, -0.3).expand(r, 2).clone().requires_grad_()
     net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).to(DT)
     dist = torch.distributions.Independent(Normal(mu, 1.0), 1)
-    value = lt.expectation(lambda x: (x**2).sum(-1), dist, k, "score_function",
-                           lt.Learned(net), context=mu * 2)  # fmt: skip
+    value = lt.expectation(
+        lambda x: (x**2).sum(-1), dist, k, "score_function", lt.Learned(net), context=mu * 2
+    )
     value.sum().backward()
     assert_mean(mu.grad, t(1.4, -0.6), 1e-3, what="Learned baseline, context 2μ")
     assert all(p.grad is not None for p in net.parameters())  # the network is still trained

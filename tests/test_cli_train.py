@@ -31,8 +31,21 @@ def test_default_train_solves_cartpole_and_evaluate_confirms(
 def test_resume_from_cli_extends_the_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["train", "--algo", "a2c", "--steps", "400", "--out", str(tmp_path), "--no-progress",
-            "--eval-every", "0", "--set", "tensorboard=False", "anneal_lr=False"]  # fmt: skip
+    args = [
+        "train",
+        "--algo",
+        "a2c",
+        "--steps",
+        "400",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--eval-every",
+        "0",
+        "--set",
+        "tensorboard=False",
+        "anneal_lr=False",
+    ]
     assert main(args) == 0
     run_dir = tmp_path / "CartPole-v1-a2c-0"
     assert main(["train", "--resume", str(run_dir), "--steps", "800", "--no-progress"]) == 0
@@ -42,8 +55,13 @@ def test_resume_from_cli_extends_the_run(
 def test_presets_and_help_show_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     table = capsys.readouterr().out
-    for env in ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1",
-                "MountainCarContinuous-v0"):  # fmt: skip
+    for env in (
+        "CartPole-v1",
+        "Acrobot-v1",
+        "LunarLander-v3",
+        "Pendulum-v1",
+        "MountainCarContinuous-v0",
+    ):
         assert env in table
     with pytest.raises(SystemExit):
         main(["train", "--help"])

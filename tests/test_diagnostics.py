@@ -262,8 +262,9 @@ def test_check_pathwise_flags_a_step_and_passes_a_smooth_f() -> None:
     def dist_fn(p: list) -> Normal:
         return Normal(p[0], p[1])
 
-    step = lt.diagnostics.check_pathwise(lambda x: x + (x > 0).float(), dist_fn, [mu, sigma],
-                                         alpha=1e-3, seed=0)  # fmt: skip
+    step = lt.diagnostics.check_pathwise(
+        lambda x: x + (x > 0).float(), dist_fn, [mu, sigma], alpha=1e-3, seed=0
+    )
     assert step.biased and float(step.z[0]) > 6, step
     assert float(step.score_function[0]) == pytest.approx(1.0 + 0.3814, abs=0.1)
     assert float(step.pathwise[0]) == pytest.approx(1.0, abs=1e-6)

@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Normal
 
 import logtrick as lt
-from logtrick.estimators import PATHWISE_CONDITION, estimator_table
+from logtrick.estimators import estimator_table
+from logtrick.pathwise import PATHWISE_CONDITION
 
 DT = torch.float64
 

@@ -79,8 +79,9 @@ def _per_group_gradients(
     """``(groups, V + V * V)``: each group's estimate, sampled by ``sample_completions``."""
     model = TwoToken(first.repeat(groups, 1), second.repeat(groups, 1, 1), k)
     gen = torch.Generator().manual_seed(seed)
-    c = lt.sample_completions(model, torch.zeros(groups, 1, dtype=torch.long), k, 2,
-                              stop_token=STOP, generator=gen)  # fmt: skip
+    c = lt.sample_completions(
+        model, torch.zeros(groups, 1, dtype=torch.long), k, 2, stop_token=STOP, generator=gen
+    )
     lp = lt.sequence_log_probs(model, c.sequences, 1, c.mask)
     loss = loss_fn(model, c, lp)  # type: ignore[operator]
     grads = torch.autograd.grad(loss, [model.first, model.second])
@@ -125,8 +126,10 @@ def test_kl_in_reward_k1_is_unbiased_for_the_sequence_kl() -> None:
     ref_first = torch.randn(V, generator=g, dtype=torch.float64)
     ref_second = torch.randn(V, V, generator=g, dtype=torch.float64)
     theta = [first.clone().requires_grad_(), second.clone().requires_grad_()]
-    log_ratio = [theta[0].log_softmax(-1) - ref_first.log_softmax(-1),
-                 theta[1].log_softmax(-1) - ref_second.log_softmax(-1)]  # fmt: skip
+    log_ratio = [
+        theta[0].log_softmax(-1) - ref_first.log_softmax(-1),
+        theta[1].log_softmax(-1) - ref_second.log_softmax(-1),
+    ]
     p1, p2 = theta[0].softmax(-1), theta[1].softmax(-1)
     kl = (p1 * log_ratio[0]).sum() + (p1[:STOP] * (p2[:STOP] * log_ratio[1][:STOP]).sum(-1)).sum()
     truth = torch.autograd.grad(kl, theta)
@@ -139,9 +142,16 @@ def test_kl_in_reward_k1_is_unbiased_for_the_sequence_kl() -> None:
             with torch.no_grad():
                 ref = lt.sequence_log_probs(ref_model, c.sequences, 1, c.mask)
             zero = torch.zeros(len(lp), dtype=lp.dtype)
-            return lt.sequence_surrogate(lp, c.mask, zero, "sequence_sum", kl_coef=beta,
-                                         ref_token_log_probs=ref, kl_estimator="k1",
-                                         kl_in_reward=in_reward)[0]  # fmt: skip
+            return lt.sequence_surrogate(
+                lp,
+                c.mask,
+                zero,
+                "sequence_sum",
+                kl_coef=beta,
+                ref_token_log_probs=ref,
+                kl_estimator="k1",
+                kl_in_reward=in_reward,
+            )[0]
 
         return fn
 
@@ -205,8 +215,9 @@ def expected_update(
     rewards = (torch.tensor(COMPLETIONS)[outcomes.repeat(contexts, 1)][..., 0] == 0).double()
     adv = lt.grouped_advantages(rewards, method).advantages
     weight = (prob * len(prob) / contexts)[:, None]  # P(outcome) B / (k C)
-    loss, _ = lt.sequence_surrogate(lp, mask, (adv * weight).flatten(), reduction,
-                                    constant=constant)  # fmt: skip
+    loss, _ = lt.sequence_surrogate(
+        lp, mask, (adv * weight).flatten(), reduction, constant=constant
+    )
     du, dv = torch.autograd.grad(-loss, [model.u, model.v])
     return du, dv
 

@@ -133,8 +133,16 @@ def test_sample_completions_layout_stop_and_scores(wrap: str) -> None:
     model = Bigram(torch.randn(V, V, generator=g), wrap)
     prompts = torch.tensor([[1, 2], [3, 4], [5, 6]])
     stop, temperature = 0, 0.7
-    c = lt.sample_completions(model, prompts, k=4, max_new_tokens=6, temperature=temperature,
-                              stop_token=stop, pad_token=V - 1, generator=g)  # fmt: skip
+    c = lt.sample_completions(
+        model,
+        prompts,
+        k=4,
+        max_new_tokens=6,
+        temperature=temperature,
+        stop_token=stop,
+        pad_token=V - 1,
+        generator=g,
+    )
     assert isinstance(c, Completions) and c.prompt_length == 2
     assert torch.equal(c.sequences[:, :2], prompts.repeat_interleave(4, 0))
     assert torch.equal(c.tokens, c.sequences[:, 2:]) and c.tokens.shape[1] <= 6
@@ -158,8 +166,9 @@ def test_greedy_reproducible_and_early_stop() -> None:
     table = torch.full((V, V), -5.0)
     table[1, 3] = table[3, 2] = table[2, 0] = 5.0  # 1 -> 3 -> 2 -> stop(0)
     model = Bigram(table)
-    c = lt.sample_completions(model, torch.tensor([[1]]), k=3, max_new_tokens=10, stop_token=0,
-                              greedy=True)  # fmt: skip
+    c = lt.sample_completions(
+        model, torch.tensor([[1]]), k=3, max_new_tokens=10, stop_token=0, greedy=True
+    )
     assert c.tokens.tolist() == [[3, 2, 0]] * 3 and bool(c.stopped.all())
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     a = lt.sample_completions(model, torch.tensor([[1], [2]]), 8, 5, generator=g1)
@@ -172,8 +181,9 @@ def test_sampled_frequencies_match_the_model() -> None:
     g = torch.Generator().manual_seed(1)
     model = Bigram(torch.randn(V, V, generator=g))
     n, temperature = 20_000, 1.5
-    c = lt.sample_completions(model, torch.tensor([[4]]), k=n, max_new_tokens=1,
-                              temperature=temperature, generator=g)  # fmt: skip
+    c = lt.sample_completions(
+        model, torch.tensor([[4]]), k=n, max_new_tokens=1, temperature=temperature, generator=g
+    )
     probs = (model.table[4] / temperature).softmax(-1).detach().double()
     freq = torch.bincount(c.tokens[:, 0], minlength=V).double() / n
     se = (probs * (1 - probs) / n).sqrt()
@@ -210,8 +220,15 @@ def test_hugging_face_causal_lm_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=11, n_positions=16, n_embd=16, n_layer=1,
-                                     n_head=2, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    config = transformers.GPT2Config(
+        vocab_size=11,
+        n_positions=16,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
     prompts = torch.tensor([[1, 2, 3], [4, 5, 6]])
     g = torch.Generator().manual_seed(0)

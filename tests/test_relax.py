@@ -439,8 +439,11 @@ def test_relax_default_network_is_built_on_first_call_trained_and_unbiased() -> 
     loss = expectation(quadratic, Bernoulli(logits=theta), samples=8, estimator=est)
     shapes = [tuple(p.shape) for p in est.parameters()]
     assert isinstance(est.control_variate, ControlVariateNet) and shapes == [
-        (8, 3), (8,), (1, 8), (1,),
-    ]  # fmt: skip
+        (8, 3),
+        (8,),
+        (1, 8),
+        (1,),
+    ]
     est.backward(loss, [theta])
     assert float(est.control_variate.out.weight.grad.abs().sum()) > 0
     opt = torch.optim.Adam(est.parameters(), lr=0.05)

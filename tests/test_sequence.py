@@ -19,7 +19,7 @@ def _batch(
     seed: int, b: int = 4, length: int = 6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    lp = -torch.rand(b, length, generator=g, dtype=torch.float64) * 3
+    lp = -torch.rand(b, length, generator=g, dtype=torch.float64) * 3 - 3  # <= 0 with noise
     mask = torch.rand(b, length, generator=g) < 0.7
     mask[0] = True  # a full sequence
     mask[1] = False  # an empty one
@@ -66,17 +66,29 @@ def test_known_answer_values_for_each_reduction() -> None:
 
 
 def test_known_answer_clipped_ratio() -> None:
-    old = torch.zeros(1, 4)
-    lp = torch.log(torch.tensor([[1.5, 0.5, 1.5, 1.1]])).requires_grad_()
+    old = torch.full((1, 4), -1.0)  # log-probabilities are <= 0; the ratios are as written
+    lp = (torch.log(torch.tensor([[1.5, 0.5, 1.5, 1.1]])) - 1.0).requires_grad_()
     adv = torch.tensor([1.0])
-    loss, info = sequence_surrogate(lp, torch.ones(1, 4, dtype=torch.bool), adv, "token_mean",
-                                    old_token_log_probs=old, clip_eps=0.2)  # fmt: skip
+    loss, info = sequence_surrogate(
+        lp,
+        torch.ones(1, 4, dtype=torch.bool),
+        adv,
+        "token_mean",
+        old_token_log_probs=old,
+        clip_eps=0.2,
+    )
     # A > 0: min(1.5, 1.2) = 1.2 (clipped), min(0.5, 0.8) = 0.5, 1.2 (clipped), 1.1
     assert loss.item() == pytest.approx(-(1.2 + 0.5 + 1.2 + 1.1) / 4, rel=1e-6)
     assert float(info["clip_fraction"]) == 0.75  # |rho - 1| > 0.2 for 1.5, 0.5, 1.5
     assert float(info["ratio_mean"]) == pytest.approx((1.5 + 0.5 + 1.5 + 1.1) / 4, rel=1e-6)
-    loss, info = sequence_surrogate(lp, torch.ones(1, 4, dtype=torch.bool), -adv, "token_mean",
-                                    old_token_log_probs=old, clip_eps=0.2)  # fmt: skip
+    loss, info = sequence_surrogate(
+        lp,
+        torch.ones(1, 4, dtype=torch.bool),
+        -adv,
+        "token_mean",
+        old_token_log_probs=old,
+        clip_eps=0.2,
+    )
     # A < 0: min(-1.5, -1.2) = -1.5, min(-0.5, -0.8) = -0.8 (clipped), -1.5, -1.1
     assert loss.item() == pytest.approx((1.5 + 0.8 + 1.5 + 1.1) / 4, rel=1e-6)
     assert float(info["clip_fraction"]) == 0.75
@@ -162,8 +174,9 @@ def test_nonleaf_input_masked_nan_gets_exactly_zero_gradient(kl_in_reward: bool)
         x = x.masked_scatter(~mask, fill)
         old = (lp.detach() + 0.3).masked_scatter(~mask, fill)
         ref = (lp.detach() - 0.5).masked_scatter(~mask, fill)
-        loss, info = sequence_surrogate(x, mask, adv, reduction, old_token_log_probs=old,
-                                        ref_token_log_probs=ref, **kw)  # fmt: skip
+        loss, info = sequence_surrogate(
+            x, mask, adv, reduction, old_token_log_probs=old, ref_token_log_probs=ref, **kw
+        )
         (grad,) = torch.autograd.grad(loss, base)
         assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask])), reduction
         assert grad.isfinite().all() and loss.isfinite()
@@ -376,10 +389,12 @@ def test_approx_kl_is_k3_of_the_old_to_new_ratio_token_by_token() -> None:
     (ρ⁻¹ − 1 + log ρ) would differ from the value checked here."""
     mask = torch.tensor([[True, False]])
     for log_ratio in torch.linspace(-3.0, 3.0, 13, dtype=torch.float64):
-        lp = torch.stack([log_ratio, torch.tensor(float("nan"), dtype=torch.float64)])[None]
-        old = torch.zeros(1, 2, dtype=torch.float64)
-        _, info = sequence_surrogate(lp, mask, torch.ones(1, dtype=torch.float64),
-                                     old_token_log_probs=old)  # fmt: skip
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        lp = torch.stack([log_ratio - 4.0, nan])[None]  # log-probabilities are <= 0
+        old = torch.full((1, 2), -4.0, dtype=torch.float64)
+        _, info = sequence_surrogate(
+            lp, mask, torch.ones(1, dtype=torch.float64), old_token_log_probs=old
+        )
         kl, lr = float(info["approx_kl"]), float(log_ratio)
         assert kl >= 0.0 and (kl == 0.0) == (lr == 0.0), (lr, kl)
         assert kl == pytest.approx(math.expm1(lr) - lr, rel=1e-12)
@@ -392,8 +407,9 @@ def test_half_precision_kl_and_ratio_do_not_overflow(dtype: torch.dtype) -> None
     old = torch.tensor([[-1.0, -1.0], [-40.0, -0.5]], dtype=dtype)
     mask = torch.ones(2, 2, dtype=torch.bool)
     adv = torch.tensor([1.0, -1.0], dtype=dtype)
-    loss, info = sequence_surrogate(lp, mask, adv, "token_mean", old_token_log_probs=old,
-                                    ref_token_log_probs=ref, kl_coef=0.1)  # fmt: skip
+    loss, info = sequence_surrogate(
+        lp, mask, adv, "token_mean", old_token_log_probs=old, ref_token_log_probs=ref, kl_coef=0.1
+    )
     assert loss.dtype == torch.float32 and loss.isfinite()
     (grad,) = torch.autograd.grad(loss, lp)
     assert grad.dtype == dtype and grad.isfinite().all()

@@ -70,8 +70,12 @@ def test_one_sample_gradient_is_the_hand_formula() -> None:
     lp1, lp2 = Normal(mu[0], 1.0).log_prob(x1), Normal(mu[1] + x1, 1.0).log_prob(x2)
     c1, c2 = w * x1, w * x1 * x2
     b1, b2 = 0.4, -0.25
-    out = dice_surrogate({"c1": c1, "c2": c2}, {"x1": lp1, "x2": lp2},
-                         {"c1": ["x1"], "c2": ["x1", "x2"]}, {"x1": b1, "x2": b2})  # fmt: skip
+    out = dice_surrogate(
+        {"c1": c1, "c2": c2},
+        {"x1": lp1, "x2": lp2},
+        {"c1": ["x1"], "c2": ["x1", "x2"]},
+        {"x1": b1, "x2": b2},
+    )
     out.backward()
     s1, s2 = x1 - mu[0].detach(), x2 - mu[1].detach() - x1  # ∂ log N(x; m, 1)/∂m = x - m
     cost1, cost2 = float(c1.detach()), float(c2.detach())
@@ -88,10 +92,12 @@ def test_rao_blackwellised_drops_the_later_score_from_the_earlier_cost() -> None
         out = dice_surrogate(costs, log_probs, deps).sum()
         grads[name] = torch.autograd.grad(out, theta, retain_graph=True)[0]
     c1, later = costs[0], costs[1] + costs[2]
-    s1 = torch.stack([torch.autograd.grad(log_probs[0][k], theta, retain_graph=True)[0]
-                      for k in range(4)])  # fmt: skip
-    s2 = torch.stack([torch.autograd.grad(log_probs[1][k], theta, retain_graph=True)[0]
-                      for k in range(4)])  # fmt: skip
+    s1 = torch.stack(
+        [torch.autograd.grad(log_probs[0][k], theta, retain_graph=True)[0] for k in range(4)]
+    )
+    s2 = torch.stack(
+        [torch.autograd.grad(log_probs[1][k], theta, retain_graph=True)[0] for k in range(4)]
+    )
     rb = ((c1 + later)[:, None] * s1 + later[:, None] * s2).sum(0)
     naive = ((c1 + later)[:, None] * (s1 + s2)).sum(0)
     torch.testing.assert_close(grads["rb"], rb.detach())
@@ -102,9 +108,11 @@ def test_named_and_indexed_dependencies_agree() -> None:
     costs, log_probs, theta = _three_costs()
     a = dice_surrogate(costs, log_probs, {0: [0], 1: [0, 1], 2: [1, 0]}, {1: 0.5}).sum()
     b = dice_surrogate(
-        {"c1": costs[0], "c2": costs[1], "c3": costs[2]}, {"x1": log_probs[0], "x2": log_probs[1]},
-        {"c1": ["x1"], "c2": ("x1", "x2"), "c3": ["x2", "x1"]}, {"x2": 0.5},
-    ).sum()  # fmt: skip
+        {"c1": costs[0], "c2": costs[1], "c3": costs[2]},
+        {"x1": log_probs[0], "x2": log_probs[1]},
+        {"c1": ["x1"], "c2": ("x1", "x2"), "c3": ["x2", "x1"]},
+        {"x2": 0.5},
+    ).sum()
     ga, gb = (torch.autograd.grad(v, theta, retain_graph=True)[0] for v in (a, b))
     torch.testing.assert_close(ga, gb)
 
@@ -144,8 +152,11 @@ def test_a_cost_with_no_upstream_node_keeps_its_own_gradient() -> None:
     ],
 )  # fmt: skip
 def test_bad_input_is_named(kwargs: dict, error: type, match: str) -> None:
-    args = {"costs": [torch.zeros(4), torch.ones(4)], "log_probs": [torch.zeros(4)] * 2,
-            "depends_on": [[0], [0, 1]]}  # fmt: skip
+    args = {
+        "costs": [torch.zeros(4), torch.ones(4)],
+        "log_probs": [torch.zeros(4)] * 2,
+        "depends_on": [[0], [0, 1]],
+    }
     args.update(kwargs)
     with pytest.raises(error, match=match):
         dice_surrogate(**args)
@@ -204,8 +215,9 @@ def _total_variance(draws: Tensor) -> tuple[float, float]:
 
 def _exact_gradient() -> Tensor:
     th1, th2 = THETA1.clone().requires_grad_(), THETA2.clone().requires_grad_()
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(two_stage_exact(th1, th2),
-                                                                 [th1, th2])])  # fmt: skip
+    return torch.cat(
+        [g.reshape(-1) for g in torch.autograd.grad(two_stage_exact(th1, th2), [th1, th2])]
+    )
 
 
 RB = [[0], [0, 1]]
@@ -220,8 +232,11 @@ def test_two_stage_rao_blackwellised_and_naive_are_unbiased_and_rb_has_lower_var
     torch.manual_seed(0)
     replicas, exact = 40_000, _exact_gradient()
     draws = {}
-    for name, deps, k, baselines in [("rb", RB, 1, None), ("naive", NAIVE, 1, None),
-                                     ("rb+loo", RB, 4, ["leave_one_out"] * 2)]:  # fmt: skip
+    for name, deps, k, baselines in [
+        ("rb", RB, 1, None),
+        ("naive", NAIVE, 1, None),
+        ("rb+loo", RB, 4, ["leave_one_out"] * 2),
+    ]:
         out, params = two_stage_surrogate(replicas, k, deps, baselines)
         draws[name] = _draws(_flat_grads(out, params), replicas)
     stacked = torch.stack(list(draws.values()), 1)  # (R, 3, 12)
@@ -234,9 +249,11 @@ def test_two_stage_rao_blackwellised_and_naive_are_unbiased_and_rb_has_lower_var
     theta2_ratio = (
         _total_variance(draws["naive"][:, 3:])[0] / _total_variance(draws["rb"][:, 3:])[0]
     )
-    print(f"\ntrace Var: naive {v_naive:.3f} ± {se_naive:.3f}, Rao-Blackwellised {v_rb:.3f} ± "
-          f"{se_rb:.3f}, ratio {ratio:.2f} (θ2 block alone: {theta2_ratio:.1f}); RB with "
-          f"leave-one-out baselines (K=4): {_total_variance(draws['rb+loo'])[0]:.3f}")  # fmt: skip
+    print(
+        f"\ntrace Var: naive {v_naive:.3f} ± {se_naive:.3f}, Rao-Blackwellised {v_rb:.3f} ± "
+        f"{se_rb:.3f}, ratio {ratio:.2f} (θ2 block alone: {theta2_ratio:.1f}); RB with "
+        f"leave-one-out baselines (K=4): {_total_variance(draws['rb+loo'])[0]:.3f}"
+    )
     assert v_naive - v_rb > z_bonferroni(1e-3) * (se_naive + se_rb), (v_naive, v_rb)
 
 
@@ -250,8 +267,9 @@ def _hessian_draws(out: Tensor, params: list[Tensor], replicas: int) -> Tensor:
     grads = _draws(_flat_grads(out, params, create_graph=True), replicas)  # (R, P)
     rows = []
     for j in range(grads.shape[1]):
-        row = torch.autograd.grad(grads[:, j].sum(), params, retain_graph=True,
-                                  allow_unused=True, materialize_grads=True)  # fmt: skip
+        row = torch.autograd.grad(
+            grads[:, j].sum(), params, retain_graph=True, allow_unused=True, materialize_grads=True
+        )
         rows.append(_draws(list(row), replicas))
     return torch.stack(rows, 1)
 
@@ -315,8 +333,9 @@ def test_bernoulli_closed_form_matches_enumeration() -> None:
         lambda th: lt.enumerate_expectation(bernoulli_cost, _independent(th)), [theta]
     )
     torch.testing.assert_close(h_closed, h_enum)
-    torch.testing.assert_close(bernoulli_exact(theta), lt.enumerate_expectation(
-        bernoulli_cost, _independent(theta)))  # fmt: skip
+    torch.testing.assert_close(
+        bernoulli_exact(theta), lt.enumerate_expectation(bernoulli_cost, _independent(theta))
+    )
 
 
 def _independent(theta: Tensor) -> torch.distributions.Distribution:
@@ -332,8 +351,12 @@ def test_hessian_is_unbiased_for_bernoulli_with_a_polynomial(baseline: float | N
     theta = theta0.expand(replicas, 3).clone().requires_grad_()
     dist = Bernoulli(logits=theta)
     b = dist.sample()
-    out = dice_surrogate([bernoulli_cost(b)], [dist.log_prob(b).sum(-1)], [[0]],
-                         None if baseline is None else [baseline])  # fmt: skip
+    out = dice_surrogate(
+        [bernoulli_cost(b)],
+        [dist.log_prob(b).sum(-1)],
+        [[0]],
+        None if baseline is None else [baseline],
+    )
     h = _hessian_draws(out, [theta], replicas)
     exact = _exact_hessian(bernoulli_exact, [theta0])
     assert_mean(_upper(h), _upper(exact), alpha=1e-3, what="Bernoulli Hessian")
@@ -363,8 +386,10 @@ def test_two_stage_hessian_is_unbiased_and_one_box_per_node_is_not() -> None:
     torch.manual_seed(3)
     replicas = 40_000
     exact = _upper(_exact_hessian(two_stage_exact, [THETA1, THETA2]))
-    draws = torch.stack([_two_stage_hessian_draws(replicas, None),
-                         _two_stage_hessian_draws(replicas, [10.0, 1.0])], 1)  # fmt: skip
+    draws = torch.stack(
+        [_two_stage_hessian_draws(replicas, None), _two_stage_hessian_draws(replicas, [10.0, 1.0])],
+        1,
+    )
     assert_mean(draws, exact.expand(2, -1), alpha=1e-3, what="two-stage Hessian")
     wrong = _two_stage_hessian_draws(replicas, None, union=False)
     # inf where a cross term is identically zero; nan (0/0) where both are zero

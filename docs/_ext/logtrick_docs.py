@@ -35,9 +35,12 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("unbiased", "unbiased", "whether its expectation is the exact gradient"),
     ("requires", "requires", "what the distribution and f must provide"),
     ("max order", "max_order", "highest derivative order it estimates without bias"),
-    ("f evaluations", "f_evals_per_sample", "evaluations of f per drawn sample"),
-    ("relative cost", "relative_cost", "time per estimate against the score function"),
+    ("f evaluations", "f_evals_per_sample", "evaluations of f per drawn sample, counted in a run"),
+    ("relative cost", "relative_cost", "time per estimate against the score function, same run"),
 )
+MEASURED = {"f_evals_per_sample", "relative_cost"}
+"""Columns filled at build time from :func:`logtrick.chooser.estimator_costs` (a run), not from
+class attributes."""
 MISSING = "n/a"
 
 
@@ -81,11 +84,30 @@ def _estimator_cell(short: str, cls: type) -> nodes.paragraph:
     return nodes.paragraph("", "", ref, nodes.Text(" "), nodes.literal(text=f'"{short}"'))
 
 
-def estimator_rows(estimators: dict[str, type]) -> list[list[nodes.Node]]:
-    """One row per registered estimator: class and short name, summary, the metadata columns."""
+def _measured(cost: object, attr: str) -> str:
+    if cost is None:
+        return MISSING
+    value = getattr(cost, attr)
+    where = f" ({cost.problem})" if attr == "relative_cost" else ""  # type: ignore[attr-defined]
+    return f"{value:.2f}{where}" if attr == "relative_cost" else f"{value:g}"
+
+
+def estimator_rows(
+    estimators: dict[str, type], measured: dict[str, object] | None = None
+) -> list[list[nodes.Node]]:
+    """One row per registered estimator: class and short name, summary, the metadata columns
+    (the :data:`MEASURED` ones from ``measured``, name -> ``EstimatorCost``)."""
+    measured = measured or {}
     rows = []
     for short, cls in sorted(estimators.items()):
-        meta = [_text(_cell(getattr(cls, attr, None))) for _, attr, _ in COLUMNS]
+        meta = [
+            _text(
+                _measured(measured.get(short), attr)
+                if attr in MEASURED
+                else _cell(getattr(cls, attr, None))
+            )
+            for _, attr, _ in COLUMNS
+        ]
         rows.append([_estimator_cell(short, cls), _text(_summary(cls)), *meta])
     return rows
 
@@ -114,7 +136,10 @@ class EstimatorTable(SphinxDirective):
         for heading, attr, meaning in COLUMNS:
             item = _text(f"{heading} (``{attr}``): {meaning}")
             legend += nodes.list_item("", item)
-        return [_table(header, estimator_rows(logtrick.ESTIMATORS)), legend]
+        from logtrick.chooser import estimator_costs
+
+        measured = dict(estimator_costs())
+        return [_table(header, estimator_rows(logtrick.ESTIMATORS, measured)), legend]
 
 
 def example_argv(gallery_conf: dict[str, Any], script_vars: dict[str, Any]) -> list[str]:

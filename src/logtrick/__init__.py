@@ -16,14 +16,7 @@ from logtrick.baselines import (
 )
 from logtrick.dice import magic_box
 from logtrick.enumeration import enumerate_expectation
-from logtrick.estimators import (
-    ESTIMATORS,
-    Auto,
-    Pathwise,
-    ScoreFunction,
-    estimator_table,
-    expectation,
-)
+from logtrick.estimators import ESTIMATORS, ScoreFunction, estimator_table, expectation
 from logtrick.gumbel import GumbelSoftmax, StraightThrough
 from logtrick.language.advantages import (
     GroupedAdvantages,
@@ -47,6 +40,7 @@ from logtrick.language.tokens import (
     token_log_probs,
 )
 from logtrick.measure_valued import DeltaMethod, MeasureValued
+from logtrick.pathwise import Auto, Pathwise
 from logtrick.rebar import Rebar, Relax, variance_backward
 from logtrick.scores import fisher, score
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
@@ -58,10 +52,20 @@ from logtrick.vimco import vimco_signals, vimco_surrogate
 ESTIMATORS.update(
     {
         cls.name: cls
-        for cls in (GumbelSoftmax, StraightThrough, Rebar, Relax, ARM, DisARM, MeasureValued,
-                    DeltaMethod)
+        for cls in (
+            Pathwise,
+            Auto,
+            GumbelSoftmax,
+            StraightThrough,
+            Rebar,
+            Relax,
+            ARM,
+            DisARM,
+            MeasureValued,
+            DeltaMethod,
+        )
     }
-)  # fmt: skip
+)
 
 __version__ = "0.1.0"
 

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from logtrick.costs import CostFn, evaluate_cost
 from logtrick.dice import first_order_only
-from logtrick.estimators import CostFn, evaluate_cost
-from logtrick.gumbel import discrete_base
+from logtrick.independent import discrete_base
 
 __all__ = ["ARM", "DisARM"]
 

@@ -53,7 +53,9 @@ class Baseline(Protocol):
 
     ``b_k`` must not depend on the sample ``x_k`` it multiplies: it may use the *other* samples'
     costs (leave-one-out), earlier calls (moving average) or a context independent of ``x``
-    (learned); the estimator is then unbiased.
+    (learned); the estimator is then unbiased. A baseline whose class sets
+    ``uses_other_samples = True`` is refused by :func:`score_terms` where the other samples share
+    ``x_k`` (a log-probability of size 1 along the sample dimension).
     """
 
     active: ClassVar[bool]
@@ -124,6 +126,14 @@ def score_terms(
     """
     if with_cost and not baseline.active:  # b = 0 and nothing extra: the hot path
         return score_term(cost, log_prob, None, reduce)
+    if getattr(baseline, "uses_other_samples", False) and _shared(log_prob, cost, sample_dim):
+        raise ValueError(
+            f"{name}: {type(baseline).__name__} builds b_k from the other samples' costs, but the "
+            f"log-probability {tuple(log_prob.shape)} has size 1 along sample_dim={sample_dim} of "
+            f"the costs {tuple(cost.shape)}: one sample shared by every cost, so each b_k depends "
+            f"on it and its gradient would be 0; use a baseline independent of this call's "
+            f"samples (lt.MovingAverage() kept across calls, a constant, lt.Learned) or None"
+        )
     seen = cost.detach() if with_cost and cost.requires_grad else cost
     b, extra = baseline.parts(seen, log_prob, sample_dim, context)
     if isinstance(b, Tensor):
@@ -144,6 +154,15 @@ def score_terms(
     if out is not None and baseline.max_order < 2:
         out = first_order_only(out, type(baseline).__name__)
     return out
+
+
+def _shared(log_prob: Tensor, cost: Tensor, sample_dim: int) -> bool:
+    """Whether ``log_prob`` broadcasts along the sample dimension of ``cost`` (K > 1): one sample
+    shared by all K costs."""
+    if cost.dim() == 0 or cost.shape[sample_dim] < 2:
+        return False
+    from_right = cost.dim() - (sample_dim % cost.dim())
+    return log_prob.dim() < from_right or log_prob.shape[-from_right] == 1
 
 
 @dataclass
@@ -245,8 +264,11 @@ class MovingAverage:
             self.average, self.steps = torch.zeros_like(mean), 0
         corrected = self.average / (1.0 - self.decay**self.steps) if self.steps else None
         if self.average.shape != mean.shape:  # another batch shape: the scalar mean, no update
-            return torch.zeros((), dtype=c.dtype, device=c.device) if corrected is None else (
-                corrected.mean().to(c.dtype))  # fmt: skip
+            return (
+                torch.zeros((), dtype=c.dtype, device=c.device)
+                if corrected is None
+                else (corrected.mean().to(c.dtype))
+            )
         self.average = self.decay * self.average + (1.0 - self.decay) * mean
         self.steps += 1
         return torch.zeros_like(mean) if corrected is None else corrected
@@ -263,7 +285,10 @@ class LeaveOneOut:
 
     .. math::  b_k = \frac{1}{K-1} \sum_{j \neq k} f(x_j)
 
-    Unbiased because the samples are independent; needs ``K >= 2`` samples along ``sample_dim``.
+    Unbiased because the samples are independent; needs ``K >= 2`` samples along ``sample_dim``,
+    each with its own log-probability: a log-probability of size 1 along ``sample_dim`` (one
+    sample shared by the K costs, e.g. an upstream node in :func:`logtrick.dice_surrogate`) is
+    refused, since every ``b_k`` would depend on that sample (``uses_other_samples``).
     With it, :math:`\frac1K\sum_k (f_k - b_k) s_k = \frac{1}{K-1}\sum_k (f_k - \bar f) s_k`.
 
     Data-parallel training: it has no state and no ``group``; each rank's ``b_k`` is the mean of
@@ -275,6 +300,7 @@ class LeaveOneOut:
     active: ClassVar[bool] = True
     min_samples: ClassVar[int] = 2
     max_order: ClassVar[float] = math.inf
+    uses_other_samples: ClassVar[bool] = True
 
     def __call__(self, cost: Tensor, sample_dim: int = 0, context: Tensor | None = None) -> Tensor:
         k = cost.shape[sample_dim] if cost.dim() else 1
@@ -327,8 +353,9 @@ class Learned(nn.Module):
         pred = self.module(context.detach())
         if pred.dim() > 1 and pred.shape[-1] == 1:
             pred = pred.squeeze(-1)  # (B, 1) -> (B,): one prediction per context
-        return check_broadcasts_to("baseline (Learned's module output)", pred, cost.shape,
-                                   "the cost's shape")  # fmt: skip
+        return check_broadcasts_to(
+            "baseline (Learned's module output)", pred, cost.shape, "the cost's shape"
+        )
 
     def loss(self, cost: Tensor, context: Tensor, sample_dim: int = 0) -> Tensor:
         """Mean squared error ``0.5 * (g(context) - cost)^2``; trains only the module."""

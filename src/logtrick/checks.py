@@ -1,70 +1,66 @@
-"""Argument checks: the one home of every validation the public functions do at their boundary.
+"""Generic argument checks: the vocabulary the public functions share at their boundary.
 
 Each check is written once, named for what it checks, and raises a ``TypeError`` (wrong kind) or
 ``ValueError`` (wrong value or shape) whose message names the argument, what it got and what was
 expected. Checks return the (possibly converted) value so that a boundary reads
 ``x = check_tensor("x", x)``. Hot loops check once per call at the boundary, never per element;
-:func:`check_finite` costs one reduction when the input is clean.
+:func:`check_finite` costs one reduction when the input is clean. A check about one concept
+(a distribution's support, a baseline an estimator ignores, an env id) lives beside that concept.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-if TYPE_CHECKING:
-    import numpy
-
 __all__ = [
-    "check_aligned",
-    "check_baseline_used",
+    "MAX_SEED",
     "check_bool",
     "check_bool_tensor",
     "check_broadcasts_to",
     "check_choice",
     "check_distribution",
-    "check_env_id",
-    "check_env_output",
     "check_finite",
     "check_finite_number",
-    "check_fixed_support",
     "check_floating",
-    "check_grouped_rewards",
     "check_in_range",
-    "check_in_support",
     "check_instance",
     "check_int_tuple",
     "check_integer_tensor",
-    "check_json",
-    "check_log_prob_differentiable",
     "check_ndim",
     "check_nonempty_str",
     "check_nonnegative",
     "check_nonnegative_int",
-    "check_not_a_directory",
-    "check_not_a_file",
     "check_param_list",
-    "check_path",
-    "check_path_name",
     "check_positive",
     "check_positive_int",
     "check_same_shape",
-    "check_sample_dim",
+    "check_seed",
     "check_shape",
     "check_shape_in",
     "check_tensor",
+    "transformed",
 ]
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def transformed(x: Tensor) -> bool:
+    """Whether ``x`` lives under ``torch.vmap``/``torch.func.grad`` (or a batched backward):
+    its values cannot be read (no ``.item()``), so data-dependent checks are skipped there."""
+    functorch = torch._C._functorch
+    return bool(
+        functorch.is_functorch_wrapped_tensor(x)
+        or functorch.is_batchedtensor(x)
+        or functorch.is_legacy_batchedtensor(x)
+    )
 
 
 def check_tensor(name: str, x: object) -> Tensor:
@@ -122,12 +118,21 @@ def check_finite(name: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
     Fast path: NaN and inf propagate through a sum, so one reduction clears the common case; only
     a non-finite sum (a bad entry, or an overflow of finite ones) pays for the exact scan, which
     reports how many entries are bad and where the first one is. Integer and bool tensors are
-    finite by construction and cost nothing.
+    finite by construction and cost nothing; under ``torch.vmap`` the values are not readable and
+    the check is skipped.
     """
     if not (x.is_floating_point() or x.is_complex()):
         return x
     d = x.detach() if x.requires_grad else x
-    if mask is None and not d.is_complex() and math.isfinite(d.sum().item()):
+    if mask is None and not d.is_complex():
+        try:
+            if math.isfinite(d.sum().item()):
+                return x
+        except RuntimeError:  # under vmap or torch.func the values cannot be read
+            if transformed(x):
+                return x
+            raise
+    elif transformed(x):
         return x
     bad = ~d.isfinite()
     if mask is not None:
@@ -139,35 +144,6 @@ def check_finite(name: str, x: Tensor, mask: Tensor | None = None) -> Tensor:
             f"(first at index {idx}, shape {tuple(d.shape)}); expected finite values"
         )
     return x
-
-
-def check_fixed_support(name: str, dist: Distribution) -> Distribution:
-    """The support of ``dist`` does not move with its parameters, as far as torch's support
-    constraint shows (``Uniform(low, high)``, ``Pareto``'s ``scale``: bounds that require grad).
-
-    The score-function identity differentiates under the integral over a fixed support; where a
-    bound depends on θ it misses the boundary term and is biased (for ``Uniform(θ, θ + 2)`` and
-    f = x² its gradient is 0 on every sample, the truth is 2θ + 2). Cheap: two attribute reads
-    for the usual distributions, whose support is a constant constraint.
-    """
-    constraint: object = dist.support
-    while hasattr(constraint, "base_constraint"):  # independent(...)
-        constraint = constraint.base_constraint
-    moving = [
-        bound
-        for bound in ("lower_bound", "upper_bound")
-        if isinstance(getattr(constraint, bound, None), Tensor)
-        and getattr(constraint, bound).requires_grad
-    ]
-    if moving:
-        verb = "requires" if len(moving) == 1 else "require"
-        raise ValueError(
-            f"{name}: the support of {type(dist).__name__} depends on its parameters (its "
-            f"{' and '.join(moving)} {verb} grad), so the score-function estimator would miss "
-            f"the boundary term and be biased; use estimator='pathwise' if it has rsample and f is "
-            f"differentiable, or make the bounds constants"
-        )
-    return dist
 
 
 def check_positive_int(name: str, value: object, what: str = "") -> int:
@@ -183,6 +159,20 @@ def check_nonnegative_int(name: str, value: object, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         hint = f" ({what})" if what else ""
         raise ValueError(f"{name}: expected a non-negative int{hint}, got {value!r}")
+    return value
+
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch's generators take 64-bit seeds, and runs derive others from it
+(``seed + 1``, ``seed + 10_000 + episode``, ...)."""
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` is an ``int`` in ``[0, MAX_SEED]`` (a seed the generators accept)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(
+            f"{name}: expected an int in [0, 2**63 - 1] (the generators' seed range), got {value!r}"
+        )
     return value
 
 
@@ -298,62 +288,6 @@ def check_distribution(name: str, dist: object) -> Distribution:
     return dist
 
 
-def check_sample_dim(name: str, x: object, minimum: int, what: str = "samples") -> Tensor:
-    """``x`` is a tensor with at least ``minimum`` entries along its first (sample) dimension."""
-    x = check_tensor(name, x)
-    if x.dim() == 0 or x.shape[0] < minimum:
-        raise ValueError(
-            f"{name}: expected shape (K, ...) with K >= {minimum} {what} along dim 0, got "
-            f"{tuple(x.shape)}"
-        )
-    return x
-
-
-def check_in_support(name: str, x: Tensor, dist: Distribution) -> Tensor:
-    """Every value of ``x`` lies in ``dist``'s support (skipped where the user turned
-    torch.distributions validation off, or the distribution declares no support)."""
-    if not dist._validate_args:
-        return x
-    try:
-        support = dist.support
-        if support is None:
-            return x
-        inside = support.check(x)
-    except NotImplementedError:
-        return x
-    if not bool(inside.all()):
-        raise ValueError(
-            f"{name}: {int((~inside).sum())} of {inside.numel()} values lie outside the support "
-            f"{dist.support} of {type(dist).__name__}; expected samples of the distribution"
-        )
-    return x
-
-
-def check_log_prob_differentiable(
-    dist_fn: Callable[[list[Tensor]], Distribution], params: list[Tensor], x: Tensor
-) -> None:
-    """Every tensor of ``params`` reaches ``dist_fn(params).log_prob(x)`` through autograd (else
-    its score is undefined, and ``torch.func.grad`` would silently return zeros)."""
-    ps = [p.detach().clone().requires_grad_(True) for p in params]
-    with torch.enable_grad():
-        dist = dist_fn(ps)
-        log_prob = dist.log_prob(x).sum()
-        try:
-            grads = torch.autograd.grad(log_prob, ps, allow_unused=True)
-        except RuntimeError as err:  # no graph at all, or an op without a derivative
-            raise ValueError(
-                f"dist_fn: {type(dist).__name__}.log_prob cannot be differentiated in params "
-                f"({err}); every parameter must enter log_prob through differentiable operations"
-            ) from err
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if g is None:
-            raise ValueError(
-                f"params[{i}] (shape {tuple(p.shape)}): {type(dist).__name__}.log_prob does not "
-                f"depend on it differentiably (no autograd path: a .detach(), .item() or integer "
-                f"cast in dist_fn?), so its score is undefined; drop it from params"
-            )
-
-
 # ------------------------------------------------------------- plain values (configs), envs
 
 
@@ -397,128 +331,6 @@ def check_int_tuple(name: str, value: object, what: str = "") -> tuple[int, ...]
     return tuple(value)  # type: ignore[arg-type]
 
 
-def check_path_name(name: str, value: object) -> str:
-    """``value`` can name one entry of a directory: non-empty, no path separator, not . or .."""
-    check_nonempty_str(name, value)
-    if "/" in value or "\\" in value or value in (".", "..") or "\0" in value:  # type: ignore[operator]
-        raise ValueError(
-            f"{name}: expected a file or directory name (no '/', not '.' or '..'), got {value!r}"
-        )
-    return value  # type: ignore[return-value]
-
-
-def check_path(name: str, value: object) -> str:
-    """``value`` is a non-empty str or an ``os.PathLike``; returns it as a str."""
-    return check_nonempty_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
-
-
-def check_not_a_directory(name: str, value: object) -> str:
-    """``value`` (a str or ``os.PathLike``) names a file to write, not an existing directory."""
-    path = check_path(name, value)
-    if os.path.isdir(path):
-        raise ValueError(f"{name}: {path!r} is a directory; expected a file path (e.g. agent.pt)")
-    return path
-
-
-def check_not_a_file(name: str, value: object) -> str:
-    """``value`` (a str or ``os.PathLike``) names a directory, or nothing yet (it is created
-    later): not a file."""
-    path = check_path(name, value)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{name}: {path!r} is a file; expected a directory (or a new path)")
-    return path
-
-
-def check_env_id(name: str, value: object) -> object:
-    """``value`` is an id ``gymnasium.make`` accepts; returns its ``EnvSpec``.
-
-    ``"module:Env-v0"`` imports ``module`` first (which registers the env), as ``gymnasium.make``
-    does; ``"ns/Env-v0"`` is a namespaced id. An unknown id lists the closest registered ones.
-    """
-    import difflib
-    import importlib
-
-    import gymnasium as gym
-
-    env_id = check_nonempty_str(name, value)
-    module, sep, env_name = env_id.rpartition(":")
-    if sep:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ValueError(f"{name}: cannot import {module!r} for {env_id!r} ({err})") from None
-    try:
-        return gym.spec(env_name)
-    except gym.error.Error as err:
-        close = difflib.get_close_matches(env_name, list(gym.registry), n=5, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise ValueError(f"{name}: unknown environment id {env_id!r} ({err}){hint}") from None
-
-
-def check_env_output(
-    obs: object,
-    reward: object,
-    where: str | Callable[[int], str],
-    env_index: Sequence[int] | numpy.ndarray | None = None,
-) -> None:
-    """A vector env's observations and rewards are finite (numpy arrays).
-
-    ``reward`` is ``(B,)`` (one vector step) or ``(T, B)`` (T steps, time-major), ``obs`` the
-    same leading shape and then the observation's. Fast path: NaN and inf propagate through a
-    sum of squares, so one dot product per array clears the common case. Otherwise the error
-    names what is bad (observation or reward), where (``where``, or ``where(t)`` for the step
-    ``t`` of the first bad entry, called only on failure, e.g. "at rollout step 3 (global step
-    48)") and the env's index (``b``, or ``env_index[b]`` when given).
-    """
-    import numpy as np
-
-    obs, reward = np.asarray(obs), np.asarray(reward)
-    flat_obs, flat_reward = obs.reshape(-1), reward.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us below
-        if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
-            return
-    bad_obs = np.asarray(~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1))
-    bad = ~np.isfinite(flat_reward.astype(np.float64)) | bad_obs
-    if not bad.any():  # the sum of squares overflowed: the data is finite
-        return
-    i = int(np.flatnonzero(bad)[0])
-    t, b = divmod(i, reward.shape[-1]) if reward.ndim else (0, 0)
-    index = int(env_index[b]) if env_index is not None else b
-    what = "observation" if bad_obs[i] else "reward"
-    value = obs.reshape(reward.size, *obs.shape[reward.ndim :])[i] if bad_obs[i] else flat_reward[i]
-    where = where(t) if callable(where) else where
-    raise ValueError(f"env: NaN or inf {what} {where}, env index {index}: {value}")
-
-
-def check_aligned(
-    ref_name: str, ref: object, mask: object = None, what: str = "", **others: object
-) -> tuple[Tensor, Tensor | None]:
-    """Tensors that go together entry by entry (e.g. per time step and env).
-
-    ``ref`` is a tensor; ``mask`` is ``None`` or a bool tensor of its shape; each of ``others``
-    (``None`` skipped) is a tensor of its shape, finite where ``mask`` is True. ``what`` says
-    what an entry is, for the messages. Returns ``(ref, mask)``.
-    """
-    ref = check_tensor(ref_name, ref)
-    if mask is not None:
-        mask = check_same_shape("mask", check_bool_tensor("mask", mask), ref_name, ref, what)
-    for name, x in others.items():
-        if x is not None:
-            check_finite(name, check_same_shape(name, x, ref_name, ref, what), mask)
-    return ref, mask
-
-
-def check_json(name: str, value: object) -> object:
-    """``value`` can be written as JSON (dicts with string keys, lists, numbers, strings, ...)."""
-    import json
-
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected values JSON can hold, got {value!r} ({err})") from None
-    return value
-
-
 def check_shape_in(name: str, x: object, shapes: Iterable[Sequence[int]], what: str = "") -> Tensor:
     """``x`` is a tensor whose shape is one of ``shapes`` (e.g. ``(B,)`` or ``(B, L)``)."""
     x = check_tensor(name, x)
@@ -536,27 +348,6 @@ def check_ndim(name: str, x: object, ndim: int, layout: str) -> Tensor:
     if x.dim() != ndim:
         raise ValueError(f"{name}: expected shape {layout}, got {tuple(x.shape)}")
     return x
-
-
-def check_grouped_rewards(name: str, rewards: object, min_k: int, what: str) -> Tensor:
-    """``rewards`` is a real ``(contexts, k)`` tensor, ``k >= min_k``, finite (``what`` needs k).
-
-    Integer and bool rewards are accepted (a 0/1 checker); complex ones are refused.
-    """
-    rewards = check_tensor(name, rewards)
-    if rewards.is_complex():
-        raise TypeError(f"{name}: expected real values, got dtype {rewards.dtype}")
-    if rewards.dim() != 2:
-        raise ValueError(
-            f"{name}: expected shape (contexts, k) with k samples per context, got shape "
-            f"{tuple(rewards.shape)}; reshape flat rewards with {name}.view(contexts, k)"
-        )
-    if rewards.shape[1] < min_k:
-        raise ValueError(
-            f"{name}: {what} needs k >= {min_k} samples per context, got shape "
-            f"{tuple(rewards.shape)}"
-        )
-    return check_finite(name, rewards)
 
 
 def check_integer_tensor(name: str, x: object) -> Tensor:
@@ -577,17 +368,3 @@ def check_known_name(
     close = difflib.get_close_matches(name, list(known), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise error(f"{name}: unknown {what}{hint} (fields: {', '.join(known)})")
-
-
-def check_baseline_used(estimator: object, baseline: object) -> None:
-    """An active baseline given to an estimator without a score term (``takes_baseline`` false:
-    pathwise, ARM, DisARM, the relaxations, measure-valued, delta method) would be ignored:
-    refuse it rather than let the user believe it reduces the variance."""
-    if getattr(estimator, "takes_baseline", True) or not getattr(baseline, "active", False):
-        return
-    name = getattr(estimator, "name", type(estimator).__name__)
-    raise ValueError(
-        f"baseline: the {name} estimator has no score term, so the baseline {baseline!r} "
-        f"would be ignored; pass baseline=None, or estimator='score_function' (or 'rebar', "
-        f"'relax' for discrete samples) to use it"
-    )

@@ -14,10 +14,13 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,14 +86,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from logtrick.rl.errors import LogtrickError
+    from logtrick.rl.signals import Terminated, exit_code, terminate_as_interrupt
 
     try:
-        return int(args.run(args))
+        with terminate_as_interrupt(), _one_line_warnings(args.command):
+            return int(args.run(args))  # SIGTERM (kill, preemption) is a Ctrl-C
     except (LogtrickError, ValueError, OSError) as err:  # the user's to fix: a message
         if args.traceback:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines()) or repr(err)
         parser.exit(getattr(err, "exit_code", 2), f"logtrick {args.command}: error: {message}\n")
+    except KeyboardInterrupt as err:  # outside the loop, or a second signal inside it
+        if args.traceback:
+            raise
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        name = signal.Signals(signum).name
+        parser.exit(
+            exit_code(signum),
+            f"logtrick {args.command}: stopped by {name}; a run "
+            "keeps its last checkpoint (logtrick train --resume RUN_DIR)\n",
+        )
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Warnings as ``logtrick CMD: warning: ...`` lines (not file, line number and source)."""
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+        text = " ".join(str(message).split())
+        print(f"logtrick {command}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # --------------------------------------------------------------------------- compare
@@ -128,30 +156,6 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def compare_estimators(problem: Problem) -> dict[str, tuple[object, object]]:
-    """The estimators ``logtrick compare`` measures on ``problem``: label -> (estimator, baseline).
-
-    The score function (``sf``) plain and with each baseline (moving average, leave-one-out, the
-    per-parameter optimal scale, and the exact mean as an oracle constant), and the pathwise
-    estimator where f is differentiable and the distribution has ``rsample``.
-    """
-    import logtrick as lt
-
-    sf = lt.ScoreFunction()
-    table: dict[str, tuple[object, object]] = {
-        "score_function": (sf, None),
-        "sf + moving_average": (sf, lt.MovingAverage()),
-        "sf + leave_one_out": (sf, lt.LeaveOneOut()),
-        "sf + optimal_scale": (sf, lt.OptimalScale(problem.params)),
-    }
-    mean = problem.exact_value()
-    if mean is not None:
-        table["sf + exact E[f] (oracle)"] = (sf, lt.Constant(mean))
-    if problem.differentiable and problem.dist().has_rsample:
-        table["pathwise"] = (lt.Pathwise(), None)
-    return table
-
-
 def _compare_problems(args: argparse.Namespace) -> list[Problem]:
     from logtrick.problems import bernoulli_problem, gaussian_problem
 
@@ -165,10 +169,10 @@ def run_compare(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from logtrick.chooser import applicable_estimators
     from logtrick.diagnostics import compare
 
-    if args.samples < 2:
-        raise ValueError(f"--samples: expected >= 2 (leave-one-out needs 2), got {args.samples}")
+    _check_compare_arguments(args)
     torch.set_num_threads(1)
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
@@ -177,7 +181,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for problem in _compare_problems(args):
         rows = compare(
             problem,
-            compare_estimators(problem),
+            applicable_estimators(problem),
             samples=args.samples,
             repeats=args.repeats,
             seed=args.seed,
@@ -187,6 +191,20 @@ def run_compare(args: argparse.Namespace) -> int:
     path = _plot(results, args.out / f"compare-{args.problem}.png")
     console.print(f"plot: {path}")
     return 0
+
+
+def _check_compare_arguments(args: argparse.Namespace) -> None:
+    """Each flag by its name, before anything runs (a NaN ``--k`` would fail later as "f(x)")."""
+    if args.samples < 2:
+        raise ValueError(f"--samples: expected >= 2 (leave-one-out needs 2), got {args.samples}")
+    if args.repeats < 4:
+        raise ValueError(f"--repeats: expected >= 4 (estimates per variance), got {args.repeats}")
+    for flag, values in (("--k", args.k), ("--target", [args.target])):
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"{flag}: expected finite numbers, got {bad[0]}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed: expected an int in [0, 2**63), got {args.seed}")
 
 
 def _rich_table(title: str, rows: list[ComparisonRow], args: argparse.Namespace) -> Table:
@@ -199,8 +217,9 @@ def _rich_table(title: str, rows: list[ComparisonRow], args: argparse.Namespace)
     headers, cells = table_cells(rows)
     table = Table(
         title=f"{title}  (K={args.samples}, R={args.repeats}, seed={args.seed})",
-        caption="sf = score function; variance: trace over parameters, of one K-sample "
-        "estimate; max|z|: largest |mean - exact| / SE",
+        caption="sf = score function; every estimator that applies to the problem; variance: "
+        "trace over parameters, of one K-sample estimate; f-evals, µs: per estimate; rel. cost: "
+        "time against score_function in this run; max|z|: largest |mean - exact| / SE",
         box=box.SIMPLE_HEAD,
     )
     for i, header in enumerate(headers):
@@ -323,15 +342,38 @@ def run_train(args: argparse.Namespace) -> int:
 
     from logtrick import rl
     from logtrick.rl.agent import train
+    from logtrick.rl.signals import exit_code
 
     overrides = train_overrides(args)
     if args.resume:
         config = dataclasses.replace(rl.load_config(args.resume), **overrides)
+        note = _finished(args.resume, config)
+        if note:
+            print(note)
+            return 0
         result = train(config, resume=args.resume)
     else:
-        result = train(rl.Config(**overrides))
+        config = rl.Config(**overrides)
+        result = train(config)
     if int(os.environ.get("RANK", 0)):  # torchrun: rank 0 reports (and writes) the run
         return 0
+    _report(result, config)
+    return 0 if result.signal == signal.SIGINT else exit_code(result.signal)
+
+
+def _finished(run_dir: str, config: Any) -> str | None:
+    """The note for ``--resume`` of a run that has no steps left (``None``: it has)."""
+    from logtrick.rl import runs
+    from logtrick.rl.checkpoint import Counters, finished_note
+
+    counters = Counters(**runs.load_checkpoint(Path(run_dir) / runs.CHECKPOINT)["counters"])
+    return finished_note(Path(run_dir), config, counters)
+
+
+def _report(result: Any, config: Any) -> None:
+    """What happened, in the run's own numbers."""
+    from logtrick.rl.report import run_summary
+
     last = result.history[-1] if result.history else {}
     ret = float(last.get("episode_return", math.nan))
     print(f"run directory: {result.run_dir}")
@@ -341,16 +383,18 @@ def run_train(args: argparse.Namespace) -> int:
         + (f"{ret:.1f}" if math.isfinite(ret) else "none (no episode has ended yet)")
     )
     if result.solved_at_step is not None:
+        target = "target return" if config.target_return is not None else "threshold"
         print(
-            f"solved: 20 deterministic episodes reached the threshold at "
+            f"solved: {config.eval_episodes} deterministic episodes reached the {target} at "
             f"{result.solved_at_step:,} steps, {result.solved_at_time:.1f} s of training"
         )
     if result.interrupted:
-        print(f"interrupted; checkpoint saved. Continue: logtrick train --resume {result.run_dir}")
-    from logtrick.rl.report import run_summary
-
+        name = signal.Signals(result.signal).name
+        print(
+            f"stopped by {name}; checkpoint saved. Continue: logtrick train --resume "
+            f"{result.run_dir}"
+        )
     print(run_summary(result.run_dir))
-    return 0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -378,7 +422,10 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from logtrick import rl
+    from logtrick.checks import check_positive_int, check_seed
 
+    check_positive_int("--episodes", args.episodes)
+    check_seed("--seed", args.seed)
     env = rl.load_config(args.run_dir).env
     policy = rl.load(args.run_dir)
     # load gives an ActorCritic or a ModulePolicy (typed nn.Module); evaluate calls only act()

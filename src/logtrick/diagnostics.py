@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.checks import check_in_range, check_param_list, check_positive_int
-from logtrick.estimators import CostFn, resolve_pair
+from logtrick.costs import CostFn
+from logtrick.estimators import resolve_pair
 from logtrick.gradient_stats import GradientStats, flat, per_sample_gradients, summarise
 from logtrick.problems import Problem
 from logtrick.scores import DistFn, call_dist_fn
@@ -43,6 +45,7 @@ __all__ = [
     "format_table",
     "gradient_variance",
     "per_sample_gradients",
+    "relative_costs",
     "table_cells",
 ]
 
@@ -59,9 +62,14 @@ class _CountingCost:
 
 
 def _estimate(
-    f: CostFn, dist: Distribution, params: list[Tensor], samples: int, est: object,
-    baseline: object, context: Tensor | None,
-) -> tuple[Tensor, ...]:  # fmt: skip
+    f: CostFn,
+    dist: Distribution,
+    params: list[Tensor],
+    samples: int,
+    est: object,
+    baseline: object,
+    context: Tensor | None,
+) -> tuple[Tensor, ...]:
     terms = est.terms(f, dist, samples, baseline, context)  # type: ignore[attr-defined]
     return torch.autograd.grad(
         terms.mean(0).sum(), params, allow_unused=True, materialize_grads=True
@@ -133,17 +141,25 @@ def gradient_variance(
         for _ in range(warmup):
             _estimate(f, call_dist_fn(dist_fn, params), params, samples, est, baseline, context)
         start = time.perf_counter()
-        grads = _estimates(counted, dist_fn, params, samples, est, baseline, repeats, context,
-                           vectorize)  # fmt: skip
+        grads = _estimates(
+            counted, dist_fn, params, samples, est, baseline, repeats, context, vectorize
+        )
         seconds = (time.perf_counter() - start) / repeats
     calls = 1 if vectorize else repeats
     return summarise(grads, samples, counted.count / calls, seconds)
 
 
 def _estimates(
-    f: CostFn, dist_fn: DistFn, params: list[Tensor], samples: int, est: object,
-    baseline: object, repeats: int, context: Tensor | None, vectorize: bool,
-) -> Tensor:  # fmt: skip
+    f: CostFn,
+    dist_fn: DistFn,
+    params: list[Tensor],
+    samples: int,
+    est: object,
+    baseline: object,
+    repeats: int,
+    context: Tensor | None,
+    vectorize: bool,
+) -> Tensor:
     """``(R, P)`` estimates: R calls in a loop, or one pass with a leading replica dimension."""
     if not vectorize:
         rows = []
@@ -307,31 +323,56 @@ def compare(
     exact, rows = problem.exact_gradient(), []
     for name, (estimator, baseline) in estimators.items():
         stats = gradient_variance(
-            problem.f, problem.dist_fn, problem.params, samples, estimator, baseline, repeats,
-            warmup=warmup, vectorize=vectorize, seed=seed,
-        )  # fmt: skip
+            problem.f,
+            problem.dist_fn,
+            problem.params,
+            samples,
+            estimator,
+            baseline,
+            repeats,
+            warmup=warmup,
+            vectorize=vectorize,
+            seed=seed,
+        )
         rows.append(ComparisonRow(name, stats, None if exact is None else exact.double()))
     return rows
 
 
-HEADERS = ("estimator", "variance", "SE", "var×evals", "f-evals", "µs", "max|z|")
+HEADERS = ("estimator", "variance", "SE", "var×evals", "f-evals", "µs", "rel. cost", "max|z|")
+
+
+def relative_costs(rows: Sequence[ComparisonRow]) -> list[float]:
+    """Each row's time per estimate over the plain score function's (the first row's if there
+    is none), measured in the same run."""
+    if not rows:
+        return []
+    ref = next((r for r in rows if r.name == "score_function"), rows[0]).stats.seconds
+    return [r.stats.seconds / ref if ref > 0 else math.nan for r in rows]
 
 
 def table_cells(rows: Sequence[ComparisonRow]) -> tuple[tuple[str, ...], list[list[str]]]:
     """Headers and formatted cells of a comparison table (shared by the text and rich views).
 
     Columns: label; total variance of the estimate (trace over parameters) and its standard
-    error; variance times f-evaluations; f-evaluations and microseconds per estimate; the
+    error; variance times f-evaluations; f-evaluations and microseconds per estimate; the time
+    relative to the plain score function's row (the first row if there is none); the
     largest ``|mean - exact| / SE`` over parameters ("-" if the exact gradient is unknown).
     """
     cells = []
-    for row in rows:
+    for row, rel in zip(rows, relative_costs(rows)):
         s, z = row.stats, row.bias_z
-        cells.append([
-            row.name, f"{s.total_variance:.3g}", f"{s.total_variance_se:.2g}",
-            f"{s.total_variance * s.f_evals:.3g}", f"{s.f_evals:g}", f"{s.seconds * 1e6:.0f}",
-            "-" if z is None else f"{z:.2f}",
-        ])  # fmt: skip
+        cells.append(
+            [
+                row.name,
+                f"{s.total_variance:.3g}",
+                f"{s.total_variance_se:.2g}",
+                f"{s.total_variance * s.f_evals:.3g}",
+                f"{s.f_evals:g}",
+                f"{s.seconds * 1e6:.0f}",
+                f"{rel:.2f}",
+                "-" if z is None else f"{z:.2f}",
+            ]
+        )
     return HEADERS, cells
 
 

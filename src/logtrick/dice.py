@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from logtrick.checks import transformed
+
 __all__ = ["ScoreTerm", "first_order_only", "magic_box", "score_term"]
 
 
@@ -51,7 +53,8 @@ class ScoreTerm(torch.autograd.Function):
         ctx: Any, cost: Tensor, log_prob: Tensor, b: Tensor | float | None, reduce: bool
     ) -> Tensor:
         ctx.inputs = (cost, log_prob, b)
-        ctx.versions = (cost._version, log_prob._version)
+        inference = cost.is_inference() or log_prob.is_inference()  # no backward, no counter
+        ctx.versions = None if inference else (cost._version, log_prob._version)
         ctx.scale = 1.0 / cost.shape[0] if reduce else None
         return cost.mean(0) if reduce else cost.view_as(cost)
 
@@ -98,7 +101,12 @@ def score_term(
         ``cost`` as a new autograd node, or its mean over dim 0.
     """
     if b is not None or cost.numel() >= FUSED_MIN_NUMEL:  # b: one node instead of six
-        return ScoreTerm.apply(cost, log_prob, b, reduce)
+        if not transformed(cost):  # under vmap/grad a Function would need setup_context
+            return ScoreTerm.apply(cost, log_prob, b, reduce)
+        if b is not None:  # under vmap/grad: the native DiCE form (a Function would need more)
+            box = magic_box(log_prob)
+            out = cost * box + (1.0 - box) * b
+            return out.mean(0) if reduce else out
     out = cost * (log_prob - log_prob.detach()).exp()  # the magic box, inline: the hot path
     if not reduce:
         return out
@@ -144,4 +152,6 @@ def first_order_only(x: Tensor, who: str) -> Tensor:
         f"derivative (torch.autograd.grad(..., create_graph=True) then a second grad). Use "
         f"estimator='score_function' (DiCE, any order), or a pathwise estimator for smooth f"
     )
+    if transformed(x):  # under vmap/torch.func: no autograd.Function without setup_context
+        return x
     return _FirstOrderOnly.apply(x, message)

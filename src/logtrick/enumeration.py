@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.checks import check_distribution
-from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
-from logtrick.gumbel import unwrap_independent
+from logtrick.costs import CostFn, evaluate_cost, joint_log_prob
+from logtrick.independent import unwrap_independent
 
 __all__ = ["enumerate_expectation"]
 

@@ -20,7 +20,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from logtrick.checks import check_distribution, check_param_list, check_positive_int
-from logtrick.estimators import CostFn, resolve_pair
+from logtrick.costs import CostFn
+from logtrick.estimators import resolve_pair
 
 __all__ = ["GradientStats", "flat", "per_sample_gradients", "summarise"]
 
@@ -85,8 +86,9 @@ def summarise(grads: Tensor, samples: int, f_evals: float, seconds: float) -> Gr
     var_se = ((m4 - (r - 3) / (r - 1) * var.pow(2)).clamp_min(0.0) / r).sqrt()
     sq = dev.pow(2).sum(1)  # per-repeat squared deviation: its mean estimates the trace
     total_se = float(sq.std() / math.sqrt(r)) * r / (r - 1)
-    return GradientStats(mean, var, var_se, float(var.sum()), total_se, samples, r, f_evals,
-                         seconds)  # fmt: skip
+    return GradientStats(
+        mean, var, var_se, float(var.sum()), total_se, samples, r, f_evals, seconds
+    )
 
 
 def flat(grads: Sequence[Tensor], rows: int) -> Tensor:
@@ -102,9 +104,14 @@ def _jacobian_rows(values: Tensor, params: list[Tensor], chunk: int) -> Tensor:
     for start in range(0, k, chunk):
         rows = eye[start : start + chunk]
         grads = torch.autograd.grad(
-            values, params, grad_outputs=rows, is_grads_batched=True,
-            retain_graph=True, allow_unused=True, materialize_grads=True,
-        )  # fmt: skip
+            values,
+            params,
+            grad_outputs=rows,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
         out.append(flat(grads, rows.shape[0]))
     return torch.cat(out)
 

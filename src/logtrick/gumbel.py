@@ -18,7 +18,7 @@ in (0, 1)); for ``Categorical`` and ``OneHotCategorical`` f receives **one-hot v
 index cannot be relaxed. Both estimators need f differentiable in its input.
 
 ``Independent(Bernoulli(logits), r)`` (torch's vector form; nested ``Independent`` too) and
-``Independent(Categorical(...), r)`` are unwrapped by :func:`unwrap_independent`: the samples are
+``Independent(Categorical(...), r)`` are unwrapped (:mod:`logtrick.independent`): the samples are
 those of the distribution inside, and f maps them to ``(K,) + dist.batch_shape[:j]``, the
 *outer* batch shape (the reinterpreted dimensions are reduced by f). A masked category (logit
 −inf) is never sampled and gets gradient 0.
@@ -28,80 +28,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+from torch.distributions import Categorical, Distribution
 
 from logtrick.checks import check_positive
-from logtrick.estimators import CostFn, evaluate_cost
+from logtrick.costs import CostFn, evaluate_cost, require_gradient
+from logtrick.independent import discrete_base, open_uniform
 
-__all__ = [
-    "GumbelSoftmax",
-    "StraightThrough",
-    "discrete_base",
-    "hard_sample",
-    "perturbed_logits",
-    "relax_sample",
-    "unwrap_independent",
-]
-
-
-DiscreteBase = Bernoulli | Categorical | OneHotCategorical
-"""The families the relaxations and ARM read ``logits`` and ``probs`` from."""
-
-KINDS: dict[str, tuple[type, ...]] = {
-    "bernoulli": (Bernoulli,),
-    "categorical": (Categorical, OneHotCategorical),
-}
-
-
-def unwrap_independent(dist: Distribution) -> tuple[Distribution, int]:
-    r"""The distribution inside any nesting of ``Independent``, and how many of its trailing batch
-    dimensions the ``Independent`` wrappers reinterpreted as event dimensions in all.
-
-    ``Independent(base, r)`` samples exactly like ``base``; only its shapes differ: batch shape
-    ``base.batch_shape[:-r]``, and ``log_prob`` summed over the last r batch dimensions. An
-    estimator that works per component of ``base`` (a Bernoulli logit, a Gaussian loc) draws from
-    ``base`` and treats the reinterpreted dimensions like batch dimensions that f reduces: f's
-    output follows the *outer* batch shape, ``(K,) + dist.batch_shape[:j]``.
-
-    Returns:
-        ``(base, r)`` with ``r`` the sum of the ``reinterpreted_batch_ndims`` (0 for a
-        distribution that is not an ``Independent``).
-    """
-    reinterpreted = 0
-    while isinstance(dist, Independent):
-        reinterpreted += dist.reinterpreted_batch_ndims
-        dist = dist.base_dist
-    return dist, reinterpreted
-
-
-def discrete_base(
-    dist: Distribution, who: str, kinds: tuple[str, ...] = ("bernoulli", "categorical")
-) -> tuple[DiscreteBase, str]:
-    """The Bernoulli or categorical distribution inside ``dist`` (unwrapping ``Independent``) and
-    its kind, ``"bernoulli"`` or ``"categorical"`` (f takes one-hot vectors); else a ``TypeError``
-    naming the estimator ``who`` and the supported families."""
-    base, _ = unwrap_independent(dist)
-    for kind in kinds:
-        if isinstance(base, KINDS[kind]):
-            return cast(DiscreteBase, base), kind
-    names = [cls.__name__ for kind in kinds for cls in KINDS[kind]]
-    wanted = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-    got = type(dist).__name__ if base is dist else f"{type(dist).__name__}({type(base).__name__})"
-    raise TypeError(
-        f"dist: {who} needs a {wanted} (optionally inside Independent), got {got}; use "
-        f"estimator='score_function' for other distributions"
-    )
-
-
-def open_uniform(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """Uniform noise in the open interval (eps, 1 - eps), so that logarithms stay finite."""
-    eps = torch.finfo(like.dtype).eps
-    return torch.rand(shape, dtype=like.dtype, device=like.device).clamp(eps, 1.0 - eps)
+__all__ = ["GumbelSoftmax", "StraightThrough", "hard_sample", "perturbed_logits", "relax_sample"]
 
 
 def perturbed_logits(dist: Distribution, samples: int) -> Tensor:
@@ -194,7 +132,7 @@ class GumbelSoftmax:
         y = relax_sample(z, kind, self.temperature)
         if self.hard:
             y = hard_sample(z.detach(), kind) + (y - y.detach())
-        return evaluate_cost(f, y, dist, samples)
+        return require_gradient(evaluate_cost(f, y, dist, samples), y, "GumbelSoftmax")
 
 
 @dataclass(frozen=True)
@@ -238,4 +176,5 @@ class StraightThrough:
             p = torch.softmax(base.logits, -1)
             if isinstance(base, Categorical):
                 x = F.one_hot(x, p.shape[-1]).to(p.dtype)
-        return evaluate_cost(f, x + (p - p.detach()), dist, samples)
+        y = x + (p - p.detach())
+        return require_gradient(evaluate_cost(f, y, dist, samples), y, "StraightThrough")

@@ -54,6 +54,7 @@ class OptimalScale:
     active: ClassVar[bool] = True
     min_samples: ClassVar[int] = 2
     max_order: ClassVar[float] = 1
+    uses_other_samples: ClassVar[bool] = True
 
     def __init__(self, params: Iterable[Tensor], eps: float = 1e-12, group: Any = None) -> None:
         self.params = [p for p in params if p.requires_grad]
@@ -78,15 +79,29 @@ class OptimalScale:
                 f"log_prob: OptimalScale needs one log-probability per cost element, got shape "
                 f"{tuple(log_prob.shape)} for costs {tuple(cost.shape)}"
             )
+        if not (torch.is_grad_enabled() and log_prob.requires_grad):  # no gradient to scale
+            return torch.zeros_like(log_prob)
         flat_lp = log_prob.reshape(-1)
         n = flat_lp.numel()
         eye = torch.eye(n, dtype=flat_lp.dtype, device=flat_lp.device)
         scores = torch.autograd.grad(
-            flat_lp, self.params, grad_outputs=eye, is_grads_batched=True,
-            retain_graph=True, allow_unused=True, materialize_grads=True,
-        )  # fmt: skip
+            flat_lp,
+            self.params,
+            grad_outputs=eye,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        unused = [i for i, s in enumerate(scores) if s is None]
+        if unused:
+            shapes = [tuple(self.params[i].shape) for i in unused]
+            raise ValueError(
+                f"params: OptimalScale's params{unused} (shapes {shapes}) do not enter the "
+                f"log-probability, so they have no score to scale; pass only the distribution's "
+                f"parameters (or tensors it is computed from)"
+            )
         c = cost.detach().reshape(-1, 1)
-        flat = [s.detach().reshape(n, -1) for s in scores]
+        flat = [s.detach().reshape(n, -1) for s in scores if s is not None]
         sums = [(c * s.pow(2)).sum(0, keepdim=True) for s in flat]  # sum_j f_j s_j^2
         sums += [s.pow(2).sum(0, keepdim=True) for s in flat]  # sum_j s_j^2
         sums = all_reduce_sum(sums, self.group)  # over every rank's samples

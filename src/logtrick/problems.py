@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Normal
 
-from logtrick.estimators import CostFn
+from logtrick.costs import CostFn
 from logtrick.scores import DistFn
 
 __all__ = [

@@ -29,15 +29,10 @@ from torch.distributions import Categorical, Distribution
 
 from logtrick.baselines import resolve_baseline, score_terms
 from logtrick.checks import check_finite, check_in_range, check_positive, check_positive_int
+from logtrick.costs import CostFn, evaluate_cost, joint_log_prob, require_gradient
 from logtrick.dice import magic_box
-from logtrick.estimators import CostFn, evaluate_cost, joint_log_prob
-from logtrick.gumbel import (
-    discrete_base,
-    hard_sample,
-    open_uniform,
-    perturbed_logits,
-    relax_sample,
-)
+from logtrick.gumbel import hard_sample, perturbed_logits, relax_sample
+from logtrick.independent import discrete_base, open_uniform
 
 __all__ = ["ControlVariateNet", "Rebar", "Relax", "conditional_logits", "variance_backward"]
 
@@ -240,7 +235,8 @@ class Rebar(nn.Module):
         lam = self.log_temperature.exp()
 
         def control(z: Tensor, keep: int) -> Tensor:
-            return self.eta * evaluate_cost(f, relax_sample(z, kind, lam), dist, samples)
+            y = relax_sample(z, kind, lam)
+            return self.eta * require_gradient(evaluate_cost(f, y, dist, samples), y, "Rebar")
 
         return _control_variate_terms(f, dist, samples, baseline, context, control, "Rebar")
 
@@ -281,6 +277,16 @@ class ControlVariateNet(nn.Module):
                 f"{keep} dimensions; use one Relax per problem size"
             )
         return self.out(torch.tanh(self.hidden(flat))).squeeze(-1)
+
+
+def _check_same_dtype(net: nn.Module, z: Tensor) -> None:
+    """The control variate's parameters have the logits' dtype (else torch's matmul error)."""
+    dtypes = {p.dtype for p in net.parameters() if p.is_floating_point()}
+    if dtypes and dtypes != {z.dtype}:
+        raise TypeError(
+            f"control_variate: its parameters are {', '.join(sorted(map(str, dtypes)))} but the "
+            f"logits are {z.dtype}; convert one of them, e.g. est.to({z.dtype})"
+        )
 
 
 class Relax(nn.Module):
@@ -365,6 +371,8 @@ class Relax(nn.Module):
         if self.control_variate is None:
             net = ControlVariateNet(z.shape[keep:].numel(), self.hidden)
             self.control_variate = net.to(dtype=z.dtype, device=z.device)
+        if isinstance(self.control_variate, nn.Module):
+            _check_same_dtype(self.control_variate, z)
         if isinstance(self.control_variate, ControlVariateNet):
             return self.control_variate(z, keep)
         return self.control_variate(z)

@@ -25,8 +25,6 @@ from torch.distributions import Distribution
 from logtrick.checks import (
     check_distribution,
     check_finite,
-    check_in_support,
-    check_log_prob_differentiable,
     check_param_list,
     check_positive_int,
     check_tensor,
@@ -225,3 +223,48 @@ def fisher(
 
 
 # ``lt.score(...)`` calls score() while ``logtrick.scores`` stays this module
+
+
+def check_log_prob_differentiable(
+    dist_fn: Callable[[list[Tensor]], Distribution], params: list[Tensor], x: Tensor
+) -> None:
+    """Every tensor of ``params`` reaches ``dist_fn(params).log_prob(x)`` through autograd (else
+    its score is undefined, and ``torch.func.grad`` would silently return zeros)."""
+    ps = [p.detach().clone().requires_grad_(True) for p in params]
+    with torch.enable_grad():
+        dist = dist_fn(ps)
+        log_prob = dist.log_prob(x).sum()
+        try:
+            grads = torch.autograd.grad(log_prob, ps, allow_unused=True)
+        except RuntimeError as err:  # no graph at all, or an op without a derivative
+            raise ValueError(
+                f"dist_fn: {type(dist).__name__}.log_prob cannot be differentiated in params "
+                f"({err}); every parameter must enter log_prob through differentiable operations"
+            ) from err
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g is None:
+            raise ValueError(
+                f"params[{i}] (shape {tuple(p.shape)}): {type(dist).__name__}.log_prob does not "
+                f"depend on it differentiably (no autograd path: a .detach(), .item() or integer "
+                f"cast in dist_fn?), so its score is undefined; drop it from params"
+            )
+
+
+def check_in_support(name: str, x: Tensor, dist: Distribution) -> Tensor:
+    """Every value of ``x`` lies in ``dist``'s support (skipped where the user turned
+    torch.distributions validation off, or the distribution declares no support)."""
+    if not dist._validate_args:
+        return x
+    try:
+        support = dist.support
+        if support is None:
+            return x
+        inside = support.check(x)
+    except NotImplementedError:
+        return x
+    if not bool(inside.all()):
+        raise ValueError(
+            f"{name}: {int((~inside).sum())} of {inside.numel()} values lie outside the support "
+            f"{dist.support} of {type(dist).__name__}; expected samples of the distribution"
+        )
+    return x

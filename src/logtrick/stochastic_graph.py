@@ -152,8 +152,15 @@ def _baseline_terms(
         if not downstream:
             continue  # no cost downstream: the node's score multiplies nothing
         total = torch.stack(downstream).sum(0)
-        part = score_terms(total, nodes[node], baseline, sample_dim, context, with_cost=False,
-                           name=f"baselines[{node!r}]")  # fmt: skip
+        part = score_terms(
+            total,
+            nodes[node],
+            baseline,
+            sample_dim,
+            context,
+            with_cost=False,
+            name=f"baselines[{node!r}]",
+        )
         if part is not None:
             out.append(part)
     return out
@@ -180,8 +187,9 @@ def dice_surrogate(
     influences cost j, directly or through later samples (leaving one out biases the estimate;
     listing extra nodes only adds variance). Costs may carry their own gradients. Unbiased for
     first and higher derivatives of :math:`\mathbb{E}[\sum_j c_j]` (DiCE); a baseline
-    :math:`b_i` must not depend on :math:`x_i`. Baselines reduce the variance of the first
-    derivative only.
+    :math:`b_i` must not depend on :math:`x_i`: a leave-one-out baseline on a node whose one
+    sample all K costs share (log-probability of size 1 along ``sample_dim``) is refused, naming
+    the node. Baselines reduce the variance of the first derivative only.
 
     Args:
         costs: a list or a dict of cost tensors, all of one shape, e.g. ``(K,)`` or ``(K, B)``

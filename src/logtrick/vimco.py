@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from logtrick.checks import check_finite, check_same_shape, check_sample_dim
+from logtrick.checks import check_finite, check_same_shape, check_tensor
 from logtrick.dice import magic_box
 
 __all__ = ["vimco_signals", "vimco_surrogate"]
@@ -86,3 +86,14 @@ def vimco_surrogate(log_weights: Tensor, log_q: Tensor) -> tuple[Tensor, Tensor]
     bound = torch.logsumexp(log_weights, 0) - math.log(k)
     surrogate = bound + (signals * (magic_box(log_q) - 1.0)).sum(0)
     return bound.detach(), surrogate
+
+
+def check_sample_dim(name: str, x: object, minimum: int, what: str = "samples") -> Tensor:
+    """``x`` is a tensor with at least ``minimum`` entries along its first (sample) dimension."""
+    x = check_tensor(name, x)
+    if x.dim() == 0 or x.shape[0] < minimum:
+        raise ValueError(
+            f"{name}: expected shape (K, ...) with K >= {minimum} {what} along dim 0, got "
+            f"{tuple(x.shape)}"
+        )
+    return x

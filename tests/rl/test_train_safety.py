@@ -198,6 +198,7 @@ def test_resume_is_deterministic_and_the_learner_state_continues(
     run_dir = rl.train(config).run_dir
     monkeypatch.undo()
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert saved.pop("run")["seed"] == config.seed and saved.pop("checksums")  # the file's own
     assert saved["counters"]["update"] == 2
     envs = rl.make_env("CartPole-v1", num_envs=2)
     learner = make_learner(config, envs)

@@ -38,10 +38,10 @@ from torch import Tensor
 from logtrick.checks import (
     check_choice,
     check_finite,
-    check_grouped_rewards,
     check_in_range,
     check_nonnegative,
     check_shape_in,
+    check_tensor,
 )
 
 __all__ = [
@@ -59,8 +59,17 @@ __all__ = [
     "rloo_advantages",
 ]
 
-METHODS = ("reinforce", "rloo", "grpo", "dr_grpo", "reinforce_plus_plus",
-           "mean", "mean_std", "rank", "baseline")  # fmt: skip
+METHODS = (
+    "reinforce",
+    "rloo",
+    "grpo",
+    "dr_grpo",
+    "reinforce_plus_plus",
+    "mean",
+    "mean_std",
+    "rank",
+    "baseline",
+)
 """Names accepted by :func:`grouped_advantages`; ``"mean"``, ``"mean_std"`` are ``"dr_grpo"``,
 ``"grpo"`` by their descriptive names."""
 STDS = ("group", "batch", "none")
@@ -171,7 +180,7 @@ def group_mean_advantages(rewards: Tensor) -> GroupedAdvantages:
     :func:`rloo_advantages`. Equal to ``group_normalized_advantages(rewards, std="none")``.
 
     Args:
-        rewards: ``(contexts, k)`` rewards, finite, ``k >= 1``.
+        rewards: ``(contexts, k)`` rewards, finite, ``k >= 2`` (a group of one has advantage 0).
 
     Returns:
         :class:`GroupedAdvantages` with ``(contexts, k)`` advantages.
@@ -179,7 +188,7 @@ def group_mean_advantages(rewards: Tensor) -> GroupedAdvantages:
     References:
         Liu et al. (2025), Understanding R1-Zero-Like Training: A Critical Perspective (Dr. GRPO).
     """
-    x = _as_accumulator(rewards, 1, "mean")
+    x = _as_accumulator(rewards, 2, "mean")  # a group of one: r - mean(r) = 0, no signal
     return GroupedAdvantages(_deviations(x).to(_out_dtype(rewards)), _n_equal(x))
 
 
@@ -214,7 +223,7 @@ def group_normalized_advantages(
     """
     check_choice("std", std, STDS)
     check_nonnegative("eps", eps)
-    x = _as_accumulator(rewards, 1 if std == "none" else 2, f"std={std!r}")
+    x = _as_accumulator(rewards, 2, "the group mean")  # a group of one: r - mean(r) = 0
     dev = _deviations(x)
     if std == "group":
         sigma = (dev.pow(2).sum(1, keepdim=True) / (x.shape[1] - int(unbiased))).sqrt()
@@ -419,3 +428,24 @@ def grouped_advantages(
 
 _PLAIN = {"reinforce": reinforce_advantages, "rloo": rloo_advantages, "rank": rank_advantages,
           "dr_grpo": group_mean_advantages, "mean": group_mean_advantages}  # fmt: skip
+
+
+def check_grouped_rewards(name: str, rewards: object, min_k: int, what: str) -> Tensor:
+    """``rewards`` is a real ``(contexts, k)`` tensor, ``k >= min_k``, finite (``what`` needs k).
+
+    Integer and bool rewards are accepted (a 0/1 checker); complex ones are refused.
+    """
+    rewards = check_tensor(name, rewards)
+    if rewards.is_complex():
+        raise TypeError(f"{name}: expected real values, got dtype {rewards.dtype}")
+    if rewards.dim() != 2:
+        raise ValueError(
+            f"{name}: expected shape (contexts, k) with k samples per context, got shape "
+            f"{tuple(rewards.shape)}; reshape flat rewards with {name}.view(contexts, k)"
+        )
+    if rewards.shape[1] < min_k:
+        raise ValueError(
+            f"{name}: {what} needs k >= {min_k} samples per context, got shape "
+            f"{tuple(rewards.shape)}"
+        )
+    return check_finite(name, rewards)

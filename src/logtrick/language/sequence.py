@@ -42,19 +42,36 @@ LOG_RATIO_CLAMP = 20.0
 """Log-ratios are clamped to ``[-20, 20]`` before ``exp`` (``exp(20) ~ 4.9e8``)."""
 
 
+def _check_log_probs(name: str, x: Tensor, mask: Tensor) -> None:
+    """Log-probabilities are <= 0 where valid (a positive one is a logit or a sign error)."""
+    bad = (x.detach() > 0) & mask
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: {int(bad.sum())} valid entries are positive (max {float(x[bad].max()):.4g}); "
+            f"expected log-probabilities <= 0, e.g. from lt.token_log_probs (not logits)"
+        )
+
+
 def _validate(
     token_log_probs: Tensor, mask: Tensor, advantages: Tensor, others: dict[str, Tensor | None]
 ) -> None:
     """Argument checks at the boundary; only valid (``mask``) entries must be finite."""
     check_bool_tensor("mask", mask)
-    check_ndim("token_log_probs", check_floating("token_log_probs", token_log_probs), 2,
-               "(B, L) (sequences, tokens)")  # fmt: skip
+    check_ndim(
+        "token_log_probs",
+        check_floating("token_log_probs", token_log_probs),
+        2,
+        "(B, L) (sequences, tokens)",
+    )
     check_same_shape("mask", mask, "token_log_probs", token_log_probs)
     check_finite("token_log_probs", token_log_probs, mask)
+    _check_log_probs("token_log_probs", token_log_probs, mask)
     for name, x in others.items():
         if x is not None:
             check_same_shape(name, check_floating(name, x), "token_log_probs", token_log_probs)
             check_finite(name, x, mask)
+            if name.endswith("log_probs"):
+                _check_log_probs(name, x, mask)
     b, length = token_log_probs.shape
     check_floating("advantages", advantages)
     check_shape_in("advantages", advantages, [(b,), (b, length)], "per sequence or per token")

@@ -143,7 +143,10 @@ def token_log_probs(
         )
     chunk = max(CHUNK_ELEMENTS // max(vocab, 1), 1) if chunk_size is None else chunk_size
     check_positive_int("chunk_size", chunk)
-    flat = torch.where(valid, tokens, 0).reshape(-1)
+    if tokens.numel() == 0:  # zero-length completions: nothing to score, still on the graph
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return logits.sum(-1).to(dtype)
+    flat = torch.where(valid, tokens.long(), 0).reshape(-1)  # uint8/int32 ids: gather needs int64
     out = _GatherLogSoftmax.apply(logits.reshape(-1, vocab), flat, valid.reshape(-1), chunk)
     return out.view(tokens.shape)
 
@@ -232,6 +235,16 @@ def _next_tokens(
 
 
 @torch.no_grad()
+def _check_ids_in_vocab(vocab: int, stop_token: int | None, pad: int) -> None:
+    """The stop and pad ids exist in the model's vocabulary (a stop id outside it never comes)."""
+    for name, value in (("stop_token", stop_token), ("pad_token", pad)):
+        if value is not None and value >= vocab:
+            raise ValueError(
+                f"{name}: {value} is outside the model's vocabulary [0, {vocab}); a stop token "
+                f"there is never sampled, so generation would never stop"
+            )
+
+
 def sample_completions(
     model: nn.Module,
     prompts: Tensor,
@@ -280,8 +293,11 @@ def sample_completions(
     seq = prompts.repeat_interleave(k, 0)
     done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
     masks, log_probs = [], []
-    for _ in range(max_new_tokens):
-        token, logp = _next_tokens(logits_of(model(seq))[:, -1], temperature, greedy, generator)
+    for step in range(max_new_tokens):
+        logits = logits_of(model(seq))[:, -1]
+        if step == 0:
+            _check_ids_in_vocab(logits.shape[-1], stop_token, pad)
+        token, logp = _next_tokens(logits, temperature, greedy, generator)
         masks.append(~done)
         log_probs.append(torch.where(done, 0.0, logp))
         seq = torch.cat([seq, torch.where(done, pad, token)[:, None]], 1)

@@ -8,6 +8,7 @@ from logtrick.rl.envs import make_env
 from logtrick.rl.errors import (
     CheckpointError,
     DivergenceError,
+    EnvError,
     RunLockedError,
     UnsupportedSpaceError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Collector",
     "Config",
     "DivergenceError",
+    "EnvError",
     "Rollout",
     "RunLockedError",
     "TrainResult",

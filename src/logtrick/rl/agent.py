@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import io
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,23 +35,27 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from logtrick.checks import check_known_name, check_not_a_directory, check_positive_int
+from logtrick.checks import check_known_name, check_positive_int, check_seed
 from logtrick.rl import distributed, runs
 from logtrick.rl.build import make_learner, new_collector, target_return
 from logtrick.rl.checkpoint import (
     Counters,
     checkpoint_state,
+    finished_note,
     load_config,
     load_policy_state,
     merge_config,
+    read_agent_file,
     restore,
 )
 from logtrick.rl.config import Config, preset
+from logtrick.rl.env_checks import check_custom_env, env_errors, numbers, probe_env
 from logtrick.rl.envs import make_env
-from logtrick.rl.errors import CheckpointError
+from logtrick.rl.errors import DivergenceError
 from logtrick.rl.loop import Callback, Session, evaluate, floats, run_loop
 from logtrick.rl.policies import ActorCritic
 from logtrick.rl.presets import is_custom_env
+from logtrick.rl.runs import check_not_a_directory
 from logtrick.rl.tracking import require_wandb
 
 __all__ = ["Agent", "TrainResult", "load", "resume_agent", "train"]
@@ -73,11 +78,14 @@ class TrainResult:
     """Training wall-clock (s, evaluation excluded) at that evaluation."""
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    signal: int = 0
+    """The signal that stopped the run (``signal.SIGTERM``: preempted; SIGINT: Ctrl-C), else 0."""
 
 
 def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
     """What envs are made from: an id, or a zero-argument factory (an instance is deep-copied,
-    once per env: the instance itself is never stepped)."""
+    once per env: the instance itself is never stepped). A custom env (not an id) passes
+    Gymnasium's env_checker first (:func:`~logtrick.rl.env_checks.check_custom_env`)."""
     if isinstance(env, str):
         return env
     if isinstance(env, gym.Env):
@@ -88,8 +96,10 @@ def _env_source(env: EnvLike) -> str | Callable[[], gym.Env]:
                 f"env: the instance {env} cannot be copied ({err}); pass a "
                 "zero-argument factory instead"
             ) from err
+        check_custom_env(partial(copy.deepcopy, env), type(env.unwrapped).__name__)
         return partial(copy.deepcopy, env)
     if callable(env):
+        check_custom_env(env, getattr(env, "__qualname__", None) or type(env).__name__)
         return env
     raise TypeError(
         f"env: expected an env id, a gymnasium.Env or a zero-argument factory, "
@@ -153,7 +163,7 @@ class Agent:
     def _setup(self, config: Config, source: Any, policy: torch.nn.Module | None) -> None:
         """Build the policy from one env; the training envs wait for :meth:`learn`."""
         self.ranks = distributed.init_ranks(config)  # torchrun: join the process group
-        probe = make_env(source, num_envs=1)
+        probe = probe_env(source, config.env)
         try:
             self.learner = distributed.place(make_learner(config, probe, policy), self.ranks)
         finally:
@@ -162,7 +172,10 @@ class Agent:
         self.counters = Counters.start(config)
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
-        self.interrupted = False
+        self.signal = 0
+        """The signal that stopped the last :meth:`learn` (SIGINT, SIGTERM), else 0."""
+        self.finished: str | None = None
+        """A resumed run that has nothing left to train: what to do instead."""
         self._envs: Any = None
         self._collector: Any = None
 
@@ -196,22 +209,40 @@ class Agent:
         self._set_budget(None if steps is None else check_positive_int("steps", steps))
         first = self.run_dir is None
         if self._envs is None:
-            local = distributed.local_envs(self.config, self.ranks)
-            self._envs = make_env(
-                self.env, num_envs=local, vectorization_mode=self.config.vectorization_mode
-            )
-            self._collector = new_collector(self.learner, self._envs, self.counters, self.env)
+            self._start_envs()
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
             with tempfile.TemporaryDirectory() as scratch:
                 self._run(Path(scratch), True, callback)
             return self
+        if self.finished is not None and steps is None:
+            warnings.warn(self.finished, stacklevel=2)
+            return self
         if first:
             self.run_dir = runs.new_run_dir(self.config.out, self.config.name)
         assert self.run_dir is not None  # set just above on the first call
-        with runs.lock_run_dir(self.run_dir):
-            runs.write_config(self.run_dir, self.config.to_dict())
-            self._run(self.run_dir, first, callback)
+        try:
+            with runs.lock_run_dir(self.run_dir):
+                runs.write_config(self.run_dir, self.config.to_dict())
+                self._run(self.run_dir, first, callback)
+        except BaseException as err:
+            if first and not isinstance(err, DivergenceError):  # its message says what is kept
+                self._remove_stub()
+            raise
         return self
+
+    def _start_envs(self) -> None:
+        """The training envs and their collector, reset; an env's failure is an EnvError."""
+        local = distributed.local_envs(self.config, self.ranks)
+        mode = self.config.vectorization_mode
+        with env_errors(self.config.env, "when the training envs were made and reset"):
+            self._envs = make_env(self.env, num_envs=local, vectorization_mode=mode)
+            self._collector = new_collector(self.learner, self._envs, self.counters, self.env)
+
+    def _remove_stub(self) -> None:
+        """Remove a new run directory that never got a checkpoint: a stub, not a run."""
+        if self.run_dir is not None and not (self.run_dir / runs.CHECKPOINT).exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
 
     def _run(self, run_dir: Path, first: bool, callback: Callback | None) -> None:
         """The loop of :func:`~logtrick.rl.loop.run_loop`, writing into ``run_dir``."""
@@ -219,7 +250,8 @@ class Agent:
         session = Session(
             self.learner, self._collector, self.counters, self.env, run_dir, self.history, target
         )
-        self.interrupted = run_loop(session, first, callback)
+        self.signal = run_loop(session, first, callback)
+        self.finished = None
 
     def _set_budget(self, steps: int | None) -> None:
         """``config.total_steps`` for this call; the schedule extends to it on a later call."""
@@ -245,8 +277,7 @@ class Agent:
         Returns:
             numpy actions as the env takes them: ``action_shape``, or ``(N, *action_shape)``.
         """
-        if not isinstance(obs, (dict, tuple)):
-            obs = np.asarray(obs)
+        obs = numbers("obs", obs)
         return self.learner.policy.act(obs, deterministic, action_mask)
 
     def evaluate(
@@ -254,7 +285,8 @@ class Agent:
     ) -> tuple[float, float]:
         """Mean and std of the returns of ``episodes`` episodes (reset seeds ``seed + i``;
         ``None``: ``config.seed + 10_000``, the seeds of the evaluations during training)."""
-        seed = self.config.seed + 10_000 if seed is None else seed
+        check_positive_int("episodes", episodes)
+        seed = self.config.seed + 10_000 if seed is None else check_seed("seed", seed)
         return evaluate(
             self.learner.policy, self.env, episodes, seed=seed, deterministic=deterministic
         )
@@ -270,7 +302,13 @@ class Agent:
             c.solved_at_step if solved else None,
             c.solved_at_time if solved else None,
             self.interrupted,
+            signal=self.signal,
         )
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a signal (Ctrl-C, SIGTERM) stopped the last :meth:`learn`."""
+        return self.signal != 0
 
     def save(self, path: str | Path) -> None:
         """Write the agent (config, weights, optimizer, counters) to ``path``, atomically; a
@@ -283,10 +321,8 @@ class Agent:
             "checkpoint": checkpoint_state(self.learner, self.counters),
         }
         path = Path(check_not_a_directory("path", path))
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
         path.parent.mkdir(parents=True, exist_ok=True)  # like the run directory's parents
-        runs.atomic_write_bytes(path, buffer.getvalue())
+        runs.save_checkpoint(path, state)  # atomic, with checksums
 
     @classmethod
     def load(
@@ -304,9 +340,7 @@ class Agent:
             CheckpointError: not an agent file, or one that does not fit.
             ValueError: ``env`` or ``policy`` is needed but missing.
         """
-        state = runs.load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not an agent file written by Agent.save")
+        state = read_agent_file(path, FORMAT)
         if state["custom_policy"] and policy is None:
             raise ValueError(
                 f"policy: {path} was trained with your own network; pass one of "
@@ -358,7 +392,9 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
             f"total_steps: {config.total_steps:,} is below the "
             f"{c.global_step:,} steps the run has taken"
         )
-    c.extend(saved, config)
+    agent.finished = finished_note(run_dir, config, c)
+    if agent.finished is None:
+        c.extend(saved, config)
     if agent.learner.reward_scale is not None:  # the envs are reset: new episodes
         agent.learner.reward_scale.new_episodes()
     rows = runs.read_metrics(run_dir / runs.METRICS) if (run_dir / runs.METRICS).exists() else []

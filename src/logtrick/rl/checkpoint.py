@@ -36,9 +36,11 @@ from logtrick.rl.learner import Learner
 __all__ = [
     "Counters",
     "checkpoint_state",
+    "finished_note",
     "load_config",
     "load_policy_state",
     "merge_config",
+    "read_agent_file",
     "restore",
 ]
 
@@ -131,6 +133,42 @@ def _misfit(config: Config, err: Exception) -> CheckpointError:
     return CheckpointError(
         f"checkpoint: does not fit the policy of this run's config ({config.env}, {config.algo}, "
         f"hidden {config.hidden}): {reason}; was it copied from another run?"
+    )
+
+
+def read_agent_file(path: str | Path, format: str) -> dict[str, Any]:
+    """The contents of a file written by ``Agent.save`` (``format`` its ``"format"`` entry),
+    checked like a checkpoint; ``CheckpointError`` naming the file if it is something else."""
+    state = runs.load_checkpoint(path)
+    kinds = {"config": dict, "custom_policy": bool, "checkpoint": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+    if state.get("format") != format:
+        what = f"no format entry {format!r}"
+    elif wrong:
+        what = f"its {', '.join(wrong)} entry is missing or malformed"
+    else:
+        return state
+    raise CheckpointError(
+        f"{path}: not an agent file written by logtrick's Agent.save ({what}); load a run "
+        "directory's policy with rl.load(run_dir), or save the agent again"
+    )
+
+
+def finished_note(run_dir: Path, config: Config, counters: Counters) -> str | None:
+    """What to say when resuming a run that has taken ``config.total_steps`` already (``None``
+    if it has steps left): that it is finished, and what ``--steps`` does."""
+    if counters.global_step < config.total_steps:
+        return None
+    done = f"{run_dir}: the run is finished ({counters.global_step:,} env steps, its budget)"
+    if config.anneal_lr:
+        return (
+            f"{done}; its learning rate was annealed to 0 (anneal_lr), so it cannot train "
+            "on: start a new run with a larger --steps (total_steps)"
+        )
+    return (
+        f"{done}; nothing to train. --steps sets the run's total budget, not steps to add: "
+        f"--resume {run_dir} --steps N, with N above {counters.global_step:,}, trains on "
+        "to N"
     )
 
 

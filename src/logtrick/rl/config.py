@@ -32,6 +32,7 @@ from logtrick.rl.presets import ALGOS, is_custom_env, resolve
 
 if TYPE_CHECKING:
     import gymnasium as gym
+from logtrick.rl.runs import check_not_a_file, check_path_name
 
 __all__ = [
     "BASE",
@@ -100,7 +101,7 @@ def _rate(name: str, value: object) -> float:
 
 
 def _json_dict(name: str, value: object) -> dict[str, Any]:
-    return checks.check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
+    return check_json(name, checks.check_instance(name, value, dict, "a dict"))  # type: ignore[return-value]
 
 
 def _choice(*choices: object) -> Callable[[str, Any], Any]:
@@ -158,9 +159,7 @@ class Config:
         flag=Flag("--steps", "env-step budget, e.g. 200000 or 2e5", _RUN, metavar="N"),
     )
     """Budget of environment steps (summed over the parallel envs)."""
-    seed: int = option(
-        checks.check_nonnegative_int, 0, flag=Flag("--seed", "random seed", _RUN, metavar="N")
-    )
+    seed: int = option(checks.check_seed, 0, flag=Flag("--seed", "random seed", _RUN, metavar="N"))
     """Seeds torch, the environments' resets and the evaluation episodes."""
     num_envs: int = option(
         checks.check_positive_int,
@@ -243,7 +242,7 @@ class Config:
         resume=True,
         flag=Flag(
             "--eval-every",
-            "evaluate the deterministic policy every N env steps; 0: never",
+            "evaluate eval_episodes deterministic episodes every N env steps; 0: never",
             _RUN,
             metavar="N",
         ),
@@ -265,12 +264,12 @@ class Config:
     Checkpoints leave the environments alone; a resumed run resets them with seeds derived from
     (seed, update), so resuming a checkpoint is deterministic."""
     out: str = option(
-        checks.check_not_a_file,
+        check_not_a_file,
         "runs",
         flag=Flag("--out", "parent directory of the run directory", _LOG, metavar="DIR"),
     )
     """Parent directory of the run directory."""
-    run_name: str | None = option(_optional(checks.check_path_name), None)
+    run_name: str | None = option(_optional(check_path_name), None)
     """Name of the run directory; ``None`` gives ``{env}-{algo}-{seed}`` (characters other than
     letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``)."""
     tensorboard: bool = option(
@@ -611,3 +610,14 @@ def fields_help(indent: str = "    ", width: int = 88) -> str:
 Config.__doc__ = f"{Config.__doc__}\n    Fields::\n\n" + "\n".join(
     "        " + line for line in fields_help().splitlines()
 )
+
+
+def check_json(name: str, value: object) -> object:
+    """``value`` can be written as JSON (dicts with string keys, lists, numbers, strings, ...)."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected values JSON can hold, got {value!r} ({err})") from None
+    return value

@@ -136,7 +136,7 @@ def env_facts(env: str | gym.Env | Callable[[], gym.Env]) -> EnvFacts:
             env.observation_space, env.action_space, _limit(env.spec), _threshold(env.spec)
         )
     if isinstance(env, str):
-        from logtrick.checks import check_env_id
+        from logtrick.rl.envs import check_env_id
 
         check_env_id("env", env)
         try:

@@ -15,7 +15,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import VectorizeMode
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from logtrick.checks import check_env_id
+from logtrick.checks import check_nonempty_str
 
 __all__ = ["autoreset_mode", "make_env"]
 
@@ -106,3 +106,29 @@ def autoreset_mode(env: VectorEnv) -> AutoresetMode:
             "build the vector env with autoreset_mode NEXT_STEP or SAME_STEP"
         )
     return mode
+
+
+def check_env_id(name: str, value: object) -> object:
+    """``value`` is an id ``gymnasium.make`` accepts; returns its ``EnvSpec``.
+
+    ``"module:Env-v0"`` imports ``module`` first (which registers the env), as ``gymnasium.make``
+    does; ``"ns/Env-v0"`` is a namespaced id. An unknown id lists the closest registered ones.
+    """
+    import difflib
+    import importlib
+
+    import gymnasium as gym
+
+    env_id = check_nonempty_str(name, value)
+    module, sep, env_name = env_id.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"{name}: cannot import {module!r} for {env_id!r} ({err})") from None
+    try:
+        return gym.spec(env_name)
+    except gym.error.Error as err:
+        close = difflib.get_close_matches(env_name, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"{name}: unknown environment id {env_id!r} ({err}){hint}") from None

@@ -17,6 +17,9 @@ error                      also a                    raised when
                                                      policies do not handle
 ``MissingExtraError``      ``ImportError``           a feature needs an optional dependency
                                                      (an extra) that is not installed
+``EnvError``               ``ValueError``            the environment cannot be made, breaks
+                                                     Gymnasium's API, or raised in ``reset`` /
+                                                     ``step``
 ``WorkerError``            ``RuntimeError``          a Ray worker's env raised, or a worker
                                                      died more often than allowed (exit code 1)
 ``RankError``              ``RuntimeError``          another torchrun rank died or hung
@@ -32,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DivergenceError",
+    "EnvError",
     "LogtrickError",
     "MissingExtraError",
     "RankError",
@@ -67,6 +71,11 @@ class UnsupportedSpaceError(LogtrickError, TypeError):
 class MissingExtraError(LogtrickError, ImportError):
     """A feature needs an optional dependency that is not installed (the message names the
     extra to install)."""
+
+
+class EnvError(LogtrickError, ValueError):
+    """The environment broke: it cannot be made, breaks Gymnasium's API, or raised in
+    ``reset``/``step`` (the message names the env, the env index and what the run kept)."""
 
 
 class WorkerError(LogtrickError, RuntimeError):

@@ -27,8 +27,8 @@ Nothing is lost and nothing fails silently:
 from __future__ import annotations
 
 import math
-import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,15 +37,18 @@ from typing import Any
 
 import numpy as np
 
+from logtrick.checks import check_positive_int, check_seed
 from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import Counters, checkpoint_state
 from logtrick.rl.config import Config
 from logtrick.rl.distributed import ranks_from_env
+from logtrick.rl.env_checks import env_errors, episode_step_limit
 from logtrick.rl.envs import make_env
 from logtrick.rl.errors import DivergenceError, WorkerError
 from logtrick.rl.learner import Learner
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
+from logtrick.rl.signals import StopSignals
 from logtrick.rl.update import update
 
 __all__ = ["Callback", "Session", "evaluate", "floats", "run_loop"]
@@ -63,53 +66,53 @@ def evaluate(
     Runs the episodes in one vector env of ``episodes`` copies, each stopped after its first
     episode. ``env`` is an env id or a zero-argument env factory.
     """
-    if episodes <= 0:
-        raise ValueError(f"episodes: expected a positive int, got {episodes!r}")
+    check_positive_int("episodes", episodes)
+    check_seed("seed", seed)
     envs = make_env(env, num_envs=episodes, vectorization_mode="sync")
+    name = env if isinstance(env, str) else getattr(env, "__qualname__", type(env).__name__)
     try:
-        seeds = [seed + i for i in range(episodes)]
-        # VectorEnv.reset is typed int | None; Sync/AsyncVectorEnv take one seed per env
-        obs, info = envs.reset(seed=seeds)  # type: ignore[arg-type]
-        totals = np.zeros(episodes)
-        running = np.ones(episodes, dtype=bool)
-        while running.any():
-            action = policy.act(obs, deterministic, info_action_mask(info))
-            obs, reward, terminated, truncated, info = envs.step(action)
-            totals += np.where(running, reward, 0.0)
-            running &= ~(terminated | truncated)
+        with env_errors(name, "in an evaluation"):
+            totals, cut, limit, own = _episodes(policy, envs, seed, deterministic)
     finally:
         envs.close()
+    if cut:
+        _warn_cut(name, cut, episodes, limit, own)
     return float(totals.mean()), float(totals.std())
+
+
+def _episodes(
+    policy: ActorCritic, envs: Any, seed: int, deterministic: bool
+) -> tuple[np.ndarray, int, int, bool]:
+    """The returns of one episode per env (reset seeds ``seed + i``), bounded by
+    :func:`~logtrick.rl.env_checks.episode_step_limit`; also how many were cut at the bound."""
+    n = envs.num_envs
+    obs, info = envs.reset(seed=[seed + i for i in range(n)])
+    totals, running = np.zeros(n), np.ones(n, dtype=bool)
+    limit, own = episode_step_limit(envs)
+    for _ in range(limit):  # an env's own TimeLimit truncates at its `limit`-th step
+        action = policy.act(obs, deterministic, info_action_mask(info))
+        obs, reward, terminated, truncated, info = envs.step(action)
+        totals += np.where(running, reward, 0.0)
+        running &= ~(terminated | truncated)
+        if not running.any():
+            break
+    return totals, int(running.sum()), limit, own
+
+
+def _warn_cut(name: str, cut: int, episodes: int, limit: int, own: bool) -> None:
+    """One line: an evaluation stopped episodes that had not ended (not a hang)."""
+    why = "its max_episode_steps" if own else "it has no TimeLimit: the default bound"
+    warnings.warn(
+        f"evaluate: {cut} of {episodes} episodes of {name} had not ended after {limit:,} "
+        f"steps ({why}); their returns so far are counted",
+        stacklevel=3,
+    )
 
 
 def _progress(config: Config) -> Any:
     from logtrick.rl.progress import progress_bar
 
     return progress_bar(config)
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the end of the current update; a second one raises."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
-
-    def __enter__(self) -> _StopFlag:
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not in the main thread
-            self.previous = None
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 Callback = Callable[[dict[str, float]], Any]
@@ -132,10 +135,11 @@ class Session:
     """The return that counts as solved (:func:`~logtrick.rl.build.target_return`)."""
 
 
-def run_loop(s: Session, first: bool, callback: Callback | None = None) -> bool:
-    """Train ``s`` to ``config.total_steps`` with its logger, then draw the plot; returns whether
-    a Ctrl-C stopped it. ``first``: a new run directory (else the metrics of updates after
-    ``counters.update`` are dropped: they are not in the checkpoint)."""
+def run_loop(s: Session, first: bool, callback: Callback | None = None) -> int:
+    """Train ``s`` to ``config.total_steps`` with its logger, then draw the plot; returns the
+    signal that stopped it (SIGINT: Ctrl-C, SIGTERM: preemption), else 0. ``first``: a new run
+    directory (else the metrics of updates after ``counters.update`` are dropped: they are not
+    in the checkpoint)."""
     config = s.learner.config
     keep = None if first else s.counters.update
     wandb = config.to_dict() if config.wandb and ranks_from_env().writer else None  # rank 0
@@ -163,20 +167,21 @@ def _set_lr(learner: Learner, lr: float) -> None:
         group["lr"] = lr
 
 
-def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> bool:
-    """Collect, update, log, evaluate, call back, checkpoint; returns whether a Ctrl-C stopped
-    it. Stops at the budget, at a Ctrl-C, when the callback returns true, or (with
-    ``stop_at_threshold``) after an evaluation that reaches the target."""
+def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> int:
+    """Collect, update, log, evaluate, call back, checkpoint; returns the signal (SIGINT,
+    SIGTERM) that stopped it, else 0. Stops at the budget, at such a signal, when the callback
+    returns true, or (with ``stop_at_threshold``) after an evaluation that reaches the target."""
     config, learner, c = s.learner.config, s.learner, s.counters
     target, saved_at = s.target, c.update
     recent = deque(c.recent, maxlen=20)
-    with _StopFlag() as stop, _progress(config) as bar:
+    with StopSignals() as stop, _progress(config) as bar:
         task = bar.add_task(
             "train", total=config.total_steps, completed=c.global_step, sps="-", ret="-"
         )
         while c.global_step < config.total_steps:
             try:
-                row = _one_update(s, recent, target, saved_at)
+                with env_errors(config.env, _when(c), _kept(saved_at)):  # the env's, named
+                    row = _one_update(s, recent, target, saved_at)
             except WorkerError as err:  # before the update: the learner is the last good one
                 raise _worker_failed(s, err) from None
             except RuntimeError as err:
@@ -191,7 +196,7 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
                 sps=f"{row['sps']:.0f}",
                 ret=f"{row['episode_return']:.1f}",
             )
-            solved = config.stop_at_threshold and row["eval_return"] >= (target or math.inf)
+            solved = config.stop_at_threshold and row["eval_return"] >= _or_inf(target)
             asked = callback is not None and bool(callback(dict(row)))
             done = stop.requested or asked or solved or c.global_step >= config.total_steps
             done = distributed.any_rank(done)  # ranks stop together (a callback, a Ctrl-C)
@@ -200,7 +205,22 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
                 saved_at = c.update
             if done:
                 break
-    return stop.requested
+    return stop.received
+
+
+def _when(c: Counters) -> str:
+    return f"in update {c.update + 1} (after env step {c.global_step:,})"
+
+
+def _kept(saved_at: int) -> str:
+    if saved_at:
+        return f"the run directory keeps the checkpoint of update {saved_at}"
+    return "no checkpoint was written"
+
+
+def _or_inf(target: float | None) -> float:
+    """The target, or +inf without one (0 is a target)."""
+    return math.inf if target is None else target
 
 
 def _one_update(

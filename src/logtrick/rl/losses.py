@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from logtrick.baselines import resolve_baseline, score_terms
-from logtrick.checks import check_aligned, check_positive, check_same_shape, check_tensor
+from logtrick.checks import (
+    check_bool_tensor,
+    check_finite,
+    check_positive,
+    check_same_shape,
+    check_tensor,
+)
 from logtrick.surrogates import approx_kl, clipped_surrogate
 
 __all__ = [
@@ -323,3 +329,21 @@ def explained_variance(pred: Tensor, target: Tensor, mask: Tensor | None = None)
     var_target = target.var(correction=0)
     ev = 1.0 - (target - pred).var(correction=0) / var_target
     return torch.where(var_target > 0, ev, torch.full_like(ev, float("nan")))
+
+
+def check_aligned(
+    ref_name: str, ref: object, mask: object = None, what: str = "", **others: object
+) -> tuple[Tensor, Tensor | None]:
+    """Tensors that go together entry by entry (e.g. per time step and env).
+
+    ``ref`` is a tensor; ``mask`` is ``None`` or a bool tensor of its shape; each of ``others``
+    (``None`` skipped) is a tensor of its shape, finite where ``mask`` is True. ``what`` says
+    what an entry is, for the messages. Returns ``(ref, mask)``.
+    """
+    ref = check_tensor(ref_name, ref)
+    if mask is not None:
+        mask = check_same_shape("mask", check_bool_tensor("mask", mask), ref_name, ref, what)
+    for name, x in others.items():
+        if x is not None:
+            check_finite(name, check_same_shape(name, x, ref_name, ref, what), mask)
+    return ref, mask

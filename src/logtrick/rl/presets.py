@@ -147,8 +147,8 @@ def resolve(
     Raises:
         ValueError: ``env`` is an id Gymnasium does not know (with close matches).
     """
-    from logtrick.checks import check_env_id
     from logtrick.rl.defaults import default_overrides
+    from logtrick.rl.envs import check_env_id
 
     name = describe_env(env)
     algo = default_algo(name) if algo is None else algo

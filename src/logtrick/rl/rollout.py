@@ -37,6 +37,8 @@ reset when the rollout ends, so each rollout holds whole episodes of one policy.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -45,7 +47,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from torch import Tensor
 
-from logtrick.checks import check_env_output, check_positive_int
+from logtrick.checks import check_positive_int
 from logtrick.rl.envs import autoreset_mode, make_env
 from logtrick.rl.masks import check_action_mask, combine_masks, info_action_mask, sections
 from logtrick.rl.spaces import MASK_KEY, ObsLayout
@@ -423,3 +425,36 @@ class Collector:
         self._last_done = done[-1].copy()
         counted = done & valid
         return since[0][counted].tolist(), since[1][counted].tolist()
+
+
+def check_env_output(
+    obs: object,
+    reward: object,
+    where: str | Callable[[int], str],
+    env_index: Sequence[int] | np.ndarray | None = None,
+) -> None:
+    """A vector env's observations and rewards are finite (numpy arrays).
+
+    ``reward`` is ``(B,)`` (one vector step) or ``(T, B)`` (T steps, time-major), ``obs`` the
+    same leading shape and then the observation's. Fast path: NaN and inf propagate through a
+    sum of squares, so one dot product per array clears the common case. Otherwise the error
+    names what is bad (observation or reward), where (``where``, or ``where(t)`` for the step
+    ``t`` of the first bad entry, called only on failure, e.g. "at rollout step 3 (global step
+    48)") and the env's index (``b``, or ``env_index[b]`` when given).
+    """
+    obs, reward = np.asarray(obs), np.asarray(reward)
+    flat_obs, flat_reward = obs.reshape(-1), reward.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us below
+        if math.isfinite(flat_reward @ flat_reward) and math.isfinite(flat_obs @ flat_obs):
+            return
+    bad_obs = np.asarray(~np.isfinite(obs.astype(np.float64).reshape(reward.size, -1)).all(1))
+    bad = ~np.isfinite(flat_reward.astype(np.float64)) | bad_obs
+    if not bad.any():  # the sum of squares overflowed: the data is finite
+        return
+    i = int(np.flatnonzero(bad)[0])
+    t, b = divmod(i, reward.shape[-1]) if reward.ndim else (0, 0)
+    index = int(env_index[b]) if env_index is not None else b
+    what = "observation" if bad_obs[i] else "reward"
+    value = obs.reshape(reward.size, *obs.shape[reward.ndim :])[i] if bad_obs[i] else flat_reward[i]
+    where = where(t) if callable(where) else where
+    raise ValueError(f"env: NaN or inf {what} {where}, env index {index}: {value}")

@@ -2,8 +2,11 @@
 
 Every file that must survive a crash is written atomically: to a temporary file in the same
 directory, flushed and fsynced, then renamed over the target (``os.replace`` is atomic on POSIX),
-so a reader sees the old file or the new one, never half of one. Checkpoints are plain tensors
-and numbers, loadable with ``torch.load(weights_only=True)``: loading one runs no code.
+so a reader sees the old file or the new one, never half of one; a temporary file orphaned by a
+killed writer is removed when the run next starts (:func:`lock_run_dir`). Checkpoints are plain
+tensors and numbers, loadable with ``torch.load(weights_only=True)``: loading one runs no code.
+They carry checksums of their contents and the identity of their run (:mod:`.integrity`):
+:func:`load_checkpoint` refuses damaged bytes, NaN/inf weights and a checkpoint of another run.
 
 One process writes a run directory at a time: :func:`lock_run_dir` holds an exclusive
 ``flock`` on its ``.lock`` file while training (the kernel releases it when the process exits,
@@ -17,13 +20,18 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
+import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from logtrick.checks import check_nonempty_str
+from logtrick.rl import integrity
 from logtrick.rl.errors import CheckpointError, RunLockedError
 
 try:
@@ -41,6 +49,8 @@ __all__ = [
     "plot_learning_curve",
     "read_config",
     "read_metrics",
+    "remove_orphans",
+    "run_identity",
     "save_checkpoint",
     "write_config",
 ]
@@ -50,6 +60,11 @@ CONFIG = "config.json"
 METRICS = "metrics.csv"
 CURVE = "learning_curve.png"
 LOCK = ".lock"
+RUN_ID = ".run-id"
+"""The file naming the run (a random id written with its first ``config.json``): a checkpoint
+records it, so one copied in from another run of the same config is refused too."""
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+"""The names :func:`atomic_write_bytes` gives its temporary files (``tempfile.mkstemp``)."""
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -62,9 +77,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None:  # a full disk, a quota, ...
+            raise OSError(
+                err.errno,
+                f"{err.strerror}: writing {path} failed; the previous {path.name} is kept",
+            ) from err
         raise
 
 
@@ -74,20 +94,37 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
-    """``torch.save`` a dict of tensors and plain values atomically."""
+    """``torch.save`` a dict of tensors and plain values atomically, with checksums of its
+    contents; a run directory's ``checkpoint.pt`` also records the run (:func:`run_identity`)."""
+    path, state = Path(path), dict(state)
+    identity = run_identity(path.parent) if path.name == CHECKPOINT else None
+    if identity is not None:
+        state["run"] = identity
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
+    torch.save(integrity.stamp(state), buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs).
+    """Load a checkpoint with ``weights_only=True`` (no code runs) and check it.
 
     Raises:
-        CheckpointError: no file, an empty one, or one ``torch.load`` cannot read safely (not a
-            checkpoint, cut short, or holding objects other than tensors and numbers).
+        CheckpointError: no file, an empty one, one ``torch.load`` cannot read safely (not a
+            checkpoint, cut short, or holding objects other than tensors and numbers), one whose
+            contents do not match their checksums, with NaN/inf values, or a run directory's
+            checkpoint that records another run than its ``config.json``.
     """
     path = Path(path)
+    state = _read_checkpoint(path)
+    integrity.verify(path, state)
+    integrity.check_finite(path, state)
+    if path.name == CHECKPOINT and (path.parent / CONFIG).is_file():
+        _read_json(path.parent / CONFIG)  # damaged: a message naming it
+        integrity.check_identity(path, state, run_identity(path.parent) or {})
+    return {k: v for k, v in state.items() if k != integrity.CHECKSUMS}
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint (the run has not written one yet)")
     if path.stat().st_size == 0:
@@ -114,21 +151,39 @@ def lock_run_dir(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     """
     path = Path(run_dir) / LOCK
     with path.open("a+") as fh:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "unknown"
-                raise RunLockedError(
-                    f"{Path(run_dir)}: another process (pid {holder}) is writing to this run; "
-                    "wait for it to end, or stop it, before resuming"
-                ) from None
+        _flock(fh, Path(run_dir))
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
+        remove_orphans(run_dir)
         yield
+
+
+def _flock(fh: Any, run_dir: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        raise RunLockedError(
+            f"{run_dir}: another process (pid {holder}) is writing to this run; "
+            "wait for it to end, or stop it, before resuming"
+        ) from None
+
+
+def remove_orphans(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write_bytes` left in ``run_dir``
+    (call it holding the run's lock: no writer is active); returns what was removed."""
+    removed = []
+    for path in Path(run_dir).iterdir():
+        if _TEMP.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def new_run_dir(out: str | os.PathLike[str], name: str) -> Path:
@@ -230,9 +285,24 @@ def _summary_writer(run_dir: Path) -> Any:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """Rows of a ``metrics.csv`` as dicts of strings."""
-    with Path(path).open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Rows of a ``metrics.csv`` as dicts of strings. A last row cut short (the writer died
+    mid-row: no final newline, or too few cells) is dropped with a warning."""
+    path = Path(path)
+    with path.open(newline="") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    cut = bool(lines) and not lines[-1].endswith(("\n", "\r"))
+    if cut:
+        lines = lines[:-1]
+    rows = list(csv.DictReader(lines))
+    if rows and (None in rows[-1].values() or None in rows[-1]):
+        rows, cut = rows[:-1], True
+    if cut:
+        warnings.warn(
+            f"{path}: dropped its last row, cut short (the writer was stopped "
+            "mid-row); the run continues from its checkpoint",
+            stacklevel=2,
+        )
+    return rows
 
 
 def plot_learning_curve(
@@ -280,13 +350,81 @@ def _number(value: Any) -> bool:
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of a run directory."""
+    """The config saved in a run directory's ``config.json``.
+
+    Raises:
+        FileNotFoundError: no ``config.json``.
+        ValueError: one that is not a JSON object (cut short, damaged, or not a config).
+    """
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: no {CONFIG} in {Path(run_dir)}; is it a run directory?")
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``ValueError`` naming the file and what to do otherwise."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = f"not valid JSON ({err})"
+    else:
+        if isinstance(value, dict):
+            return value
+        reason = f"a JSON {type(value).__name__}, not an object of config fields"
+    raise ValueError(
+        f"{path}: the run's config is damaged: {reason}; restore it from a copy of the run "
+        "directory, or write it again (its fields: logtrick.rl.Config), then resume"
+    )
+
+
+def run_identity(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What identifies the run in ``run_dir``: ``algo``, ``seed`` and ``env`` from its
+    ``config.json``, ``run_id`` from its ``.run-id``; ``None`` without a readable config."""
+    try:
+        saved = _read_json(Path(run_dir) / CONFIG)
+    except (OSError, ValueError):
+        return None
+    identity = {k: saved[k] for k in integrity.IDENTITY if k in saved}
+    with contextlib.suppress(OSError):
+        identity["run_id"] = (Path(run_dir) / RUN_ID).read_text().strip()
+    return identity
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
-    """``config.json``, atomically."""
+    """``config.json``, atomically; a new run also gets its ``.run-id``."""
+    if not (run_dir / RUN_ID).is_file():
+        atomic_write_text(run_dir / RUN_ID, uuid.uuid4().hex[:16] + "\n")
     atomic_write_text(run_dir / CONFIG, json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` is a non-empty str or an ``os.PathLike``; returns it as a str."""
+    return check_nonempty_str(name, os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def check_path_name(name: str, value: object) -> str:
+    """``value`` can name one entry of a directory: non-empty, no path separator, not . or .."""
+    check_nonempty_str(name, value)
+    if "/" in value or "\\" in value or value in (".", "..") or "\0" in value:  # type: ignore[operator]
+        raise ValueError(
+            f"{name}: expected a file or directory name (no '/', not '.' or '..'), got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def check_not_a_directory(name: str, value: object) -> str:
+    """``value`` (a str or ``os.PathLike``) names a file to write, not an existing directory."""
+    path = check_path(name, value)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; expected a file path (e.g. agent.pt)")
+    return path
+
+
+def check_not_a_file(name: str, value: object) -> str:
+    """``value`` (a str or ``os.PathLike``) names a directory, or nothing yet (it is created
+    later): not a file."""
+    path = check_path(name, value)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a file; expected a directory (or a new path)")
+    return path

@@ -14,7 +14,9 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import RecordVideo
 
-from logtrick.checks import check_env_id, check_positive_int
+from logtrick.checks import check_positive_int
+from logtrick.rl.env_checks import episode_step_limit
+from logtrick.rl.envs import check_env_id
 from logtrick.rl.errors import MissingExtraError
 
 __all__ = ["record_video"]
@@ -74,14 +76,15 @@ def record_video(
         disable_logger=True,
     )
     try:
+        limit, _ = episode_step_limit(env_id)
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
-            done = False
-            while not done:
+            for _ in range(limit):  # an env that never ends is cut, not recorded for ever
                 action = policy.act(obs, deterministic, info.get("action_mask"))
                 step = action.item() if action.ndim == 0 else action  # Taxi wants an int
                 obs, _, terminated, truncated, info = env.step(step)
-                done = terminated or truncated
+                if terminated or truncated:
+                    break
     except gym.error.DependencyNotInstalled as err:  # the renderer (pygame, mujoco, box2d)
         raise MissingExtraError(
             f"video: {env_id} cannot render without a package it needs ({err}); the `video` "
