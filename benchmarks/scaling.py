@@ -4,8 +4,10 @@ Part 1, side by side in one run (interleaved, medians over ``--repeats``), Lunar
 preset (16 envs x 256 steps = 4,096 transitions per iteration, 8 minibatches x 4 epochs):
 
 * **in-process**: ``Collector.collect()`` + ``update`` (the trainer's loop body);
-* **ray W=1, W=2**: ``RayCollector.collect()`` (weights through the object store, W actors
-  stepping 16/W envs each, rollouts merged, observation statistics merged) + the same ``update``.
+* **ray W=1, W=2** (and W=2 with ``overlap``: the next rollout started before the update,
+  a policy lag of one update): ``RayCollector.collect()`` (weights through the object store, W
+  actors stepping 16/W envs each, rollouts merged, observation statistics merged) + the same
+  ``update``.
 
 All modes share one learner (the same weights at each point of the interleaving: the cost of a
 rollout depends on the policy, e.g. through how often LunarLander resets).
@@ -50,10 +52,11 @@ import torch.multiprocessing as mp
 
 from logtrick.rl import Collector, make_env, preset, train
 from logtrick.rl.build import make_learner, reset_seeds
+from logtrick.rl.distributed import RankCollector
 from logtrick.rl.update import update
 
 ENV = "LunarLander-v3"
-MODES = ("in-process", "ray W=1", "ray W=2")
+MODES = ("in-process", "ray W=1", "ray W=2", "ray W=2 overlap")
 clock = time.perf_counter
 
 
@@ -75,7 +78,7 @@ def _collector(config: object, learner: object) -> object:
     collector = Collector(make_env(ENV, num_envs=config.num_envs), learner.policy,
                           config.num_steps)  # fmt: skip
     collector.reset(seed=seeds)
-    return collector
+    return RankCollector(collector, learner.policy)  # as the trainer: one policy state
 
 
 def _iterate(collector: object, learner: object, iterations: int) -> tuple[float, float, float]:
@@ -89,7 +92,7 @@ def _iterate(collector: object, learner: object, iterations: int) -> tuple[float
         update(learner, ro)
         collect.append(t1 - t0)
         upd.append(clock() - t1)
-        inside.append(max(getattr(collector, "worker_seconds", [t1 - t0])))
+        inside.append(max(getattr(collector, "worker_seconds", {0: t1 - t0}).values()))
     return statistics.median(collect), statistics.median(upd), statistics.median(inside)
 
 
@@ -100,12 +103,15 @@ def measure_modes(repeats: int, iterations: int) -> dict[str, list[tuple[float, 
     envs.close()
     setups = {}
     for mode in MODES:
-        config = _config(workers=int(mode[-1]) if mode.startswith("ray") else 0)
+        workers = int(mode.split("W=")[1][0]) if mode.startswith("ray") else 0
+        config = _config(workers=workers, overlap=mode.endswith("overlap"))
         setups[mode] = (_collector(config, learner), learner)
         _iterate(*setups[mode], 1)  # warm-up (worker start, first allocations)
     out: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
     for _ in range(repeats):
         for mode in MODES:
+            if mode.endswith("overlap"):  # its rollout in flight was started long ago: drop it
+                _iterate(*setups[mode], 1)
             out[mode].append(_iterate(*setups[mode], iterations))
     for collector, _ in setups.values():
         getattr(collector, "close", lambda: None)()
@@ -232,6 +238,13 @@ def report(modes: dict[str, list[tuple[float, float, float]]], config: object) -
     print(f"2-worker efficiency, collection: {statistics.median(eff):.2f} (target >= 0.85); "
           f"whole iteration: {statistics.median(eff_it):.2f}; inside the workers (slowest): "
           f"{statistics.median(eff_inside):.2f}")  # fmt: skip
+    lagged = modes["ray W=2 overlap"]
+    eff_wait = [a[0] / (2 * b[0]) for a, b in zip(one, lagged)]
+    eff_lag = [(a[0] + a[1]) / (2 * (b[0] + b[1])) for a, b in zip(one, lagged)]
+    print(
+        f"with --overlap (policy lag 1): collection (the learner's wait) "
+        f"{statistics.median(eff_wait):.2f}, whole iteration {statistics.median(eff_lag):.2f}"
+    )
 
 
 def report_model(c: dict[str, float]) -> None:
@@ -247,6 +260,27 @@ def report_model(c: dict[str, float]) -> None:
         print(f"| {w} | {r:.2f} | {d:.2f} |")
 
 
+def lag_return(seeds: int, steps: int = 30_000) -> None:
+    """Evaluation returns of CartPole's PPO preset on 2 workers, with and without ``overlap``
+    (a policy lag of one update): the last and the best of 5 evaluations of 20 episodes."""
+    print(f"## CartPole-v1 PPO preset, 2 workers, {steps:,} steps; eval every {steps // 5:,}\n")
+    print("| overlap | seed | last eval return | best eval return | seconds |")
+    print("|---|---:|---:|---:|---:|")
+    for overlap in (False, True):
+        for seed in range(seeds):
+            config = preset("CartPole-v1", "ppo", workers=2, overlap=overlap, seed=seed,
+                            total_steps=steps, eval_every=steps // 5, stop_at_threshold=False,
+                            out=tempfile.mkdtemp(), progress=False, plot=False,
+                            tensorboard=False)  # fmt: skip
+            t0 = clock()
+            history = train(config).history
+            evals = [r["eval_return"] for r in history if r["eval_return"] == r["eval_return"]]
+            print(
+                f"| {overlap} | {seed} | {evals[-1]:.1f} | {max(evals):.1f} | {clock() - t0:.0f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -255,7 +289,16 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=800_000)
     parser.add_argument("--quick", action="store_true", help="2 repeats of 1 iteration")
     parser.add_argument("--envs", type=int, help="total envs (default: the preset's 16)")
+    parser.add_argument(
+        "--lag-return",
+        type=int,
+        metavar="SEEDS",
+        help="only: the return of "
+        "CartPole PPO on 2 workers with and without --overlap, SEEDS seeds",
+    )
     args = parser.parse_args()
+    if args.lag_return:
+        return lag_return(args.lag_return)
     if args.envs:
         ENVS["num_envs"] = args.envs
     torch.set_num_threads(1)

@@ -7,14 +7,17 @@ Also imported by the test, for the problems both sides share (:func:`baseline_pr
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.distributions import Bernoulli
 
 import logtrick as lt
-from logtrick.rl.config import Config
+from logtrick.rl.config import Config, preset
+from logtrick.rl.distributed import obs_stats
 
 K, CALLS = 8, 3  # samples per call over all ranks; calls (the moving average needs history)
 BASELINES = ("moving_average", "optimal_scale")
@@ -54,45 +57,75 @@ def baseline_grads(name: str, rank: int, world: int, group: object) -> list[torc
     for x in draws():
         mine = x.chunk(world)[rank]
         theta.grad = None
-        est = lt.expectation(
-            cost,
-            Replay(theta, mine),
-            samples=len(mine),
-            estimator="score_function",
-            baseline=baseline,
-        )
+        est = lt.expectation(cost, Replay(theta, mine), samples=len(mine),
+                             estimator="score_function", baseline=baseline)  # fmt: skip
         est.backward()
         grads.append(theta.grad.clone())
     return grads
 
 
 def ppo_config(out: str, **overrides: object) -> Config:
-    return Config(
-        env="CartPole-v1",
-        algo="ppo",
-        total_steps=3 * 64,
-        num_envs=4,
-        num_steps=16,
-        num_minibatches=2,
-        update_epochs=2,
-        normalize_advantages=False,
-        normalize_obs=True,
-        anneal_lr=False,
-        seed=3,
-        out=out,
-        progress=False,
-        plot=False,
-        tensorboard=False,
-        **overrides,
-    )
+    fields = dict(env="CartPole-v1", algo="ppo", total_steps=3 * 64, num_envs=4, num_steps=16,
+                  num_minibatches=2, update_epochs=2, normalize_advantages=False,
+                  normalize_obs=True, anneal_lr=False, seed=3, out=out, progress=False,
+                  plot=False, tensorboard=False)  # fmt: skip
+    return Config(**{**fields, **overrides})
+
+
+ALGOS: dict[str, dict[str, object]] = {
+    # full-batch updates: one process on the concatenated batch is the reference
+    "ppo_target_kl": dict(num_minibatches=1, update_epochs=10, target_kl=0.002),
+    "npg": dict(algo="npg", num_minibatches=1, update_epochs=2, normalize_rewards=True),
+    "a2c": dict(algo="a2c", num_steps=8, num_minibatches=1, normalize_rewards=True,
+                total_steps=3 * 32, eval_every=32, eval_episodes=2),
+    # whole episodes: the ranks collect different numbers of steps
+    "reinforce": dict(algo="reinforce", baseline="none", num_minibatches=1, num_steps=8,
+                      total_steps=400),
+}  # fmt: skip
+"""Config overrides (of :func:`ppo_config`) trained under torchrun and compared with one
+process that updates on both ranks' rollouts concatenated."""
+
+
+def record_run(train_module: Any, config: Config) -> dict[str, object]:
+    """Train ``config`` under the ranks, recording each update's rollout, the statistics it
+    saw, the update's info and the reward scale after it; and the evaluations run here."""
+    updates: list[dict[str, object]] = []
+    original_update, original_evaluate = train_module.update, train_module.evaluate
+    evaluations: list[float] = []
+
+    def recording(learner: Any, rollout: Any) -> object:
+        stats = obs_stats(learner.policy)
+        info = original_update(learner, rollout)
+        scale = learner.reward_scale
+        updates.append(
+            {
+                "rollout": rollout,
+                "stats": stats,
+                "info": info,
+                "scale": None if scale is None else (scale.count, scale.mean, scale.var),
+            }
+        )
+        return info
+
+    def evaluating(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        evaluations.append(1.0)
+        return original_evaluate(*args, **kwargs)
+
+    train_module.update, train_module.evaluate = recording, evaluating
+    try:
+        result = importlib.import_module("logtrick.rl").train(config)
+    finally:
+        train_module.update, train_module.evaluate = original_update, original_evaluate
+    return {
+        "params": {k: v.clone() for k, v in result.policy.state_dict().items()},
+        "rollouts": updates,
+        "history": result.history,
+        "evaluations": len(evaluations),
+    }
 
 
 def main(out: Path) -> None:
-    import importlib
-
     import torch.distributed as dist
-
-    from logtrick.rl import distributed
 
     train_module = importlib.import_module("logtrick.rl.loop")
 
@@ -107,17 +140,14 @@ def main(out: Path) -> None:
                 g /= world
             results[f"{name}/{'group' if grouped else 'alone'}"] = grads
     # DD-PPO: the trainer itself, recording every minibatch it steps on
-    batches: list[dict[str, torch.Tensor]] = []
-    original = train_module.update
-
-    def recording(learner: object, rollout: object) -> object:
-        batches.append({"rollout": rollout, "stats": distributed.obs_stats(learner.policy)})
-        return original(learner, rollout)
-
-    train_module.update = recording
-    result = importlib.import_module("logtrick.rl").train(ppo_config(str(out / "runs")))
-    results["params"] = {k: v.clone() for k, v in result.policy.state_dict().items()}
-    results["rollouts"] = batches
+    ppo = record_run(train_module, ppo_config(str(out / "runs")))
+    results["params"], results["rollouts"] = ppo["params"], ppo["rollouts"]
+    for algo, overrides in ALGOS.items():
+        results[algo] = record_run(train_module, ppo_config(str(out / algo), **overrides))
+    # the default algorithm of the CartPole preset (npg) runs, two updates
+    default = preset("CartPole-v1", total_steps=2 * 1024, out=str(out / "default"),
+                     progress=False, plot=False, tensorboard=False)  # fmt: skip
+    results["default"] = record_run(train_module, default)["history"]
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 

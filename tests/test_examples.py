@@ -139,3 +139,25 @@ def test_rl_agent_learns_the_custom_env_and_the_callback_stops_it(tmp_path: Path
     assert evaluations[-1] > 1.45 and all(e <= 1.45 for e in evaluations[:-1])
     assert (tmp_path / "rl_agent.png").stat().st_size > 0
     assert (tmp_path / "runs").is_dir()
+
+
+@pytest.mark.slow
+def test_tune_example_runs_two_asha_trials_each_an_agent_reporting_eval_returns(
+    tmp_path: Path,
+) -> None:
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    import tempfile
+
+    # a private local runtime (no other process finds it with address="auto"), ended after
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="ray-"))  # fmt: skip
+    try:
+        result = load("tune_rl").main(quick=True, out_dir=tmp_path)
+    finally:
+        ray.shutdown()
+    assert result["errors"] == []
+    assert len(result["returns"]) == 2
+    assert all(np.isfinite(r) and r >= 8 for r in result["returns"])  # an episode lasts >= 8
+    assert result["best_return"] == max(result["returns"])
+    assert set(result["best_config"]) == {"lr", "num_steps", "ent_coef"}

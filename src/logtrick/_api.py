@@ -19,7 +19,6 @@ from logtrick.baselines import (
 from logtrick.dice import magic_box
 from logtrick.enumeration import enumerate_expectation
 from logtrick.estimators import ESTIMATORS, estimator_table, expectation
-from logtrick.score_function import ScoreFunction
 from logtrick.gumbel import GumbelSoftmax, StraightThrough
 from logtrick.language.advantages import (
     GroupedAdvantages,
@@ -45,6 +44,7 @@ from logtrick.language.tokens import (
 from logtrick.measure_valued import DeltaMethod, MeasureValued
 from logtrick.pathwise import Auto, Pathwise
 from logtrick.rebar import Rebar, Relax, variance_backward
+from logtrick.score_function import ScoreFunction
 from logtrick.scores import fisher, score
 from logtrick.stochastic_graph import chain_dependencies, dice_surrogate
 from logtrick.surrogates import surrogate

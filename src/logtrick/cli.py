@@ -6,8 +6,9 @@ problem and writes a plot of the variance per estimator. A subcommand is a :clas
 ``main`` builds one ``argparse`` subparser per registered command.
 
 Errors the user can act on (``ValueError``, ``OSError`` and :mod:`logtrick.rl.errors`) are printed
-as one line with exit code 2; ``logtrick --traceback ...`` shows their traceback instead. Any
-other exception is a bug and keeps its traceback.
+as one line with exit code 2 (1 for a run that failed: a worker or rank lost);
+``logtrick --traceback ...`` shows their traceback instead. Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             raise
         message = " ".join(line.strip() for line in str(err).splitlines()) or repr(err)
-        parser.exit(2, f"logtrick {args.command}: error: {message}\n")
+        parser.exit(getattr(err, "exit_code", 2), f"logtrick {args.command}: error: {message}\n")
     except KeyboardInterrupt as err:  # outside the loop, or a second signal inside it
         if args.traceback:
             raise
@@ -297,6 +298,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     from logtrick.rl.presets import PRESETS
 
     p.formatter_class = ParagraphFormatter
+    p.usage = "logtrick train [ENV] [--resume RUN_DIR] [OPTION ...] [--set FIELD=VALUE]"
     p.description = (
         "Train a policy-gradient agent on a Gymnasium environment: the same run as "
         "rl.Agent(ENV, algo, **fields).learn() in Python, with the same defaults.\n\n"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["all_reduce_sum", "is_distributed", "world_size"]
+__all__ = ["all_reduce_sum", "is_distributed", "pooled_moments", "world_size"]
 
 
 def is_distributed(group: Any = None, *, default: bool = False) -> bool:
@@ -63,3 +63,28 @@ def all_reduce_sum(
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
     torch.distributed.all_reduce(flat, group=group)
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def pooled_moments(
+    x: Tensor, group: Any = None, *, default: bool = True
+) -> tuple[float, Tensor, Tensor]:
+    r"""Count, mean and population variance of the rows of ``x`` pooled over the ranks.
+
+    .. math::  n = \sum_r n_r,\quad \mu = \frac1n \sum_r n_r \mu_r,\quad
+               \sigma^2 = \frac1n \sum_r n_r \big(\sigma_r^2 + (\mu_r - \mu)^2\big)
+
+    (Chan et al. 1979): every rank gets the moments of all ranks' rows, in two all-reduces. Not
+    distributed: ``x``'s own moments, exactly as ``torch.var_mean`` gives them.
+
+    Args:
+        x: ``(N, ...)`` rows (``N`` may differ between ranks; the trailing shape may not).
+    """
+    var_r, mean_r = torch.var_mean(x, 0, correction=0)
+    if not is_distributed(group, default=default):
+        return float(len(x)), mean_r, var_r
+    n_r = torch.full((1,), float(len(x)), dtype=x.dtype, device=x.device)
+    mean_r, var_r = mean_r.nan_to_num(), var_r.nan_to_num()  # a rank with no rows adds nothing
+    n, total = all_reduce_sum([n_r, n_r * mean_r], group, default=default)
+    mean = total / n.clamp(min=1.0)
+    (spread,) = all_reduce_sum([n_r * (var_r + (mean_r - mean) ** 2)], group, default=default)
+    return float(n), mean, spread / n.clamp(min=1.0)

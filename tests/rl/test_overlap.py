@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import pytest
@@ -123,10 +124,14 @@ def test_overlapped_run_resumes_and_repeats(tmp_path: Path) -> None:
     assert repr(rows[0]) == repr(rows[1])  # NaN cells (no evaluation) compare by repr
 
 
-def test_overlap_refuses_ray_workers() -> None:
-    with pytest.raises(ValueError, match="overlap"):
-        rl.train(rl.Config(env="CartPole-v1", algo="ppo", total_steps=64, overlap=True,
-                           workers=2, **QUIET))  # fmt: skip
+def test_overlap_refuses_several_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With torchrun each rank's update is a collective: overlap is refused before any env."""
+    from logtrick.rl import build, distributed
+
+    monkeypatch.setattr(distributed, "ranks_from_env", lambda: distributed.Ranks(0, 2))
+    config = rl.Config(env="CartPole-v1", algo="ppo", total_steps=64, overlap=True, **QUIET)
+    with pytest.raises(ValueError, match="overlap: each torchrun rank"):
+        build.new_collector(SimpleNamespace(config=config), None, SimpleNamespace(update=0))  # type: ignore[arg-type]
 
 
 def test_envpool_refuses_ray_workers() -> None:

@@ -237,7 +237,7 @@ class Agent:
         mode = "envpool" if pool else self.config.vectorization_mode
         with env_errors(self.config.env, "when the training envs were made and reset"):
             self._envs = make_env(self.env, num_envs=local, vectorization_mode=mode)
-            self._collector = new_collector(self.learner, self._envs, self.counters)
+            self._collector = new_collector(self.learner, self._envs, self.counters, self.env)
 
     def _remove_stub(self) -> None:
         """Remove a new run directory that never got a checkpoint: a stub, not a run."""
@@ -386,8 +386,7 @@ def resume_agent(run_dir: Path, config: Config | None) -> Agent:
         state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
         agent = Agent.from_config(config)
         agent.counters = restore(agent.learner, state)
-    if agent.ranks.rank:  # restore set rank 0's sampling stream
-        torch.manual_seed(config.seed + 1_000_003 * agent.ranks.rank + agent.counters.update)
+    distributed.seed_rank(config, agent.ranks, agent.counters.update)  # restore set rank 0's
     c = agent.counters
     if config.total_steps < c.global_step:
         raise ValueError(

@@ -63,15 +63,15 @@ def reset_seeds(config: Config, update_index: int) -> list[int]:
     return [base + i for i in range(config.num_envs)]
 
 
-def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
+def new_collector(learner: Learner, envs: Any, counters: Counters, source: Any = None) -> Any:
     """The collector, its envs reset with the seeds of ``counters.update``: in this process,
     this rank's share of them, or on Ray workers (``config.workers``); each has ``collect()``."""
     config = learner.config
     seeds = reset_seeds(config, counters.update)
-    if config.overlap and (config.workers or distributed.ranks_from_env().world > 1):
+    if config.overlap and distributed.ranks_from_env().world > 1:
         raise ValueError(
-            "overlap: collection already runs apart from the learner with Ray workers or "
-            "several ranks; set overlap=False"
+            "overlap: each torchrun rank's update is a collective with the others; set "
+            "overlap=False (or use Ray workers, which overlap with the update)"
         )
     if config.vector_env == "envpool" and config.workers:
         raise ValueError(
@@ -81,13 +81,13 @@ def new_collector(learner: Learner, envs: Any, counters: Counters) -> Any:
     if config.workers:
         from logtrick.rl.workers import RayCollector  # Ray: MissingExtraError when absent
 
-        return RayCollector(config, learner.policy, seeds)
+        return RayCollector(config, learner.policy, seeds, counters.update, env=source)
     ranks = distributed.ranks_from_env()
     device = next(learner.policy.parameters()).device
     collector = Collector(
         envs, learner.policy, config.num_steps, device=device, whole_episodes=config.whole_episodes
     )
     collector.reset(seed=distributed.shard(seeds, ranks.rank, ranks.world))
-    if ranks.world > 1:
-        return distributed.RankCollector(collector, learner.policy)
-    return OverlapCollector(collector, learner.policy) if config.overlap else collector
+    if config.overlap:  # a second thread; it hands the statistics back itself
+        return OverlapCollector(collector, learner.policy)
+    return distributed.RankCollector(collector, learner.policy)  # one policy state per iteration

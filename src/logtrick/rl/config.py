@@ -330,6 +330,52 @@ class Config:
     )
     """Where the learner runs: ``"cpu"``, ``"cuda"`` or ``"auto"`` (cuda when available);
     rollouts stay on the CPU."""
+    worker_timeout_s: float = option(
+        checks.check_positive,
+        default=120.0,
+        resume=True,
+        flag=Flag(
+            "--worker-timeout",
+            "seconds a Ray worker may take for one rollout before it is restarted",
+            _SCALE,
+            metavar="S",
+        ),
+    )
+    """Seconds a Ray worker may take for one rollout before it is killed and restarted (RLlib's
+    ``sample_timeout_s``); raise it for slow simulators."""
+    worker_restarts: int = option(
+        checks.check_nonnegative_int,
+        default=3,
+        resume=True,
+        flag=Flag(
+            "--worker-restarts",
+            "restarts of a failing Ray worker in a row before it counts as lost",
+            _SCALE,
+            metavar="N",
+        ),
+    )
+    """Restarts of one Ray worker in a row (no rollout in between) before it counts as lost
+    (RLlib's ``max_num_env_runner_restarts``; 0: a failure is not retried)."""
+    worker_failure: str = option(
+        _choice("stop", "continue"),
+        default="stop",
+        resume=True,
+        flag=Flag(
+            "--worker-failure",
+            "when a Ray worker is lost: stop (the last checkpoint kept) or continue without it",
+            _SCALE,
+            choices=("stop", "continue"),
+        ),
+    )
+    """When a Ray worker is lost: ``"stop"`` ends the run (the last good checkpoint kept), or
+    ``"continue"`` goes on with the other workers' envs (RLlib's ``ignore_env_runner_failures``)."""
+    dist_timeout_s: float = option(
+        checks.check_positive,
+        default=600.0,
+        resume=True,
+    )
+    """Seconds a torchrun rank waits for the others in a collective before it ends the run with a
+    one-line error (torch's default is 30 minutes); ``--set dist_timeout_s=S``."""
     wandb: bool = option(
         checks.check_bool,
         default=False,
@@ -360,9 +406,10 @@ class Config:
             "--overlap", "collect the next rollout while the learner updates (policy lag 1)", _SCALE
         ),
     )
-    """Collect the next rollout in a second thread while the learner updates on the last one.
-    The rollout is then one update behind (policy lag 1): PPO's ratio is taken against the
-    behaviour policy's stored log-probabilities. Off: strictly on-policy."""
+    """Collect the next rollout while the learner updates on the last one: in a second thread
+    (envs in this process) or on the Ray workers (with ``workers``). The rollout is then one
+    update behind (policy lag 1): PPO's ratio is taken against the behaviour policy's stored
+    log-probabilities. Off: strictly on-policy. Not with several torchrun ranks."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()

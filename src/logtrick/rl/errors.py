@@ -20,7 +20,14 @@ error                      also a                    raised when
 ``EnvError``               ``ValueError``            the environment cannot be made, breaks
                                                      Gymnasium's API, or raised in ``reset`` /
                                                      ``step``
+``WorkerError``            ``RuntimeError``          a Ray worker's env raised, or a worker
+                                                     died more often than allowed (exit code 1)
+``RankError``              ``RuntimeError``          another torchrun rank died or hung
+                                                     (exit code 1)
 =========================  ========================  ==========================================
+
+The run ends with the last good checkpoint kept (written, for a worker's failure) and the
+message says which; ``exit_code`` is what the command line exits with.
 """
 
 from __future__ import annotations
@@ -31,13 +38,18 @@ __all__ = [
     "EnvError",
     "LogtrickError",
     "MissingExtraError",
+    "RankError",
     "RunLockedError",
     "UnsupportedSpaceError",
+    "WorkerError",
 ]
 
 
 class LogtrickError(Exception):
     """Base of the errors that end a run for a reason the user can act on."""
+
+    exit_code = 2
+    """What ``logtrick`` exits with: 2 for what the user must change, 1 for a run that failed."""
 
 
 class DivergenceError(LogtrickError, FloatingPointError):
@@ -64,3 +76,16 @@ class MissingExtraError(LogtrickError, ImportError):
 class EnvError(LogtrickError, ValueError):
     """The environment broke: it cannot be made, breaks Gymnasium's API, or raised in
     ``reset``/``step`` (the message names the env, the env index and what the run kept)."""
+
+
+class WorkerError(LogtrickError, RuntimeError):
+    """A Ray rollout worker failed: its env raised (the message names env, worker and step; the
+    worker's traceback is in the notes) or it died more often than ``worker_restarts``."""
+
+    exit_code = 1
+
+
+class RankError(LogtrickError, RuntimeError):
+    """Another torchrun rank died or did not answer within ``dist_timeout_s``."""
+
+    exit_code = 1

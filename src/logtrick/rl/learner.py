@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from logtrick.collective import pooled_moments
 from logtrick.rl.config import Config
 from logtrick.rl.errors import DivergenceError
 from logtrick.rl.policies import ActorCritic, merge_moments
@@ -40,7 +41,8 @@ class RewardScale:
     (the scaling of Engstrom et al. 2020, "Implementation Matters in Deep RL", as in SB3's
     ``VecNormalize``). The critic then learns scaled values; advantages are unchanged in sign.
     Invalid transitions (NEXT_STEP's reset rows, the dropped tails of whole-episode rollouts)
-    belong to no episode and leave :math:`R` alone.
+    belong to no episode and leave :math:`R` alone. Under torchrun the moments of :math:`R` are
+    pooled over the ranks: every rank scales by the same variance, the one checkpointed.
     """
 
     gamma: float
@@ -51,16 +53,16 @@ class RewardScale:
     var: float = 1.0
 
     def __call__(self, rewards: Tensor, done: Tensor, valid: Tensor) -> Tensor:
-        if self.running is None:
+        if self.running is None or len(self.running) != rewards.shape[1]:  # fewer workers
             self.running = torch.zeros(rewards.shape[1], dtype=torch.float64, device=rewards.device)
         seen = torch.empty_like(rewards, dtype=torch.float64)
         for t in range(rewards.shape[0]):
             running = torch.where(valid[t], self.running * self.gamma + rewards[t], self.running)
             seen[t] = running
             self.running = torch.where(done[t], 0.0, running)
-        batch = seen[valid]
-        n, m, v = batch.numel(), float(batch.mean()), float(batch.var(unbiased=False))
-        self.count, self.mean, self.var = merge_moments(self.count, self.mean, self.var, n, m, v)
+        n, m, v = pooled_moments(seen[valid])  # of every rank's envs under torchrun
+        self.count, self.mean, self.var = merge_moments(self.count, self.mean, self.var, n,
+                                                        float(m), float(v))  # fmt: skip
         return (rewards / (self.var**0.5 + 1e-8)).to(rewards.dtype)
 
     def new_episodes(self) -> None:
@@ -88,9 +90,10 @@ class Learner:
     optimizer: torch.optim.Optimizer | Adam
     generator: torch.Generator
     reward_scale: RewardScale | None = None
-    grad_hook: Callable[[list[Tensor]], None] | None = field(default=None, repr=False)
-    """Called with the parameters after each backward, before clipping and the optimizer step
-    (data parallelism: :func:`~logtrick.rl.distributed.all_reduce_gradients`)."""
+    reduce: Callable[[list[Tensor], float], list[Tensor]] | None = field(default=None, repr=False)
+    """Data parallelism (:func:`~logtrick.rl.distributed.mean_over_ranks`): ``(tensors, n)`` ->
+    their means over the ranks, weighted by each rank's ``n``; applied to the gradients after
+    each backward (before clipping) and to what the ranks' updates must agree on."""
     params: list[Tensor] = field(init=False, repr=False)
     _watched: list[tuple[str, Tensor]] = field(default_factory=list, init=False, repr=False)
     _losses: list[Tensor] = field(default_factory=list, init=False, repr=False)
@@ -105,15 +108,17 @@ class Learner:
         actor = getattr(self.policy, "actor_parameters", self.policy.parameters)
         self.actor_params = list(actor())
 
-    def step(self, loss: Tensor, record_gradient: bool = False) -> Tensor:
+    def step(self, loss: Tensor, record_gradient: bool = False, weight: float = 1.0) -> Tensor:
         """One optimizer step on ``loss`` with gradient-norm clipping; returns the norm.
         ``record_gradient``: add the (unclipped) gradient of the actor's parameters to the sums
-        of :func:`gradient_snr` (on the device: no host sync)."""
+        of :func:`gradient_snr` (on the device: no host sync). ``weight``: the transitions
+        ``loss`` averages over (the ranks' gradients are averaged with these weights)."""
         for p in self.params:  # Optimizer.zero_grad costs ~10x this loop (profiler hooks)
             p.grad = None
         loss.backward()
-        if self.grad_hook is not None:
-            self.grad_hook(self.params)
+        if self.reduce is not None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            torch._foreach_copy_(grads, self.reduce(grads, weight))
         if record_gradient:
             self._record_gradient()
         norm = clip_grad_norm([p.grad for p in self.params if p.grad is not None],

@@ -38,14 +38,13 @@ from typing import Any
 import numpy as np
 
 from logtrick.checks import check_positive_int, check_seed
-from logtrick.collective import world_size
-from logtrick.rl import runs
+from logtrick.rl import distributed, runs
 from logtrick.rl.checkpoint import Counters, checkpoint_state
 from logtrick.rl.config import Config
 from logtrick.rl.distributed import ranks_from_env
 from logtrick.rl.env_checks import env_errors, episode_step_limit
 from logtrick.rl.envs import make_env
-from logtrick.rl.errors import DivergenceError
+from logtrick.rl.errors import DivergenceError, WorkerError
 from logtrick.rl.learner import Learner
 from logtrick.rl.masks import info_action_mask
 from logtrick.rl.policies import ActorCritic
@@ -180,8 +179,15 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
             "train", total=config.total_steps, completed=c.global_step, sps="-", ret="-"
         )
         while c.global_step < config.total_steps:
-            with env_errors(config.env, _when(c), _kept(saved_at)):  # the env's, named
-                row = _one_update(s, recent, target, saved_at)
+            try:
+                with env_errors(config.env, _when(c), _kept(saved_at)):  # the env's, named
+                    row = _one_update(s, recent, target, saved_at)
+            except WorkerError as err:  # before the update: the learner is the last good one
+                raise _worker_failed(s, err) from None
+            except RuntimeError as err:
+                if not distributed.is_rank_failure(err):
+                    raise
+                raise distributed.rank_failed(err, c.update, saved_at) from None
             logger.log(row)
             s.history.append(row)
             bar.update(
@@ -193,6 +199,7 @@ def _loop(s: Session, logger: runs.MetricsLogger, callback: Callback | None) -> 
             solved = config.stop_at_threshold and row["eval_return"] >= _or_inf(target)
             asked = callback is not None and bool(callback(dict(row)))
             done = stop.requested or asked or solved or c.global_step >= config.total_steps
+            done = distributed.any_rank(done)  # ranks stop together (a callback, a Ctrl-C)
             if done or c.update % config.checkpoint_interval == 0:
                 runs.save_checkpoint(s.run_dir / runs.CHECKPOINT, checkpoint_state(learner, c))
                 saved_at = c.update
@@ -225,7 +232,7 @@ def _one_update(
     _set_lr(learner, lr)
     t0 = time.perf_counter()
     ro = s.collector.collect()
-    steps = ro.rewards.numel() * world_size()  # summed over the ranks
+    steps = distributed.global_steps(ro)  # summed over the ranks
     try:
         info = update(learner, ro)
     except DivergenceError as err:
@@ -244,8 +251,31 @@ def _one_update(
         "episode_return": float(np.mean(returns)) if recent else math.nan,
         "episode_length": float(np.mean(lengths)) if recent else math.nan,
         "eval_return": _maybe_evaluate(s, target, steps),
+        **episode_metrics(ro.episode_returns),
+        **getattr(s.collector, "metrics", dict)(),  # Ray workers: steps, seconds, restarts
         **info,
     }
+
+
+def episode_metrics(returns: list[float]) -> dict[str, float]:
+    """The episodes that ended in this iteration (of every rank and worker): how many, and
+    their lowest and highest return (NaN when none ended)."""
+    return {
+        "episodes": float(len(returns)),
+        "episode_return_min": min(returns) if returns else math.nan,
+        "episode_return_max": max(returns) if returns else math.nan,
+    }
+
+
+def _worker_failed(s: Session, err: WorkerError) -> WorkerError:
+    """``err`` with the checkpoint written now, of the last update that completed."""
+    path = s.run_dir / runs.CHECKPOINT
+    runs.save_checkpoint(path, checkpoint_state(s.learner, s.counters))
+    failure = WorkerError(f"{s.learner.config.name}: {err}; the last good checkpoint "
+                          f"(update {s.counters.update}) is written to {path}")  # fmt: skip
+    for note in getattr(err, "__notes__", []):
+        failure.add_note(note)
+    return failure
 
 
 def _diverged(
@@ -266,7 +296,10 @@ def _maybe_evaluate(s: Session, target: float | None, steps: int) -> float:
     if not every or c.global_step // every == (c.global_step - steps) // every:
         return math.nan
     config = learner.config
-    mean, _ = evaluate(learner.policy, s.env, config.eval_episodes, seed=config.seed + 10_000)
+    mean = math.nan
+    if distributed.ranks_from_env().writer:  # once, on rank 0; every rank gets its result
+        mean, _ = evaluate(learner.policy, s.env, config.eval_episodes, seed=config.seed + 10_000)
+    mean = distributed.from_rank0(mean)
     if target is not None and mean >= target and c.solved_at_step < 0:
         c.solved_at_step, c.solved_at_time = c.global_step, c.train_time
     return mean

@@ -157,6 +157,7 @@ def natural_gradient(
     backtrack_ratio: float = 0.8,
     accept_ratio: float = 0.1,
     cg_residual_tol: float = 1e-10,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     r"""One natural policy gradient (NPG) or TRPO step, applied in place to ``params``.
 
@@ -188,6 +189,10 @@ def natural_gradient(
         backtrack_ratio: :math:`\rho \in (0, 1)`.
         accept_ratio: minimum ratio of actual to predicted improvement.
         cg_residual_tol: ``residual_tol`` of :func:`conjugate_gradient`.
+        reduce: data parallelism: ``(k,) -> (k,)`` the mean over the ranks (weighted by their
+            batch sizes), applied to the gradient, to every Fisher-vector product and to the
+            line search's KL and loss: every rank then runs the same CG iterations and accepts
+            the same step, the one of one process on the concatenated batch.
 
     Returns:
         ``(step, info)``: the flat ``(P,)`` step applied (zeros if rejected) and floats
@@ -201,11 +206,17 @@ def natural_gradient(
     """
     params = check_param_list("params", params, requires_grad=True, nonempty=True)
     max_kl = check_positive("max_kl", max_kl)
+    damping = check_nonnegative("damping", damping)
     check_in_range("backtrack_ratio", backtrack_ratio, 0.0, 1.0, low_open=True, high_open=True)
+    mean = reduce if reduce is not None else (lambda x: x)
     loss0_t = loss_fn()
-    g = -_flat(torch.autograd.grad(loss0_t, params, allow_unused=True), params)
-    loss0 = float(loss0_t.detach())
-    fvp = fisher_vector_product(kl_fn, params, damping)
+    g = mean(-_flat(torch.autograd.grad(loss0_t, params, allow_unused=True), params))
+    loss0 = float(mean(loss0_t.detach().reshape(1))[0])
+    local_fvp = fisher_vector_product(kl_fn, params, 0.0)
+
+    def fvp(v: Tensor) -> Tensor:  # the mean Fisher of all ranks, damped
+        return mean(local_fvp(v)) + damping * v
+
     x = conjugate_gradient(fvp, g, iters=cg_iters, residual_tol=cg_residual_tol)
     Fx = fvp(x)
     xFx = float(x @ Fx)
@@ -219,7 +230,8 @@ def natural_gradient(
     def evaluate(frac: float) -> tuple[float, float]:
         _set_flat(params, old + frac * full_step)
         with torch.no_grad():
-            return float(kl_fn()), loss0 - float(loss_fn())
+            kl, loss = mean(torch.stack([kl_fn(), loss_fn()]).detach()).tolist()
+        return kl, loss0 - loss
 
     if line_search:
         k, frac, kl, improvement = _backtrack(

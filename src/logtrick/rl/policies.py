@@ -202,6 +202,9 @@ class ActorCritic(nn.Module):
         nets = [self.actor] if self.critic is None else [self.actor, self.critic]
         self._fused = _FusedMLP(nets, activation)
         self.normalize_obs = bool(normalize_obs)
+        self.obs_stats_frozen = False
+        """While true, :meth:`update_obs_stats` does nothing: the statistics stay those the
+        learner shared for the iteration (:func:`~logtrick.rl.distributed.frozen_obs_stats`)."""
         self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
         self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
         self.register_buffer("obs_count", torch.zeros((), dtype=torch.float64))
@@ -275,7 +278,8 @@ class ActorCritic(nn.Module):
         return x
 
     def update_obs_stats(self, obs: Tensor) -> None:
-        r"""Fold a batch of observations into the running mean and variance (if normalising).
+        r"""Fold a batch of observations into the running mean and variance (if normalising
+        and not :attr:`obs_stats_frozen`).
 
         .. math::  \mu \leftarrow \mu + \delta \frac{n_b}{n}, \quad
                    \sigma^2 \leftarrow \frac{n_a \sigma_a^2 + n_b \sigma_b^2
@@ -288,24 +292,29 @@ class ActorCritic(nn.Module):
             Chan, Golub & LeVeque, *Updating Formulae and a Pairwise Algorithm for Computing
             Sample Variances*, 1979.
         """
-        if not self.normalize_obs:  # a no-op, cheap: the collector calls this every step
+        if not self.normalize_obs or self.obs_stats_frozen:  # cheap: called every step
             return
         x = self._features_raw(obs).detach()
-        n_b = x.shape[0]
-        if n_b == 0:
+        if x.shape[0] == 0:
             return
-        with torch.no_grad():
-            self._fold_stats(x, n_b)
-
-    def _fold_stats(self, x: Tensor, n_b: int) -> None:
         var_b, mean_b = torch.var_mean(x, 0, correction=0)
-        total, mean, var = merge_moments(
-            float(self.obs_count), self.obs_mean, self.obs_var, n_b, mean_b, var_b
-        )
-        self.obs_mean.copy_(mean)
-        self.obs_var.copy_(var)
-        self.obs_count.fill_(total)
-        self._refresh_obs_norm()
+        self.fold_obs_moments(x.shape[0], mean_b, var_b)
+
+    def obs_features(self, obs: Tensor) -> Tensor:
+        """``(N, obs_dim)`` float64 rows of the features the statistics are kept on."""
+        return self._features_raw(obs).detach()
+
+    def fold_obs_moments(self, n_b: float, mean_b: Tensor, var_b: Tensor) -> None:
+        """Merge the moments ``(n_b, mean_b, var_b)`` of a batch of observation features (from
+        one process, or pooled over workers and ranks) into the running statistics."""
+        with torch.no_grad():
+            total, mean, var = merge_moments(
+                float(self.obs_count), self.obs_mean, self.obs_var, n_b, mean_b, var_b
+            )
+            self.obs_mean.copy_(mean)
+            self.obs_var.copy_(var)
+            self.obs_count.fill_(total)
+            self._refresh_obs_norm()
 
     def _features_raw(self, obs: Tensor) -> Tensor:
         """Observations as float64 rows ``(N, obs_dim)``, not normalised."""

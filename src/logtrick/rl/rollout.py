@@ -150,7 +150,8 @@ class Collector:
     when the env gives masks), ``value(obs)``, ``to_env(action) -> np.ndarray`` and
     ``update_obs_stats(obs)`` (see :class:`~logtrick.rl.policies.ActorCritic`); the observation
     statistics are updated with each step's observations (features) before the policy acts on
-    them.
+    them, unless frozen: the trainer freezes them for the rollout and folds its observations in
+    once after it (:class:`~logtrick.rl.distributed.RankCollector`), as workers and ranks do.
 
     Args:
         env: a ``VectorEnv``, or anything :func:`~logtrick.rl.envs.make_env` accepts (then one env).

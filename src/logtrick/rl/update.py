@@ -163,9 +163,12 @@ def ppo_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
         sums = torch.zeros(len(PPO_LOGGED))
         for mb in learner.minibatches(batch):
             loss, stats = ppo_loss(learner, mb)
-            grad_norm = learner.step(loss, record_gradient=epochs == 1)
+            grad_norm = learner.step(loss, record_gradient=epochs == 1, weight=len(mb["obs"]))
             sums.add_(torch.cat([stats, grad_norm.reshape(1)]).float(), alpha=len(mb["obs"]))
-        if config.target_kl is not None and float(sums[1] / n) > config.target_kl:
+        kl = sums[1] / n
+        if learner.reduce is not None:  # the mean KL of all ranks: they stop together
+            (kl,) = learner.reduce([kl], n)
+        if config.target_kl is not None and float(kl) > config.target_kl:
             break
     logged: dict[str, Any] = dict(zip(PPO_LOGGED, (sums / n).unbind()))
     ev = explained_variance(batch["values"], batch["returns"])
@@ -194,7 +197,7 @@ def score_function_update(learner: Learner, batch: Batch) -> dict[str, Any]:
         loss = loss + config.vf_coef * v_loss
         info["value_loss"] = v_loss.detach()
     info["entropy"] = entropy.detach().mean()
-    info["grad_norm"] = learner.step(loss)
+    info["grad_norm"] = learner.step(loss, weight=len(batch["obs"]))
     info["explained_variance"] = explained_variance(batch["values"], batch["returns"])
     return info
 
@@ -238,14 +241,16 @@ def npg_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     def kl_fn() -> Tensor:
         return torch.distributions.kl_divergence(old_dist, policy.distribution(obs, masks)).mean()
 
+    reduce = learner.reduce
     _, info = natural_gradient(
         loss_fn, kl_fn, list(policy.actor_parameters()), max_kl=config.max_kl,
         cg_iters=config.cg_iters, damping=config.cg_damping, line_search=config.line_search,
+        reduce=None if reduce is None else lambda x: reduce([x], len(obs))[0],
     )  # fmt: skip
     for _ in range(config.update_epochs):
         for mb in learner.minibatches({"obs": obs, "returns": batch["returns"]}):
             vl, _ = value_loss(policy.value(mb["obs"]), mb["returns"], check=False)
-            learner.step(vl)
+            learner.step(vl, weight=len(mb["obs"]))
     ev = explained_variance(batch["values"], batch["returns"])
     return {**info, "value_loss": vl.detach(), "explained_variance": ev}
 
