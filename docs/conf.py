@@ -39,12 +39,18 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
+    "sphinx.ext.viewcode",  # [source] links where an object is documented at its own module
     "myst_nb",  # MyST Markdown, and the guides' code cells executed (it includes myst_parser)
     "sphinx_gallery.gen_gallery",
     "matplotlib.sphinxext.plot_directive",
     "logtrick_docs",
 ]
+
+# viewcode links a module's source back to the entry of each object under the public module of
+# the first entry it met: an object re-exported under two public modules (lt.X and lt.language.X
+# from one source file) would get a back-link to an anchor that does not exist. Links only where
+# an object is documented at the module that defines it.
+viewcode_follow_imported_members = False
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
 root_doc = "index"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 import torch
@@ -46,7 +47,6 @@ def echo(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
 
 def trainer(algo: str, run_dir: Path | None) -> Trainer:
     torch.set_num_threads(1)
-    Trainer._generate = fixed_generate  # type: ignore[method-assign]
     cfg = LMConfig(
         algo=algo,
         k=4,
@@ -59,7 +59,9 @@ def trainer(algo: str, run_dir: Path | None) -> Trainer:
         **CASES[algo],
     )
     model = tiny_causal_lm(len(TOK), "qwen2", hidden=32, layers=1, seed=0)
-    return Trainer(model, TOK, [str(d) for d in range(10)], echo, config=cfg, run_dir=run_dir)
+    t = Trainer(model, TOK, [str(d) for d in range(10)], echo, config=cfg, run_dir=run_dir)
+    t._generate = MethodType(fixed_generate, t)  # type: ignore[method-assign]  (this trainer only)
+    return t
 
 
 def main(out: Path) -> None:

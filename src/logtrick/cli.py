@@ -293,6 +293,7 @@ def _presets_table() -> str:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from logtrick.rl import runs
     from logtrick.rl.config import FIELD_DOCS, RESUME_FIELDS
     from logtrick.rl.flags import ParagraphFormatter, add_train_flags, train_groups
     from logtrick.rl.presets import PRESETS
@@ -311,6 +312,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         "in the RL guide (docs/rl_guide.md, 'Config fields') and by help(logtrick.rl.Config)."
         f"\n\n--resume RUN_DIR continues a run with its saved config; it may change only "
         f"{', '.join(RESUME_FIELDS)} (--steps extends the run)."
+        f"\n\nA run directory (OUT/ENV-ALGO-SEED) holds {runs.CONFIG}, {runs.METRICS}, "
+        f"{runs.CHECKPOINT} (the last good one), {runs.CURVE} and TensorBoard events."
     )
     groups = train_groups(p)
     run = groups["run"]

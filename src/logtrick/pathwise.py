@@ -157,7 +157,7 @@ def _depends_on(out: Tensor, x: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Auto:
-    """Pathwise when ``dist.rsample`` is a true reparameterisation (:func:`reparameterised`: not
+    """Pathwise when ``dist.rsample`` is a true reparameterisation (``reparameterised(dist)``: not
     a straight-through or relaxed sampler, whatever ``has_rsample`` says) and f(x) is connected
     to x in the autograd graph, else the score function on the same samples. A NaN or inf
     gradient through the pathwise path raises in the backward pass, naming the score function as
