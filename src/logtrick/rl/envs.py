@@ -16,7 +16,7 @@ from gymnasium.envs.registration import VectorizeMode
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from logtrick.checks import check_nonempty_str
-from logtrick.rl.errors import MissingExtraError
+from logtrick.rl.errors import import_extra
 
 __all__ = ["EnvPoolEnv", "autoreset_mode", "make_env"]
 
@@ -156,12 +156,7 @@ class EnvPoolEnv(VectorEnv):
     """
 
     def __init__(self, env_id: str, num_envs: int, **kwargs: Any) -> None:
-        try:
-            import envpool
-        except ImportError as err:
-            raise MissingExtraError(
-                f"vector_env: 'envpool' needs EnvPool ({err}); pip install 'logtrick[envpool]'"
-            ) from err
+        envpool = import_extra("envpool", "envpool", "vector_env", "'envpool'")
         if env_id not in envpool.list_all_envs():
             raise ValueError(f"env: {env_id!r} is not an EnvPool id (its MuJoCo ids are "
                              "e.g. Hopper-v4, Hopper-v5; see envpool.list_all_envs())")  # fmt: skip

@@ -32,6 +32,9 @@ message says which; ``exit_code`` is what the command line exits with.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __all__ = [
     "CheckpointError",
     "DivergenceError",
@@ -42,6 +45,7 @@ __all__ = [
     "RunLockedError",
     "UnsupportedSpaceError",
     "WorkerError",
+    "import_extra",
 ]
 
 
@@ -89,3 +93,16 @@ class RankError(LogtrickError, RuntimeError):
     """Another torchrun rank died or did not answer within ``dist_timeout_s``."""
 
     exit_code = 1
+
+
+def import_extra(module: str, extra: str, argument: str, purpose: str) -> Any:
+    """``module`` imported, or a :class:`MissingExtraError` naming the ``argument`` that asked for
+    it, what it is for and the extra that installs it: the one way an optional dependency is
+    imported (on first use, so the modules that need it import without it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{argument}: {purpose} needs {module} ({err}); install it with "
+            f"`pip install 'logtrick[{extra}]'`"
+        ) from err

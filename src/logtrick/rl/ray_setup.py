@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Any
 
-from logtrick.rl.errors import MissingExtraError
+from logtrick.rl.errors import import_extra
 
 __all__ = [
     "RAY_CONNECT_S",
@@ -30,14 +30,7 @@ RAY_CONNECT_S = 15.0
 
 def import_ray() -> Any:
     """Ray, imported on first use so that the modules using it import without the extra."""
-    try:
-        import ray
-    except ImportError as err:
-        raise MissingExtraError(
-            f"workers: Ray workers need Ray ({err}); install it with "
-            "`pip install 'logtrick[distributed]'`"
-        ) from err
-    return ray
+    return import_extra("ray", "distributed", "workers", "collecting on Ray workers")
 
 
 def connect(address: str | None) -> str | None:

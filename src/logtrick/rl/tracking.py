@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from logtrick.rl.errors import MissingExtraError
+from logtrick.rl.errors import import_extra
 
 __all__ = ["ID_FILE", "WandbRun", "require_wandb"]
 
@@ -24,14 +24,7 @@ ID_FILE = ".wandb-run-id"
 
 def require_wandb() -> Any:
     """The ``wandb`` module, or :class:`~logtrick.rl.errors.MissingExtraError` naming the extra."""
-    try:
-        import wandb
-    except ImportError as err:
-        raise MissingExtraError(
-            "wandb: logging to Weights & Biases needs the wandb package; install it with "
-            "`pip install logtrick[wandb]`"
-        ) from err
-    return wandb
+    return import_extra("wandb", "wandb", "wandb", "logging to Weights & Biases")
 
 
 class WandbRun:
