@@ -41,7 +41,7 @@ def test_ppo_rule(space: gym.spaces.Space) -> None:
 
 @pytest.mark.parametrize("algo", rl.ALGOS)
 def test_every_algo_gets_a_valid_config(algo: str) -> None:
-    config = rl.Config(env="Pendulum-v1", algo=algo, **default_overrides(_facts(BOX), algo))
+    config = rl.Config(env="MountainCar-v0", algo=algo, **default_overrides(_facts(BOX), algo))
     assert config.normalize_obs and config.normalize_rewards
     if algo == "a2c":
         assert config.num_steps == 5 and config.num_minibatches == 1
@@ -139,3 +139,19 @@ def test_a_smaller_rollout_keeps_the_minibatch_size() -> None:
     assert (
         rl.preset("InvertedPendulum-v5", "ppo", num_steps=8, num_minibatches=4).num_minibatches == 4
     )
+
+
+def test_ppo_overlaps_by_default_in_one_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults overlap PPO's collection with its update (policy lag 1, corrected by the
+    ratio); the on-policy estimators, Ray workers and torchrun ranks do not; a given value
+    wins. The default algorithm under torchrun is therefore not refused for overlap."""
+    from logtrick import rl
+
+    assert rl.Config(env="MountainCar-v0").overlap is True
+    assert rl.Config(env="MountainCar-v0", algo="a2c").overlap is False
+    assert rl.Config(env="MountainCar-v0", algo="npg").overlap is False
+    assert rl.Config(env="MountainCar-v0", workers=2).overlap is False
+    assert rl.Config(env="MountainCar-v0", overlap=False).overlap is False
+    assert rl.Config(env="MountainCar-v0", algo="a2c", overlap=True).overlap is True
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rl.Config(env="MountainCar-v0").overlap is False

@@ -5,6 +5,8 @@ PPO ratio against the behaviour policy, and a resumable, reproducible run."""
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,24 +44,28 @@ def _assert_same(a: Rollout, b: Rollout, k: int) -> None:
 
 
 @pytest.mark.parametrize("env_id", ENVS)
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("seed", "process"), [(0, True), (1, True), (0, False)])
 def test_rollouts_are_a_plain_collectors_with_the_weights_one_update_back(
-    env_id: str, seed: int
+    env_id: str, seed: int, process: bool
 ) -> None:
     """Rollout 0 is the plain collector's (lag 0); rollout k >= 1 is the plain collector's with
     the weights after update k-1 (lag 1): same transitions, truncations, bootstrap values and
-    episode statistics, and the learner ends with the plain path's observation statistics."""
+    episode statistics, and the learner ends with the plain path's observation statistics;
+    whether the later rollouts come from a forked child (the default here) or a thread."""
     config = rl.Config(env=env_id, algo="ppo", num_envs=3, num_steps=20, seed=seed,
                        normalize_obs=ENVS[env_id], **QUIET)  # fmt: skip
     envs = [make_env(_factory(env_id), num_envs=3) for _ in range(2)]
     torch.manual_seed(seed)
     policy = build_policy(config, envs[0])
     reference = copy.deepcopy(policy)
-    overlapped = OverlapCollector(Collector(envs[0], policy, 20, seed=seed), policy)
+    overlapped = OverlapCollector(Collector(envs[0], policy, 20, seed=seed), policy, process)
+    assert overlapped.process == process
     torch.manual_seed(seed + 7)
     got, weights = [], [copy.deepcopy(list(policy.parameters()))]
     for k in range(4):
         got.append(overlapped.collect())
+        if process:  # rollouts 1.. are collected in another process
+            assert overlapped._child.pid != os.getpid() and overlapped._child.is_alive()
         stats = [b.clone() for b in policy.buffers()]
         _fake_update(policy, k)
         weights.append(copy.deepcopy(list(policy.parameters())))
@@ -138,3 +144,71 @@ def test_envpool_refuses_ray_workers() -> None:
     with pytest.raises(ValueError, match="vector_env"):
         rl.train(rl.Config(env="CartPole-v1", algo="ppo", total_steps=64,
                            vector_env="envpool", workers=2, **QUIET))  # fmt: skip
+
+
+class _RaisesAt(gym.Wrapper):
+    """CartPole whose ``at``-th step raises."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.at, self.steps = at, 0
+
+    def step(self, action: object) -> tuple:
+        self.steps += 1
+        if self.steps == self.at:
+            raise RuntimeError("sensor failure")
+        return self.env.step(action)
+
+
+def test_an_env_raising_in_the_collecting_process_is_an_env_error(tmp_path: Path) -> None:
+    """The error of an env stepped in the forked child is the EnvError a plain run gives:
+    the env, step(), its index and the update; no child is left behind."""
+    agent = rl.Agent(lambda: _RaisesAt(40), algo="ppo", num_envs=2, num_steps=16,
+                     total_steps=256, overlap=True, eval_every=0, out=str(tmp_path),
+                     **QUIET)  # fmt: skip
+    with pytest.raises(rl.EnvError) as err:
+        agent.learn()
+    message = str(err.value)
+    for part in ("CartPoleEnv", "RuntimeError: sensor failure", "step()", "env index", "update"):
+        assert part in message, (part, message)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_collecting_process_that_dies_is_an_error_naming_its_exit_code() -> None:
+    config = rl.Config(env="CartPole-v1", algo="ppo", num_envs=2, num_steps=8, **QUIET)
+    envs = make_env(config.env, num_envs=2)
+    policy = build_policy(config, envs)
+    overlapped = OverlapCollector(Collector(envs, policy, 8, seed=0), policy, process=True)
+    overlapped.collect()  # lag 0, here; the child starts the next
+    overlapped._child.kill()
+    with pytest.raises(RuntimeError, match=r"overlap: the process collecting .*exit code -9"):
+        overlapped.collect()
+    overlapped.close()
+    envs.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_a_trained_overlapped_run_leaves_no_process(tmp_path: Path) -> None:
+    """``rl.train`` with overlap (Gymnasium's envs: the forked child) learns and ends it."""
+    result = rl.train(rl.Config(env="CartPole-v1", algo="ppo", num_envs=2, num_steps=32,
+                                total_steps=256, overlap=True, eval_every=0, out=str(tmp_path),
+                                **QUIET))  # fmt: skip
+    assert len(result.history) == 4
+    assert multiprocessing.active_children() == []
+
+
+def test_a_thread_where_a_fork_cannot_be(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EnvPool's threads and CUDA do not survive a fork, nor may a user's own vector env be
+    assumed to: those overlap in a thread; so does a machine without fork."""
+    from logtrick.rl import overlap
+
+    config = rl.Config(env="CartPole-v1", algo="ppo", num_envs=2, num_steps=8, **QUIET)
+    envs = make_env(config.env, num_envs=2)
+    policy = build_policy(config, envs)
+    collector = Collector(envs, policy, 8, seed=0)
+    assert overlap.can_fork(collector, policy)
+    own = SimpleNamespace(env=object())  # not one of Gymnasium's vector envs
+    assert not overlap.can_fork(own, policy)  # type: ignore[arg-type]
+    monkeypatch.setattr(overlap.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert not overlap.can_fork(collector, policy)
+    envs.close()

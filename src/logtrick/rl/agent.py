@@ -211,8 +211,12 @@ class Agent:
         if self._envs is None:
             self._start_envs()
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
-            with tempfile.TemporaryDirectory() as scratch:
-                self._run(Path(scratch), True, callback)
+            try:
+                with tempfile.TemporaryDirectory() as scratch:
+                    self._run(Path(scratch), True, callback)
+            except BaseException:
+                self.close()  # a failed run's envs (and collecting processes) end with it
+                raise
             return self
         if self.finished is not None and steps is None:
             warnings.warn(self.finished, stacklevel=2)
@@ -225,6 +229,7 @@ class Agent:
                 runs.write_config(self.run_dir, self.config.to_dict())
                 self._run(self.run_dir, first, callback)
         except BaseException as err:
+            self.close()  # a failed run's envs (and collecting processes) end with it
             if first and not isinstance(err, DivergenceError):  # its message says what is kept
                 self._remove_stub()
             raise

@@ -401,15 +401,18 @@ class Config:
     registers, e.g. MuJoCo ``-v4``/``-v5``), with the same autoreset, truncation and seeds."""
     overlap: bool = option(
         checks.check_bool,
-        default=False,
+        False,
         flag=Flag(
             "--overlap", "collect the next rollout while the learner updates (policy lag 1)", _SCALE
         ),
     )
-    """Collect the next rollout while the learner updates on the last one: in a second thread
-    (envs in this process) or on the Ray workers (with ``workers``). The rollout is then one
-    update behind (policy lag 1): PPO's ratio is taken against the behaviour policy's stored
-    log-probabilities. Off: strictly on-policy. Not with several torchrun ranks."""
+    """Collect the next rollout while the learner updates on the last one: in a forked child
+    process (Gymnasium's envs, a CPU policy), a second thread (EnvPool, a GPU), or on the Ray
+    workers (with ``workers``). The rollout is then one update behind (policy lag 1): PPO's
+    ratio is taken against the behaviour policy's stored log-probabilities. Default: on for
+    ``ppo`` on an env without a preset, in one process (no torchrun ranks, no Ray workers:
+    :func:`~logtrick.rl.defaults.default_overrides`); off otherwise. ``overlap=False``: strictly
+    on-policy. Not with several torchrun ranks."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()
@@ -620,7 +623,9 @@ def fields_help(indent: str = "    ", width: int = 88) -> str:
             default = f"preset, else {BASE[f.name]!r}" if f.default is PRESET else repr(f.default)
         lines.append(f"{f.name} ({f.type}; default: {default})")
         doc = FIELD_DOCS.get(f.name, "")
-        lines += textwrap.wrap(doc, width, initial_indent=indent, subsequent_indent=indent)
+        lines += textwrap.wrap(
+            doc, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ ppo rollout                 2,048 transitions per update        Schulman et al. 
                             (8 envs × 256 steps)                CleanRL MuJoCo defaults
 ppo epochs × minibatches    10 × 32 (minibatches of 64)         the same
 ppo clip, entropy           0.2, 0                              the same
+ppo collection              overlapped with the update (policy  IMPALA / APPO (Espeholt et al.
+                            lag 1, the ratio against the        2018); Sample Factory (Petrenko
+                            behaviour policy)                   et al. 2020)
 Gaussian policy             state-independent log σ, init 0     Huang et al. 2022 (details 3–4)
 budget                      1M env steps                        MuJoCo-1M benchmarks; rl-zoo
 ==========================  ==================================  ==================================
@@ -50,6 +53,14 @@ steps, so ``eval_every`` is at least their product: an evaluation then takes no 
 than the training between two evaluations, and since its steps are batched and skip the update,
 it costs a fraction of that training's time even on 1,000-step episodes.
 
+**Overlap.** PPO collects the next rollout in a child process while it updates on the last
+(``Config.overlap``): on two cores the env and the network run at once. The one update of lag
+this adds is corrected by the ratio PPO already takes (against the log-probabilities of the
+policy that acted) and clipped by its clip. The estimators of the other algorithms assume
+on-policy data, so they keep collecting in turn; so do runs over several torchrun ranks or Ray
+workers (:func:`~logtrick.rl.presets.resolve`). The returns with and without it:
+BENCHMARKS.md §11.
+
 The other algorithms get the analogous defaults of their reference implementations: ``a2c``
 5-step rollouts (Mnih et al. 2016; SB3 ``A2C``), ``npg`` 2,048-transition rollouts, a KL radius
 of 0.01 and 10 critic epochs (Schulman et al. 2015; SB3-contrib ``TRPO``), ``reinforce`` whole
@@ -63,6 +74,10 @@ References:
     Empirical Study*, ICLR 2021.
     Engstrom et al., *Implementation Matters in Deep Policy Gradients*, ICLR 2020.
     Raffin et al., *Stable-Baselines3*, JMLR 2021, and rl-baselines3-zoo.
+    Espeholt et al., *IMPALA: Scalable Distributed Deep-RL with Importance Weighted
+    Actor-Learner Architectures*, ICML 2018.
+    Petrenko et al., *Sample Factory: Egocentric 3D Control from Pixels at 100000 FPS with
+    Asynchronous Reinforcement Learning*, ICML 2020.
 """
 
 from __future__ import annotations
@@ -93,7 +108,7 @@ GAMMA_RANGE = (0.99, 0.995)
 
 PER_ALGO: dict[str, dict[str, Any]] = {
     "ppo": {"num_envs": 8, "num_steps": 256, "update_epochs": 10, "num_minibatches": 32,
-            "clip_eps": 0.2},
+            "clip_eps": 0.2, "overlap": True},
     "a2c": {"num_envs": 8, "num_steps": 5, "update_epochs": 1, "num_minibatches": 1,
             "lr": 7e-4, "gae_lambda": 1.0},
     "npg": {"num_envs": 8, "num_steps": 256, "update_epochs": 10, "num_minibatches": 16,

@@ -18,13 +18,12 @@ import contextlib
 import re
 import warnings
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from logtrick.rl.envs import make_env
+from logtrick.rl.envs import env_call, make_env
 from logtrick.rl.errors import EnvError, LogtrickError
 
 __all__ = [
@@ -45,7 +44,6 @@ _FATAL = ("reward returned by `step()` must be", "step()` method is not a tuple"
 _HARMLESS = ("is different from the unwrapped version", "value is infinity", "value is -infinity")
 """``env_checker`` warnings about how it is called here, or about what many good envs do
 (unbounded Box observations), not worth a line each."""
-_VECTOR_CALLS = ("step", "reset", "step_wait", "reset_wait", "_raise_if_errors")
 _COLOR = re.compile(r"\x1b\[[0-9;]*m")
 _shown: set[tuple[str, str]] = set()
 
@@ -121,7 +119,7 @@ def env_errors(name: str, when: str, kept: str = "") -> Iterator[None]:
 def env_failure(err: BaseException, name: str, when: str, kept: str = "") -> EnvError | None:
     """The ``EnvError`` for ``err`` if it was raised in a vector env's ``reset`` or ``step``
     (``None`` otherwise: a bug of ours keeps its traceback)."""
-    found = _env_call(err.__traceback__)
+    found = getattr(err, "env_call", None) or env_call(err.__traceback__)
     if found is None:
         return None
     method, index, cls = found
@@ -131,27 +129,6 @@ def env_failure(err: BaseException, name: str, when: str, kept: str = "") -> Env
     which = "" if index is None else f" of env index {index}"
     tail = f"; {kept}" if kept else ""
     return EnvError(f"env: {name} raised {_describe(err)} in {method}(){which} {when}{tail}")
-
-
-def _env_call(tb: TracebackType | None) -> tuple[str, int | None, str | None] | None:
-    """``(method, sub-env index, its class name)`` of the vector env call on the traceback
-    that raised (index and class ``None`` where unknown); ``None`` if no vector env's
-    ``reset`` / ``step`` is on it."""
-    found = None
-    while tb is not None:
-        frame = tb.tb_frame
-        module, code = frame.f_globals.get("__name__", ""), frame.f_code.co_name
-        if module.startswith("gymnasium.vector") and code in _VECTOR_CALLS:
-            index = frame.f_locals.get("i", frame.f_locals.get("index"))
-            index = index if isinstance(index, int) else None
-            envs = getattr(frame.f_locals.get("self"), "envs", None)
-            cls = None
-            if index is not None and isinstance(envs, list) and index < len(envs):
-                cls = type(envs[index].unwrapped).__name__
-            method = "step" if "step" in code else "reset" if "reset" in code else "step"
-            found = (method, index, cls) if index is not None or found is None else found
-        tb = tb.tb_next
-    return found
 
 
 def episode_step_limit(env: Any) -> tuple[int, bool]:

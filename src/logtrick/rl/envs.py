@@ -9,6 +9,7 @@ mode the collector must follow (NEXT_STEP or SAME_STEP; DISABLED is refused).
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import gymnasium as gym
@@ -18,7 +19,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from logtrick.checks import check_nonempty_str
 from logtrick.rl.errors import import_extra
 
-__all__ = ["EnvPoolEnv", "autoreset_mode", "make_env"]
+__all__ = ["EnvPoolEnv", "autoreset_mode", "env_call", "make_env"]
+
+_VECTOR_CALLS = ("step", "reset", "step_wait", "reset_wait", "_raise_if_errors")
+
 
 _MODES = ("sync", "async", "vector_entry_point", "envpool")
 
@@ -186,3 +190,24 @@ class EnvPoolEnv(VectorEnv):
 
     def close(self, **kwargs: Any) -> None:
         self._pool.close()
+
+
+def env_call(tb: TracebackType | None) -> tuple[str, int | None, str | None] | None:
+    """``(method, sub-env index, its class name)`` of the vector env call on the traceback
+    that raised (index and class ``None`` where unknown); ``None`` if no vector env's
+    ``reset`` / ``step`` is on it."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        module, code = frame.f_globals.get("__name__", ""), frame.f_code.co_name
+        if module.startswith("gymnasium.vector") and code in _VECTOR_CALLS:
+            index = frame.f_locals.get("i", frame.f_locals.get("index"))
+            index = index if isinstance(index, int) else None
+            envs = getattr(frame.f_locals.get("self"), "envs", None)
+            cls = None
+            if index is not None and isinstance(envs, list) and index < len(envs):
+                cls = type(envs[index].unwrapped).__name__
+            method = "step" if "step" in code else "reset" if "reset" in code else "step"
+            found = (method, index, cls) if index is not None or found is None else found
+        tb = tb.tb_next
+    return found
