@@ -51,20 +51,20 @@ def test_rollouts_are_a_plain_collectors_with_the_weights_one_update_back(
     """Rollout 0 is the plain collector's (lag 0); rollout k >= 1 is the plain collector's with
     the weights after update k-1 (lag 1): same transitions, truncations, bootstrap values and
     episode statistics, and the learner ends with the plain path's observation statistics;
-    whether the later rollouts come from a forked child (the default here) or a thread."""
+    whether the rollouts come from a forked child (the default here) or a thread."""
     config = rl.Config(env=env_id, algo="ppo", num_envs=3, num_steps=20, seed=seed,
                        normalize_obs=ENVS[env_id], **QUIET)  # fmt: skip
     envs = [make_env(_factory(env_id), num_envs=3) for _ in range(2)]
     torch.manual_seed(seed)
     policy = build_policy(config, envs[0])
     reference = copy.deepcopy(policy)
+    torch.manual_seed(seed + 7)  # the child forked below samples from this generator's state
     overlapped = OverlapCollector(Collector(envs[0], policy, 20, seed=seed), policy, process)
     assert overlapped.process == process
-    torch.manual_seed(seed + 7)
     got, weights = [], [copy.deepcopy(list(policy.parameters()))]
     for k in range(4):
         got.append(overlapped.collect())
-        if process:  # rollouts 1.. are collected in another process
+        if process:  # every rollout is collected in another process
             assert overlapped._child.pid != os.getpid() and overlapped._child.is_alive()
         stats = [b.clone() for b in policy.buffers()]
         _fake_update(policy, k)
@@ -179,7 +179,7 @@ def test_a_collecting_process_that_dies_is_an_error_naming_its_exit_code() -> No
     envs = make_env(config.env, num_envs=2)
     policy = build_policy(config, envs)
     overlapped = OverlapCollector(Collector(envs, policy, 8, seed=0), policy, process=True)
-    overlapped.collect()  # lag 0, here; the child starts the next
+    overlapped.collect()  # lag 0; the child starts the next at once
     overlapped._child.kill()
     with pytest.raises(RuntimeError, match=r"overlap: the process collecting .*exit code -9"):
         overlapped.collect()

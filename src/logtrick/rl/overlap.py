@@ -1,12 +1,12 @@
 r"""Collect the next rollout while the learner updates on the last one (``Config.overlap``).
 
-From the second rollout on, a *behaviour* copy of the policy steps the environments in a
-child process while this one updates the learner's policy: on a machine with two cores the
-environment and the network then share the wall-clock instead of taking turns. The child is
-forked from this process when the second rollout starts and takes the collector as it is (its
-envs mid-episode, its copy of the policy, torch's global generator); each hand-off sends it the
-learner's parameters and brings back the rollout and the observation statistics, pickled by
-value. A second *thread* would not do for Gymnasium's envs: their Python and the policy's
+A *behaviour* copy of the policy steps the environments in a child process while this one
+updates the learner's policy: on a machine with two cores the environment and the network then
+share the wall-clock instead of taking turns. The child is forked when the collector is built
+(before the run starts its own threads: progress bar, logging) and takes the collector as it
+is (its envs reset, its copy of the policy, torch's global generator); each hand-off sends it
+the learner's parameters and brings back the rollout and the observation statistics, pickled
+by value. A second *thread* would not do for Gymnasium's envs: their Python and the policy's
 forward pass hold the GIL the update needs, and the two threads took longer than the same work
 one after the other (``benchmarks/env_share.py``). A thread is used where a fork cannot be:
 EnvPool's pool (its C++ threads do not survive a fork; its step releases the GIL), a policy on
@@ -17,7 +17,7 @@ The policy lag is one update, stated and corrected:
 ==========  ===========================  =====================================
 call        returns                      collected by
 ==========  ===========================  =====================================
-1st         :math:`R_0`                  :math:`\theta_0` (lag 0, in this thread)
+1st         :math:`R_0`                  :math:`\theta_0` (lag 0, waited for)
 k-th        :math:`R_{k-1}`              :math:`\theta_{k-2}` (lag 1)
 ==========  ===========================  =====================================
 
@@ -78,11 +78,17 @@ class OverlapCollector:
         self._child: Any = None
         self._pipe: Any = None
         self._pending: Future[Rollout] | bool | None = None
+        if self.process:  # now, before the run starts its own threads (progress, logging)
+            self._fork()
 
     def collect(self) -> Rollout:
-        if self._pending is None:
+        if self._pending is None:  # nothing in flight: collect now, on the learner's weights
             self._send_weights()
-            rollout, lag = self.collector.collect(), 0
+            if self.process:
+                self._start()
+                rollout, lag = self._receive(), 0
+            else:
+                rollout, lag = self.collector.collect(), 0
         else:
             rollout, lag = self._receive(), 1
         self._take_obs_stats()
@@ -92,7 +98,7 @@ class OverlapCollector:
         return rollout
 
     def _start(self) -> None:
-        """Start the next rollout in the child (forked now if there is none) or the thread."""
+        """Start the next rollout in the child or the thread."""
         if not self.process:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, "logtrick-collect",
@@ -100,16 +106,18 @@ class OverlapCollector:
                                                 initargs=(self._threads,))  # fmt: skip
             self._pending = self._pool.submit(self.collector.collect)
             return
-        if self._child is None:
-            context = multiprocessing.get_context("fork")
-            self._pipe, theirs = context.Pipe()
-            self._child = context.Process(target=_serve, args=(theirs, self._pipe, self.collector),
-                                          name="logtrick-collect", daemon=True)  # fmt: skip
-            self._child.start()
-            theirs.close()
         params = [p.detach().clone() for p in self.behaviour.parameters()]
         self._pipe.send_bytes(pickle.dumps(params, protocol=pickle.HIGHEST_PROTOCOL))
         self._pending = True
+
+    def _fork(self) -> None:
+        """The child that collects every rollout, forked with the collector as it is now."""
+        context = multiprocessing.get_context("fork")
+        self._pipe, theirs = context.Pipe()
+        self._child = context.Process(target=_serve, args=(theirs, self._pipe, self.collector),
+                                      name="logtrick-collect", daemon=True)  # fmt: skip
+        self._child.start()
+        theirs.close()
 
     def _receive(self) -> Rollout:
         """The rollout in flight; in the child's case also its observation statistics."""
