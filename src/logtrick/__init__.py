@@ -71,7 +71,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import every public name at the first use of one (then they are plain attributes)."""
+    """Import every public name at the first use of one (then they are plain attributes).
+
+    A submodule that is not one of those names (``from logtrick import rl``) is imported alone:
+    the estimators' imports are not its to pay."""
+    if name not in __all__ and _is_submodule(name):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if not name.startswith("_"):
         from logtrick import _api
 
@@ -79,6 +86,12 @@ def __getattr__(name: str) -> Any:
         if name in globals():
             return globals()[name]
     raise AttributeError(f"module 'logtrick' has no attribute {name!r}")
+
+
+def _is_submodule(name: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(f"{__name__}.{name}") is not None
 
 
 def __dir__() -> list[str]:
