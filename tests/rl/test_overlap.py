@@ -85,25 +85,75 @@ def test_rollouts_are_a_plain_collectors_with_the_weights_one_update_back(
         e.close()
 
 
-def test_lagged_rollouts_keep_the_behaviour_log_probs() -> None:
-    """With observation normalisation the update re-evaluates values; the log-probabilities of
-    a lagged rollout stay the behaviour policy's (the PPO ratio's denominator)."""
+def test_a_lagged_rollout_is_weighted_from_the_behaviour_to_the_proximal_policy() -> None:
+    """Lagged (overlap): the log-probabilities become the current (proximal) policy's, and
+    ``behaviour_weights`` = pi_prox / mu with mu the stored behaviour log-probabilities; on
+    policy there are no weights. Values are re-evaluated either way (normalisation on)."""
     from logtrick.rl.build import make_learner
-    from logtrick.rl.update import prepare
+    from logtrick.rl.update import flatten, prepare
 
-    config = rl.Config(env="Pendulum-v1", algo="ppo", num_envs=2, num_steps=16,
-                       normalize_obs=True, **QUIET)  # fmt: skip
-    envs = make_env(config.env, num_envs=2)
-    learner = make_learner(config, envs)
-    ro = Collector(envs, learner.policy, 16, seed=0).collect()
-    _fake_update(learner.policy, 0)
-    fresh = prepare(learner, ro)
-    ro.policy_lag = 1
-    lagged = prepare(learner, ro)
-    assert not torch.equal(fresh.log_probs, ro.log_probs)
-    assert torch.equal(lagged.log_probs, ro.log_probs)
-    assert torch.equal(lagged.values, fresh.values)
-    envs.close()
+    for normalize_obs in (True, False):
+        config = rl.Config(env="Pendulum-v1", algo="ppo", num_envs=2, num_steps=16,
+                           normalize_obs=normalize_obs, **QUIET)  # fmt: skip
+        envs = make_env(config.env, num_envs=2)
+        learner = make_learner(config, envs)
+        ro = Collector(envs, learner.policy, 16, seed=0).collect()
+        _fake_update(learner.policy, 0)
+        fresh = prepare(learner, ro)
+        ro.policy_lag = 1
+        lagged = prepare(learner, ro)
+        with torch.no_grad():
+            now, _, _ = learner.policy.evaluate_actions(ro.obs, ro.actions)
+        assert fresh.behaviour_weights is None
+        assert torch.equal(lagged.log_probs, now) and not torch.equal(now, ro.log_probs)
+        assert torch.allclose(lagged.behaviour_weights, (now - ro.log_probs).exp())
+        assert "behaviour_weights" in flatten(lagged) and "behaviour_weights" not in flatten(fresh)
+        if normalize_obs:
+            assert torch.equal(fresh.log_probs, now)
+            assert torch.equal(lagged.values, fresh.values)
+        envs.close()
+
+
+def test_the_decoupled_objective_is_the_on_policy_gradient_by_exact_enumeration() -> None:
+    """A 4-armed bandit, behaviour mu != proximal pi: the expected gradient of PPO's loss on a
+    lagged rollout (samples from mu, weights pi/mu) at theta = pi equals the on-policy
+    gradient E_pi[A grad log pi], exactly (enumerating the actions with mu's probabilities);
+    without the weights it is E_mu[...], which differs."""
+    from logtrick.rl.update import ppo_loss
+
+    actions = torch.arange(4)
+    mu = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    logits = torch.tensor([0.3, -0.2, 0.5, 0.1], requires_grad=True)
+    adv = torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    class Bandit:
+        def evaluate_actions(self, obs, a, masks=None):  # type: ignore[no-untyped-def]
+            lp = torch.log_softmax(logits, 0)[a]
+            return lp, torch.zeros_like(lp), torch.zeros_like(lp)
+
+    config = SimpleNamespace(normalize_advantages=False, clip_eps=0.2, clip_value=None,
+                             ent_coef=0.0, vf_coef=0.0)  # fmt: skip
+    learner = SimpleNamespace(config=config, policy=Bandit())
+    prox = torch.log_softmax(logits, 0).detach()
+    gradients = {}
+    for weighted in (True, False):
+        mb = {"obs": actions, "actions": actions, "log_probs": prox, "advantages": adv,
+              "returns": torch.zeros(4), "values": torch.zeros(4)}  # fmt: skip
+        if weighted:
+            mb["behaviour_weights"] = prox.exp() / mu
+        logits.grad = None
+        per_action = []
+        for i in range(4):  # the loss of a one-sample minibatch, each action in turn
+            one = {k: v[i : i + 1] for k, v in mb.items()}
+            (g,) = torch.autograd.grad(ppo_loss(learner, one)[0], logits)  # type: ignore[arg-type]
+            per_action.append(g)
+        gradients[weighted] = sum(m * g for m, g in zip(mu, per_action))
+    pi = prox.exp()
+    grad_log_pi = [torch.autograd.grad(torch.log_softmax(logits, 0)[i], logits)[0]
+                   for i in range(4)]  # fmt: skip
+    on_policy = -sum(pi[i] * adv[i] * grad_log_pi[i] for i in range(4))
+    assert torch.allclose(gradients[True], on_policy, atol=1e-6)
+    assert not torch.allclose(gradients[False], on_policy, atol=1e-3)
 
 
 def _metrics(run_dir: Path) -> list[str]:

@@ -85,6 +85,9 @@ class Rollout:
     ``bootstrap_index``  (K,)                    their flat index ``t * B + b`` into (T, B)
     ``action_masks``     (T, B, head_size)       bool allowed actions at :math:`s_t` (``None``
                                                  when the env gives no mask)
+    ``behaviour_weights`` (T, B)                 :math:`\pi_{\text{prox}}/\mu` of a lagged
+                                                 rollout, set by the update's ``prepare``
+                                                 (``None``: on-policy)
     ===================  ======================  ==============================================
 
     ``episode_returns`` / ``episode_lengths`` list the episodes that finished during this
@@ -106,6 +109,7 @@ class Rollout:
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     action_masks: Tensor | None = None
+    behaviour_weights: Tensor | None = None
     policy_lag = 0  # not a field: set by the collector after construction
     """Updates between the policy that acted and the one that learns from it (1 with
     ``overlap``, :mod:`logtrick.rl.overlap`): ``log_probs`` are then the behaviour policy's."""

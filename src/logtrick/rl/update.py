@@ -66,24 +66,32 @@ def update(learner: Learner, rollout: Rollout) -> dict[str, float]:
 
 
 def prepare(learner: Learner, ro: Rollout) -> Rollout:
-    """The rollout as the update sees it, a new :class:`Rollout` (``ro`` is left alone).
+    r"""The rollout as the update sees it, a new :class:`Rollout` (``ro`` is left alone).
 
     With observation normalisation the statistics moved during collection: values and, from the
     bootstrap observations, next values are re-evaluated under the current ones, so that all
-    values come from one critic; so are the log-probabilities, unless the rollout lags the
-    learner (``policy_lag``): PPO's ratio is then against the behaviour policy's own. With
-    reward scaling the rewards are scaled (and the running statistics updated).
+    values come from one critic; so are the log-probabilities. A rollout that lags the learner
+    (``policy_lag``, ``overlap``) gets the current policy's log-probabilities too, the
+    *proximal* policy :math:`\pi_{\text{prox}}` of the decoupled PPO objective (Hilton et al.
+    2022), and ``behaviour_weights`` :math:`\pi_{\text{prox}}/\mu` against the behaviour
+    policy :math:`\mu` that acted (its stored log-probabilities): PPO then clips the step from
+    the policy it starts from and corrects the lag by importance weighting (:func:`ppo_loss`).
+    With reward scaling the rewards are scaled (and the running statistics updated).
     """
     config, policy = learner.config, learner.policy
     changes: dict[str, Any] = {}
-    if config.normalize_obs:
+    if config.normalize_obs or ro.policy_lag:
         with torch.no_grad():
             log_probs, _, values = policy.evaluate_actions(ro.obs, ro.actions, ro.action_masks)
-            boot = policy.value(ro.bootstrap_obs)
-        next_values = next_values_of(values, boot, ro.bootstrap_index, ro.terminated)
-        changes.update(values=values, next_values=next_values)
-        if not ro.policy_lag:  # lagged: the ratio is against the behaviour policy as it acted
-            changes["log_probs"] = log_probs
+            boot = policy.value(ro.bootstrap_obs) if config.normalize_obs else None
+        if boot is not None:
+            next_values = next_values_of(values, boot, ro.bootstrap_index, ro.terminated)
+            changes.update(values=values, next_values=next_values)
+        if ro.policy_lag:
+            weights = (log_probs - ro.log_probs).exp()
+            learner.watch("behaviour weights", weights)
+            changes["behaviour_weights"] = weights
+        changes["log_probs"] = log_probs
     if learner.reward_scale is not None:
         done = ro.terminated | ro.truncated
         changes["rewards"] = learner.reward_scale(ro.rewards, done, ro.valid)
@@ -95,6 +103,8 @@ def flatten(ro: Rollout, **columns: Tensor) -> Batch:
     action masks, ``"action_masks"`` too."""
     valid = ro.valid.reshape(-1)
     steps = {"log_probs": ro.log_probs, "values": ro.values, **columns}
+    if ro.behaviour_weights is not None:
+        steps["behaviour_weights"] = ro.behaviour_weights
     per_step = {"obs": ro.obs, "actions": ro.actions, "action_masks": ro.action_masks}
     batch = {k: v.flatten(0, 1)[valid] for k, v in per_step.items() if v is not None}
     return {**batch, **{k: v.expand_as(ro.values).reshape(-1)[valid] for k, v in steps.items()}}
@@ -126,9 +136,17 @@ def ppo_loss(learner: Learner, mb: Batch) -> tuple[Tensor, Tensor]:
                + c_v\,\tfrac12\overline{(V_\theta - G^\lambda)^2} - c_e\,\overline{H[\pi_\theta]},
                \qquad \rho = \pi_\theta(a|s) / \mu(a|s)
 
-    :math:`\mu` is the behaviour policy, whose log-probabilities the rollout stored (the policy
-    before this update; with ``overlap`` the one before the previous update). Returns the loss
-    and the detached statistics named by the first six entries of :data:`PPO_LOGGED`.
+    :math:`\mu` is the policy before this update, whose log-probabilities the rollout holds.
+    With ``overlap`` the rollout was collected one update earlier: :math:`\mu` is then the
+    proximal policy (the one before this update) and each advantage is weighted by
+    ``behaviour_weights`` :math:`\pi_{\text{prox}}/\mu_{\text{behaviour}}` (after its
+    normalisation), the decoupled objective of Hilton et al. 2022,
+    :math:`\overline{w \min(\rho \hat A, \mathrm{clip}(\rho, 1\pm\epsilon) \hat A)}` with
+    :math:`w > 0`. Returns the loss and the detached statistics named by the first six entries
+    of :data:`PPO_LOGGED`.
+
+    Reference: Hilton, Cobbe, Schulman, *Batch size-invariance for policy optimization*,
+    NeurIPS 2022 (the decoupled PPO objective).
     """
     config = learner.config
     log_prob, entropy, values = learner.policy.evaluate_actions(
@@ -137,6 +155,8 @@ def ppo_loss(learner: Learner, mb: Batch) -> tuple[Tensor, Tensor]:
     adv = mb["advantages"]
     if config.normalize_advantages:
         adv = normalize_advantages(adv, check=False)
+    if "behaviour_weights" in mb:  # a lagged rollout: the clip is from the proximal policy
+        adv = adv * mb["behaviour_weights"]
     terms, ratio, log_ratio = clipped_surrogate(log_prob, mb["log_probs"], adv, config.clip_eps)
     policy_loss = terms.mean()
     v_loss, _ = value_loss(values, mb["returns"], mb["values"], config.clip_value, check=False)
@@ -231,6 +251,8 @@ def npg_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     adv = batch["advantages"]
     if config.normalize_advantages:
         adv = normalize_advantages(adv, check=False)
+    if "behaviour_weights" in batch:  # a lagged rollout, importance-weighted as in ppo_loss
+        adv = adv * batch["behaviour_weights"]
     with torch.no_grad():
         old_dist = policy.distribution(obs, masks)
 

@@ -266,6 +266,7 @@ class RayCollector:
         """One rollout of every worker, merged; failed or silent workers are restarted. With
         ``config.overlap`` the next rollout is started before returning (on the weights before
         this rollout's update: a policy lag of one update)."""
+        lagged = self._pending is not None  # started before the last update: lag 1
         state_ref, refs = self._pending or self._dispatch()
         self._pending = None
         parts = {w: self._result(w, ref, state_ref) for w, ref in refs.items()}
@@ -277,6 +278,7 @@ class RayCollector:
         self.iteration += 1
         if self.config.overlap:
             self._pending = self._dispatch()
+        rollout.policy_lag = int(lagged)
         return rollout
 
     def _result(self, w: int, ref: Any, state_ref: Any) -> tuple[Rollout, float] | None:
