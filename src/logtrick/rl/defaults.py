@@ -25,9 +25,8 @@ ppo rollout                 2,048 transitions per update        Schulman et al. 
                             (8 envs × 256 steps)                CleanRL MuJoCo defaults
 ppo epochs × minibatches    10 × 32 (minibatches of 64)         the same
 ppo clip, entropy           0.2, 0                              the same
-ppo collection              overlapped with the update (policy  IMPALA / APPO (Espeholt et al.
-                            lag 1, the ratio against the        2018); Sample Factory (Petrenko
-                            behaviour policy)                   et al. 2020)
+ppo collection              overlapped with the update (policy  Sample Factory (Petrenko et al.
+                            lag 1, the decoupled objective)     2020); Hilton et al. 2022
 Gaussian policy             state-independent log σ, init 0     Huang et al. 2022 (details 3–4)
 budget                      1M env steps                        MuJoCo-1M benchmarks; rl-zoo
 ==========================  ==================================  ==================================
@@ -55,11 +54,11 @@ it costs a fraction of that training's time even on 1,000-step episodes.
 
 **Overlap.** PPO collects the next rollout in a child process while it updates on the last
 (``Config.overlap``): on two cores the env and the network run at once. The one update of lag
-this adds is corrected by the ratio PPO already takes (against the log-probabilities of the
-policy that acted) and clipped by its clip. The estimators of the other algorithms assume
-on-policy data, so they keep collecting in turn; so do runs over several torchrun ranks or Ray
-workers (:func:`~logtrick.rl.presets.resolve`). The returns with and without it:
-BENCHMARKS.md §11.
+this adds is corrected by the decoupled objective (:func:`~logtrick.rl.update.ppo_loss`: the
+clip from the policy the update starts from, an importance weight to the one that acted).
+The estimators of the other algorithms assume on-policy data, so they keep collecting in turn;
+so do runs over several torchrun ranks or Ray workers (:func:`~logtrick.rl.presets.resolve`).
+The returns with and without it: BENCHMARKS.md §11.
 
 The other algorithms get the analogous defaults of their reference implementations: ``a2c``
 5-step rollouts (Mnih et al. 2016; SB3 ``A2C``), ``npg`` 2,048-transition rollouts, a KL radius
@@ -74,8 +73,7 @@ References:
     Empirical Study*, ICLR 2021.
     Engstrom et al., *Implementation Matters in Deep Policy Gradients*, ICLR 2020.
     Raffin et al., *Stable-Baselines3*, JMLR 2021, and rl-baselines3-zoo.
-    Espeholt et al., *IMPALA: Scalable Distributed Deep-RL with Importance Weighted
-    Actor-Learner Architectures*, ICML 2018.
+    Hilton, Cobbe, Schulman, *Batch size-invariance for policy optimization*, NeurIPS 2022.
     Petrenko et al., *Sample Factory: Egocentric 3D Control from Pixels at 100000 FPS with
     Asynchronous Reinforcement Learning*, ICML 2020.
 """

@@ -26,10 +26,14 @@ holds :math:`\theta_{k-1}`.) An exception in the child is raised here with the c
 traceback as a note (an env's still becomes an :class:`~logtrick.rl.errors.EnvError` naming
 it); a child that dies is a ``RuntimeError`` naming its exit code. The child ignores SIGINT.
 
-Each rollout keeps the behaviour policy's log-probabilities, and
-PPO's ratio :math:`\pi_\theta/\mu` is taken against them (:func:`~logtrick.rl.update.prepare`
-does not re-evaluate them when ``Rollout.policy_lag > 0``), so the clip bounds the step from
-the policy that acted, as in IMPALA-style asynchronous PPO. Observation statistics flow the
+Each rollout keeps the behaviour policy's log-probabilities :math:`\mu`, and the update
+corrects the lag with the decoupled PPO objective (Hilton et al. 2022;
+:func:`~logtrick.rl.update.prepare` and :func:`~logtrick.rl.update.ppo_loss`): the clip bounds
+the step from the policy the update starts from, :math:`\pi_{\text{prox}}`, and each sample is
+weighted by :math:`\pi_{\text{prox}}/\mu`, so the expected gradient is the on-policy one
+(an exact-enumeration test). Taking the ratio against :math:`\mu` instead, as a first version
+did, left many samples outside the clip from the first epoch and cost HalfCheetah-v5 a third of
+its return at 300k steps (BENCHMARKS.md §11). Observation statistics flow the
 other way: the behaviour copy folds in each step's observations, and at every hand-off the
 learner takes them, so an update sees the statistics of every observation collected so far,
 as without overlap. Sampling uses torch's global generator, in the child (or thread) only.
