@@ -409,8 +409,8 @@ class Config:
     """Collect the next rollout while the learner updates on the last one: in a forked child
     process (Gymnasium's envs, a CPU policy), a second thread (EnvPool, a GPU), or on the Ray
     workers (with ``workers``). The rollout is then one update behind (policy lag 1), corrected by
-    the decoupled objective (clip from the policy before the update, importance weight to the
-    one that acted: :func:`~logtrick.rl.update.ppo_loss`). Default: on for
+    importance weights from the policy that acted to the one before the update (for ppo the
+    decoupled objective: :func:`~logtrick.rl.update.ppo_loss`). Default: on for
     ``ppo`` on an env without a preset, in one process (no torchrun ranks, no Ray workers:
     :func:`~logtrick.rl.defaults.default_overrides`); off otherwise. ``overlap=False``: strictly
     on-policy. Not with several torchrun ranks."""

@@ -45,7 +45,9 @@ without a time limit keeps 0.99 and 0.95. The upper end is measured, not derived
 horizon spanning 1,000-step episodes) also landed LunarLanderContinuous on 3 of 3 seeds, but it
 held Hopper-v5 at the alive bonus's plateau (final return ≈ 1,000 at 300k steps on 3 of 3 seeds;
 at 0.995 the median is 2,406, at 0.99 1,438) and halved HalfCheetah's and Walker2d's. At 0.995
-Walker2d-v5's median at 300k is below 0.99's (644 against 1,921): BENCHMARKS.md §5, round 3b.
+Walker2d-v5's median at 300k is below 0.99's (644 against 1,921; records in
+``benchmarks/results/rl_suite_mujoco_round3b.jsonl``); the suite with today's defaults:
+BENCHMARKS.md §11.
 
 **Evaluation.** An evaluation runs ``eval_episodes`` episodes of up to ``max_episode_steps``
 steps, so ``eval_every`` is at least their product: an evaluation then takes no more env steps

@@ -170,19 +170,17 @@ class OverlapCollector:
         return getattr(self.collector, name)
 
     def close(self) -> None:
-        """Wait for the rollout in flight (its result is dropped) and stop the thread or child."""
+        """Drop the rollout in flight: wait for the thread's, or kill the child."""
         if isinstance(self._pending, Future):
             self._pending.exception()
         self._pending = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        if self._child is not None:
-            self._pipe.close()  # the child sees EOF and exits
-            self._child.join(timeout=10.0)
-            if self._child.is_alive():
-                self._child.kill()
-                self._child.join()
+        if self._child is not None:  # it holds nothing to keep: its rollout in flight is dropped
+            self._pipe.close()
+            self._child.kill()
+            self._child.join()
             self._child = None
 
 
@@ -231,4 +229,7 @@ def _serve(pipe: Any, parents: Any, collector: Collector) -> None:
             err, text, call = reply[1]
             data = pickle.dumps((False, (RuntimeError(f"{type(err).__name__}: {err}"), text,
                                          call)))  # fmt: skip
-        pipe.send_bytes(data)
+        try:
+            pipe.send_bytes(data)
+        except OSError:  # the learner has gone (closed its end): nothing to send to
+            return

@@ -208,6 +208,9 @@ def score_function_update(learner: Learner, batch: Batch) -> dict[str, Any]:
     if config.normalize_advantages:
         mean, inverse_scale = advantage_moments(returns - baseline)
         returns, baseline = returns * inverse_scale, (baseline + mean) * inverse_scale
+    if "behaviour_weights" in batch:  # a lagged rollout: importance-weighted to the current policy
+        weights = batch["behaviour_weights"]
+        returns, baseline = returns * weights, baseline * weights
     loss, info = reinforce_loss(log_prob, returns, baseline=baseline, check=False)
     if config.ent_coef:
         loss = loss - config.ent_coef * entropy.mean()
