@@ -226,9 +226,9 @@ def _serve(pipe: Any, parents: Any, collector: Collector) -> None:
         try:
             data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # an error that does not pickle: its type and text
-            err, text, call = reply[1]
-            data = pickle.dumps((False, (RuntimeError(f"{type(err).__name__}: {err}"), text,
-                                         call)))  # fmt: skip
+            failed, text, call = reply[1]
+            plain = RuntimeError(f"{type(failed).__name__}: {failed}")
+            data = pickle.dumps((False, (plain, text, call)))
         try:
             pipe.send_bytes(data)
         except OSError:  # the learner has gone (closed its end): nothing to send to
