@@ -8,6 +8,7 @@ import copy
 import multiprocessing
 import os
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,3 +263,28 @@ def test_a_thread_where_a_fork_cannot_be(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(overlap.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     assert not overlap.can_fork(collector, policy)
     envs.close()
+
+
+class _UnpicklableError(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__("a lock inside")
+        self.lock = threading.Lock()  # pickling it fails
+
+
+class _RaisesUnpicklable(_RaisesAt):
+    def step(self, action: object) -> tuple:
+        self.steps += 1
+        if self.steps == self.at:
+            raise _UnpicklableError
+        return self.env.step(action)
+
+
+def test_an_error_that_does_not_pickle_still_names_its_type_and_text(tmp_path: Path) -> None:
+    """The child cannot send an exception that does not pickle: it sends its type and text,
+    and the run still ends with the EnvError naming the env and the step."""
+    agent = rl.Agent(lambda: _RaisesUnpicklable(40), algo="ppo", num_envs=2, num_steps=16,
+                     total_steps=256, overlap=True, eval_every=0, out=str(tmp_path),
+                     **QUIET)  # fmt: skip
+    with pytest.raises(rl.EnvError, match=r"_UnpicklableError: a lock inside.* in step\(\)"):
+        agent.learn()
+    assert multiprocessing.active_children() == []
