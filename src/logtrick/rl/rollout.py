@@ -63,32 +63,32 @@ running are an error (an env whose episodes never end would otherwise run on for
 class Rollout:
     r"""``T`` steps of ``B`` environments, time-major.
 
-    ===================  ======================  ==============================================
-    field                shape                   description
-    ===================  ======================  ==============================================
-    ``obs``              (T, B, \*obs_shape)     float32, as the policy saw them (before
-                                                 normalisation)
-    ``actions``          (T, B, \*act_shape)     the sampled (unclipped) actions
-    ``log_probs``        (T, B)                  :math:`\log\pi(a_t \mid s_t)` at collection
-    ``values``           (T, B)                  :math:`V(s_t)` at collection (zeros without a
-                                                 critic)
-    ``rewards``          (T, B)                  float32
-    ``terminated``       (T, B)                  bool
-    ``truncated``        (T, B)                  bool (time limits)
-    ``next_values``      (T, B)                  :math:`V(s_{t+1})` of the same episode; 0
-                                                 where terminated
-    ``valid``            (T, B)                  bool; False for NEXT_STEP's reset transition
-                                                 (and after an episode's end with
-                                                 ``whole_episodes``)
-    ``bootstrap_obs``    (K, \*obs_shape)        the observations behind ``next_values`` that
-                                                 are not ``obs[t + 1]``
-    ``bootstrap_index``  (K,)                    their flat index ``t * B + b`` into (T, B)
-    ``action_masks``     (T, B, head_size)       bool allowed actions at :math:`s_t` (``None``
-                                                 when the env gives no mask)
-    ``behaviour_weights`` (T, B)                 :math:`\pi_{\text{prox}}/\mu` of a lagged
-                                                 rollout, set by the update's ``prepare``
-                                                 (``None``: on-policy)
-    ===================  ======================  ==============================================
+    ======================  ======================  ==============================================
+    field                   shape                   description
+    ======================  ======================  ==============================================
+    ``obs``                 (T, B, \*obs_shape)     float32, as the policy saw them (before
+                                                    normalisation)
+    ``actions``             (T, B, \*act_shape)     the sampled (unclipped) actions
+    ``log_probs``           (T, B)                  :math:`\log\pi(a_t \mid s_t)` at collection
+    ``values``              (T, B)                  :math:`V(s_t)` at collection (zeros without a
+                                                    critic)
+    ``rewards``             (T, B)                  float32
+    ``terminated``          (T, B)                  bool
+    ``truncated``           (T, B)                  bool (time limits)
+    ``next_values``         (T, B)                  :math:`V(s_{t+1})` of the same episode; 0
+                                                    where terminated
+    ``valid``               (T, B)                  bool; False for NEXT_STEP's reset transition
+                                                    (and after an episode's end with
+                                                    ``whole_episodes``)
+    ``bootstrap_obs``       (K, \*obs_shape)        the observations behind ``next_values`` that
+                                                    are not ``obs[t + 1]``
+    ``bootstrap_index``     (K,)                    their flat index ``t * B + b`` into (T, B)
+    ``action_masks``        (T, B, head_size)       bool allowed actions at :math:`s_t` (``None``
+                                                    when the env gives no mask)
+    ``behaviour_weights``   (T, B)                  :math:`\pi_{\text{prox}}/\mu` of a lagged
+                                                    rollout, set by the update's ``prepare``
+                                                    (``None``: on-policy)
+    ======================  ======================  ==============================================
 
     ``episode_returns`` / ``episode_lengths`` list the episodes that finished during this
     rollout (undiscounted return, number of valid steps), including those begun in an earlier
