@@ -110,7 +110,7 @@ class OverlapCollector:
                                                 initargs=(self._threads,))  # fmt: skip
             self._pending = self._pool.submit(self.collector.collect)
             return
-        params = [p.detach().clone() for p in self.behaviour.parameters()]
+        params = [p.detach() for p in self.behaviour.parameters()]  # pickled (copied) at once
         self._pipe.send_bytes(pickle.dumps(params, protocol=pickle.HIGHEST_PROTOCOL))
         self._pending = True
 

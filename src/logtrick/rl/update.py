@@ -98,6 +98,15 @@ def prepare(learner: Learner, ro: Rollout) -> Rollout:
     return dataclasses.replace(ro, **changes) if changes else ro
 
 
+def lag_weighted(batch: Batch, *xs: Tensor) -> tuple[Tensor, ...]:
+    r"""``xs`` times the batch's ``behaviour_weights`` :math:`\pi_{\text{prox}}/\mu` (a lagged
+    rollout, :func:`prepare`), else unchanged: at :math:`\theta = \pi_{\text{prox}}` the
+    weighted score-function terms have the on-policy gradient as their expectation. Every
+    update corrects the lag here (PPO on its normalised advantages, the decoupled objective)."""
+    weights = batch.get("behaviour_weights")
+    return xs if weights is None else tuple(x * weights for x in xs)
+
+
 def flatten(ro: Rollout, **columns: Tensor) -> Batch:
     """The valid transitions of ``ro`` (and of each ``(T, B)`` column) as flat tensors; with
     action masks, ``"action_masks"`` too."""
@@ -155,8 +164,7 @@ def ppo_loss(learner: Learner, mb: Batch) -> tuple[Tensor, Tensor]:
     adv = mb["advantages"]
     if config.normalize_advantages:
         adv = normalize_advantages(adv, check=False)
-    if "behaviour_weights" in mb:  # a lagged rollout: the clip is from the proximal policy
-        adv = adv * mb["behaviour_weights"]
+    (adv,) = lag_weighted(mb, adv)  # a lagged rollout: the clip is from the proximal policy
     terms, ratio, log_ratio = clipped_surrogate(log_prob, mb["log_probs"], adv, config.clip_eps)
     policy_loss = terms.mean()
     v_loss, _ = value_loss(values, mb["returns"], mb["values"], config.clip_value, check=False)
@@ -208,9 +216,7 @@ def score_function_update(learner: Learner, batch: Batch) -> dict[str, Any]:
     if config.normalize_advantages:
         mean, inverse_scale = advantage_moments(returns - baseline)
         returns, baseline = returns * inverse_scale, (baseline + mean) * inverse_scale
-    if "behaviour_weights" in batch:  # a lagged rollout: importance-weighted to the current policy
-        weights = batch["behaviour_weights"]
-        returns, baseline = returns * weights, baseline * weights
+    returns, baseline = lag_weighted(batch, returns, baseline)
     loss, info = reinforce_loss(log_prob, returns, baseline=baseline, check=False)
     if config.ent_coef:
         loss = loss - config.ent_coef * entropy.mean()
@@ -254,8 +260,7 @@ def npg_update(learner: Learner, ro: Rollout) -> dict[str, Any]:
     adv = batch["advantages"]
     if config.normalize_advantages:
         adv = normalize_advantages(adv, check=False)
-    if "behaviour_weights" in batch:  # a lagged rollout, importance-weighted as in ppo_loss
-        adv = adv * batch["behaviour_weights"]
+    (adv,) = lag_weighted(batch, adv)
     with torch.no_grad():
         old_dist = policy.distribution(obs, masks)
 
