@@ -7,7 +7,10 @@ import gymnasium as gym
 
 
 class RaisingCartPole(gym.Wrapper):
-    """CartPole whose 60th step raises, as a simulator that loses a sensor."""
+    """CartPole whose 60th step raises ``error("sensor failure")``, as a simulator that loses a
+    sensor (a subclass may raise another type)."""
+
+    error: type[Exception] = RuntimeError
 
     def __init__(self) -> None:
         super().__init__(gym.make("CartPole-v1"))
@@ -16,7 +19,7 @@ class RaisingCartPole(gym.Wrapper):
     def step(self, action: object) -> tuple:
         self.steps += 1
         if self.steps == 60:  # past the steps of the env checker's probe
-            raise RuntimeError("sensor failure")
+            raise self.error("sensor failure")
         return self.env.step(action)
 
 
