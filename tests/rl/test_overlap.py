@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import gymnasium as gym
 import pytest
 import torch
-from faulty_envs import RaisingCartPole
 
 from logtrick import rl
 from logtrick.rl.envs import make_env
@@ -198,17 +197,30 @@ def test_envpool_refuses_ray_workers() -> None:
                            vector_env="envpool", workers=2, **QUIET))  # fmt: skip
 
 
+class _RaisesAt(gym.Wrapper):
+    """CartPole whose ``at``-th step raises."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+        self.at, self.steps = at, 0
+
+    def step(self, action: object) -> tuple:
+        self.steps += 1
+        if self.steps == self.at:
+            raise RuntimeError("sensor failure")
+        return self.env.step(action)
+
+
 def test_an_env_raising_in_the_collecting_process_is_an_env_error(tmp_path: Path) -> None:
     """The error of an env stepped in the forked child is the EnvError a plain run gives:
     the env, step(), its index and the update; no child is left behind."""
-    agent = rl.Agent(RaisingCartPole, algo="ppo", num_envs=2, num_steps=16,
+    agent = rl.Agent(lambda: _RaisesAt(40), algo="ppo", num_envs=2, num_steps=16,
                      total_steps=256, overlap=True, eval_every=0, out=str(tmp_path),
                      **QUIET)  # fmt: skip
     with pytest.raises(rl.EnvError) as err:
         agent.learn()
     message = str(err.value)
-    parts = ("RaisingCartPole", "RuntimeError: sensor failure", "step()", "env index", "update")
-    for part in parts:
+    for part in ("CartPoleEnv", "RuntimeError: sensor failure", "step()", "env index", "update"):
         assert part in message, (part, message)
     assert multiprocessing.active_children() == []
 
@@ -254,21 +266,25 @@ def test_a_thread_where_a_fork_cannot_be(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 class _UnpicklableError(RuntimeError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self) -> None:
+        super().__init__("a lock inside")
         self.lock = threading.Lock()  # pickling it fails
 
 
-class _RaisesUnpicklable(RaisingCartPole):
-    error = _UnpicklableError
+class _RaisesUnpicklable(_RaisesAt):
+    def step(self, action: object) -> tuple:
+        self.steps += 1
+        if self.steps == self.at:
+            raise _UnpicklableError
+        return self.env.step(action)
 
 
 def test_an_error_that_does_not_pickle_still_names_its_type_and_text(tmp_path: Path) -> None:
     """The child cannot send an exception that does not pickle: it sends its type and text,
     and the run still ends with the EnvError naming the env and the step."""
-    agent = rl.Agent(_RaisesUnpicklable, algo="ppo", num_envs=2, num_steps=16,
+    agent = rl.Agent(lambda: _RaisesUnpicklable(40), algo="ppo", num_envs=2, num_steps=16,
                      total_steps=256, overlap=True, eval_every=0, out=str(tmp_path),
                      **QUIET)  # fmt: skip
-    with pytest.raises(rl.EnvError, match=r"_UnpicklableError: sensor failure.* in step\(\)"):
+    with pytest.raises(rl.EnvError, match=r"_UnpicklableError: a lock inside.* in step\(\)"):
         agent.learn()
     assert multiprocessing.active_children() == []
