@@ -3,13 +3,13 @@
 Runs one training process per case and reports the time spent inside the vector env's
 ``step`` (Gymnasium's ``SyncVectorEnv.step`` or EnvPool's) as a share of the process's whole
 wall-clock, imports and start-up included (the limit is 1.0: nothing but the env). With
-``overlap`` (PPO's default) the envs step in a forked child: its env seconds come back with
-each rollout it delivers. Evaluation
-is off so that every step counted is a training step. Each case is its own process (this
-script re-runs itself with ``--one``), so the start-up is counted as a user pays it.
+``--set overlap=True`` the envs step in a forked child: its env seconds come back with each
+rollout it delivers. Evaluation is off so that every step counted is a training step. Each case
+is its own process (this script re-runs itself with ``--one``), so the start-up is counted as a
+user pays it.
 
     python benchmarks/env_share.py                          # CartPole, LunarLander, Hopper
-    python benchmarks/env_share.py --env Hopper-v5 --steps 50000 --set overlap=False
+    python benchmarks/env_share.py --env Hopper-v5 --steps 100000 --set overlap=True
 """
 
 from __future__ import annotations

@@ -2,12 +2,14 @@
 
 Each round runs both commands, one after the other (the order alternates), as a user would:
 a fresh interpreter, imports, env construction, training at an equal budget, no evaluation.
-Neither is pinned, so each may use every core the machine has (logtrick's PPO collects in a
-forked child while it updates; SB3 runs in one process, torch at its own thread count).
+Neither is pinned, so each may use every core the machine has (SB3 runs in one process, torch
+at its own thread count; with ``--set=--overlap`` logtrick's PPO collects in a forked child
+while it updates).
 Reports the median wall-clock and CPU seconds (user + system of the process and its
 children) and their ratios.
 
     python benchmarks/whole_process.py --env Hopper-v5 --steps 100000 --rounds 2
+    python benchmarks/whole_process.py --env Hopper-v5 --steps 100000 --rounds 2 --set=--overlap
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Build (warnings are errors):
 
-    python -m sphinx -W --keep-going -b html docs docs/_build/html
+    python -m sphinx -j auto -W --keep-going -b html docs docs/_build/html
 
 ``LOGTRICK_DOCS_EXAMPLES`` chooses how the gallery runs ``examples/``: ``quick`` (the default and
 what CI builds: each script's ``--quick`` run, about a minute for all), ``full`` (the runs whose
@@ -120,4 +120,7 @@ sphinx_gallery_conf = {
     "show_signature": False,
     # its execution-times page loads jQuery and DataTables from a CDN: a site that needs no network
     "write_computation_times": False,
+    # the examples run in two processes at once (joblib): each uses one core, and the build on a
+    # two-core machine (CI's) takes half the gallery's time
+    "parallel": 2,
 }

@@ -401,7 +401,7 @@ class Config:
     registers, e.g. MuJoCo ``-v4``/``-v5``), with the same autoreset, truncation and seeds."""
     overlap: bool = option(
         checks.check_bool,
-        False,
+        default=False,
         flag=Flag(
             "--overlap", "collect the next rollout while the learner updates (policy lag 1)", _SCALE
         ),
@@ -410,10 +410,9 @@ class Config:
     process (Gymnasium's envs, a CPU policy), a second thread (EnvPool, a GPU), or on the Ray
     workers (with ``workers``). The rollout is then one update behind (policy lag 1), corrected by
     importance weights from the policy that acted to the one before the update (for ppo the
-    decoupled objective: :func:`~logtrick.rl.update.ppo_loss`). Default: on for
-    ``ppo`` on an env without a preset, in one process (no torchrun ranks, no Ray workers:
-    :func:`~logtrick.rl.defaults.default_overrides`); off otherwise. ``overlap=False``: strictly
-    on-policy. Not with several torchrun ranks."""
+    decoupled objective: :func:`~logtrick.rl.update.ppo_loss`). Off by default (strictly
+    on-policy): on two cores it about halves a MuJoCo run's wall-clock, but the lag cost
+    Hopper-v5 most of its return (BENCHMARKS.md §11). Not with several torchrun ranks."""
 
     def __post_init__(self) -> None:
         self._resolve_presets()

@@ -160,17 +160,7 @@ def resolve(
             check_env_id("env", env)
         base = default_overrides(env, algo) if algo in ALGOS else {}
     merged = keep_minibatch_size({**base_values, **base}, fields)
-    if "overlap" not in fields and not _one_process(merged):
-        merged["overlap"] = False  # defaults overlap in one process only (rl/defaults.py)
     return {**merged, "env": name, "algo": algo}
-
-
-def _one_process(fields: dict[str, Any]) -> bool:
-    """No Ray workers and no torchrun ranks (``WORLD_SIZE``, as
-    :func:`~logtrick.rl.distributed.ranks_from_env` reads it)."""
-    import os
-
-    return not fields.get("workers") and int(os.environ.get("WORLD_SIZE", "1")) <= 1
 
 
 def keep_minibatch_size(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
