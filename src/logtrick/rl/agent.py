@@ -25,7 +25,7 @@ import dataclasses
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -211,12 +211,8 @@ class Agent:
         if self._envs is None:
             self._start_envs()
         if not self.ranks.writer:  # torchrun: only rank 0 writes the run directory
-            try:
-                with tempfile.TemporaryDirectory() as scratch:
-                    self._run(Path(scratch), True, callback)
-            except BaseException:
-                self.close()  # a failed run's envs (and collecting processes) end with it
-                raise
+            with self._closed_on_failure(), tempfile.TemporaryDirectory() as scratch:
+                self._run(Path(scratch), True, callback)
             return self
         if self.finished is not None and steps is None:
             warnings.warn(self.finished, stacklevel=2)
@@ -225,15 +221,24 @@ class Agent:
             self.run_dir = runs.new_run_dir(self.config.out, self.config.name)
         assert self.run_dir is not None  # set just above on the first call
         try:
-            with runs.lock_run_dir(self.run_dir):
+            with self._closed_on_failure(), runs.lock_run_dir(self.run_dir):
                 runs.write_config(self.run_dir, self.config.to_dict())
                 self._run(self.run_dir, first, callback)
         except BaseException as err:
-            self.close()  # a failed run's envs (and collecting processes) end with it
             if first and not isinstance(err, DivergenceError):  # its message says what is kept
                 self._remove_stub()
             raise
         return self
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """Close the envs (and collecting processes) when the block fails: a failed run's
+        envs end with it, on every rank."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def _start_envs(self) -> None:
         """The training envs and their collector, reset; an env's failure is an EnvError."""
