@@ -25,8 +25,8 @@ ppo rollout                 2,048 transitions per update        Schulman et al. 
                             (8 envs × 256 steps)                CleanRL MuJoCo defaults
 ppo epochs × minibatches    10 × 32 (minibatches of 64)         the same
 ppo clip, entropy           0.2, 0                              the same
-collection                  in turn with the update (on-policy) Schulman et al. 2017; measured
-                                                                below (overlap)
+collection                  in turn with the update             Schulman et al. 2017; overlap
+                            (on-policy)                         measured below
 Gaussian policy             state-independent log σ, init 0     Huang et al. 2022 (details 3–4)
 budget                      1M env steps                        MuJoCo-1M benchmarks; rl-zoo
 ==========================  ==================================  ==================================
